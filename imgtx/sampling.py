@@ -44,11 +44,13 @@ def _images_from_values(model: ImageTransformer, values: torch.Tensor) -> torch.
 def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
            labels: torch.Tensor | None = None, use_cache: bool = True,
            generator: torch.Generator | None = None, return_outputs: bool = False,
-           progress: bool = False, context: torch.Tensor | None = None):
+           progress: bool = False, context: torch.Tensor | None = None,
+           anchors: torch.Tensor | None = None):
     """Sample ``batch`` images in one batch.
 
     ``context`` ``(B, Nc, Dc)`` is the encoder output for a decoder built with ``context_dim``
     (super-resolution); each layer's cross-attention keys/values are computed from it once.
+    ``anchors`` ``(B, 3, H, W)`` uint8 are the anchors of a decoder built with ``anchored=True``.
 
     Returns images ``(B, 3, H, W)`` uint8, and with ``return_outputs`` also the head outputs used
     at every step, in model order ``(B, N, 256 | 10K)`` (for checking cache against recompute).
@@ -62,6 +64,7 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     values = torch.zeros((batch, n, 3) if dmol else (batch, n), dtype=torch.long, device=device)
     outputs_seen = [] if return_outputs else None
     cond = model.condition(labels, batch)
+    anchor_values = model.anchor_values(anchors, batch)  # (B, N) model order | None
     steps = tqdm(range(n), desc="sampling", unit="pos", disable=not progress, leave=False)
     if use_cache:
         dtype = next(model.parameters()).dtype
@@ -70,20 +73,24 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
         positions = model.positions()  # (N, D)
         x_prev = torch.zeros(batch, 1, config.hidden_size, device=device, dtype=dtype)
         for t in steps:
+            here = slice(t, t + 1)
+            anchor = None if anchor_values is None else anchor_values[:, here]  # (B, 1)
             x = x_prev + positions[t]
             if cond is not None:
                 x = x + cond
+            if anchor is not None:
+                x = x + model.anchor_inputs(anchor, model.channel[here])
             for layer, cache, context_kv in zip(model.layers, caches, context_kvs):
                 x = layer.step(x, cache, context_kv)  # (B, 1, D)
-            out = model.head_outputs(x)[:, 0]  # (B, 256 | 10K)
+            out = model.head_outputs(x, anchor)[:, 0]  # (B, 256 | 10K)
             values[:, t] = draw(out, config.likelihood, temperature, generator)
             if outputs_seen is not None:
                 outputs_seen.append(out)
-            x_prev = model.embed_values(values[:, t : t + 1], model.channel[t : t + 1])
+            x_prev = model.input_embeddings(values[:, here], model.channel[here], anchor)
     else:
         for t in steps:
             images = _images_from_values(model, values)
-            out = model.to_sequence(model(images, labels, context))[:, t]
+            out = model.to_sequence(model(images, labels, context, anchors))[:, t]
             values[:, t] = draw(out, config.likelihood, temperature, generator)
             if outputs_seen is not None:
                 outputs_seen.append(out)

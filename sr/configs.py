@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from imgtx.configs import ImageTransformerConfig
 
-__all__ = ["SuperResolutionConfig", "CONFIGS", "get_config", "config_names"]
+__all__ = ["SuperResolutionConfig", "CONFIGS", "get_config", "config_names", "ANCHORS"]
+
+ANCHORS = ("none", "bicubic", "nearest")  # see SuperResolutionConfig.anchor and sr.model
 
 
 @dataclass
@@ -44,6 +46,9 @@ class SuperResolutionConfig:
     area_rounding: str = "nearest"  # how training/eval inputs round the area mean: "nearest" |
     #                                 "floor" (T2T resize_by_area); see eval.image_metrics
     sampling_temperature: float = 0.9  # default temperature of `imgtx sr upscale` / `sr eval`
+    anchor: str = "none"  # imgtx extension, not in the paper: "bicubic" | "nearest" gives the
+    #                       decoder that upscale of the input as a per-subpixel anchor (an input
+    #                       embedding and logits over the offset from it); "none": the paper's model
 
     def __post_init__(self) -> None:
         self.query_shape = tuple(self.query_shape)
@@ -56,6 +61,8 @@ class SuperResolutionConfig:
         if self.area_rounding not in ("nearest", "floor"):
             raise ValueError(f"config.area_rounding={self.area_rounding!r}; expected 'nearest' "
                              "or 'floor'")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"config.anchor={self.anchor!r}; expected one of {ANCHORS}")
         if self.sampling_temperature < 0:
             raise ValueError(f"sampling_temperature must be >= 0, got {self.sampling_temperature}")
         self.decoder_config()  # validates the decoder's fields with the Image Transformer's rules
@@ -99,7 +106,7 @@ def _cfg(**kwargs) -> SuperResolutionConfig:
 # the peak is 0.2 * 10 * 512^-0.5 * 12000^-0.5 = 8.1e-4.
 _T2T_TRAIN = {"batch_size": 2, "warmup": 12000, "lr": 8.1e-4}
 _SMALL = dict(encoder_layers=2, decoder_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
-              dropout=0.0, norm="pre", sampling_temperature=0.8)
+              dropout=0.0, norm="pre", sampling_temperature=0.8, anchor="bicubic")
 _SMALL_TRAIN = {"batch_size": 8, "warmup": 200, "lr": 2e-3}
 
 CONFIGS: dict[str, _Entry] = {

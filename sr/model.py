@@ -7,6 +7,13 @@
 * **Decoder.** An :class:`imgtx.ImageTransformer` on the high-resolution image (same subpixel
   order, local 1D or local 2D self-attention, categorical head) whose every layer also
   cross-attends, in full, to the encoder output: self-attention, cross-attention, FFN.
+* **Anchor** (``config.anchor``; an imgtx extension, off in the paper configs). The decoder also
+  gets a fixed upscale of the input (PIL bicubic, or nearest) as each output subpixel's anchor:
+  an input embedding, and a second output table over ``value - anchor`` (see
+  :class:`imgtx.ImageTransformer`). This is residual learning over bicubic (as in VDSR), in
+  likelihood form: the distribution is still an exact categorical over 256 values, but
+  "stay near the interpolation" no longer has to be learned through cross-attention, which a
+  CPU-sized model did not manage within its training budget (docs/super_resolution.md).
 
 Shapes: B batch, h/w input rows/cols, H/W output rows/cols, Nin = 3hw, N = 3HW, D model width.
 """
@@ -18,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from eval.image_metrics import downscale_area
+from eval.image_metrics import downscale_area, upscale_bicubic, upscale_nearest
 from imgtx.attention import Full
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll
@@ -26,7 +33,7 @@ from imgtx.model import ImageTransformer, check_images
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 from sr.configs import SuperResolutionConfig
 
-__all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res"]
+__all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
 
 LN2 = math.log(2.0)
 
@@ -35,6 +42,16 @@ def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch
     """The model's input for a high-resolution image: area downscaling by ``config.scale``
     (DESIGN §4: "area-resized"). ``(B, 3, H, W)`` uint8 -> ``(B, 3, H/s, W/s)`` uint8."""
     return downscale_area(high_res.to(torch.uint8), config.scale, config.area_rounding)
+
+
+def make_anchors(low_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor | None:
+    """The decoder's anchors for an input: its ``config.anchor`` upscale, ``(B, 3, h, w)`` ->
+    ``(B, 3, H, W)`` uint8 on ``low_res``'s device, or None for ``anchor="none"``. Bicubic is
+    PIL's, the same resampler as the ``bicubic_psnr`` baseline of ``imgtx sr eval``."""
+    if config.anchor == "none":
+        return None
+    upscale = upscale_bicubic if config.anchor == "bicubic" else upscale_nearest
+    return upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
 
 
 class ImageEncoder(nn.Module):
@@ -96,7 +113,8 @@ class SuperResolutionTransformer(HubModel):
     def __init__(self, config: SuperResolutionConfig) -> None:
         super().__init__(config)
         self.encoder = ImageEncoder(config)
-        self.decoder = ImageTransformer(config.decoder_config(), context_dim=config.hidden_size)
+        self.decoder = ImageTransformer(config.decoder_config(), context_dim=config.hidden_size,
+                                        anchored=config.anchor != "none")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -119,6 +137,10 @@ class SuperResolutionTransformer(HubModel):
         """The input this model was trained on for ``high_res``: see :func:`make_low_res`."""
         return make_low_res(high_res, self.config)
 
+    def anchors(self, low_res: torch.Tensor) -> torch.Tensor | None:
+        """The decoder's anchors for ``low_res``: see :func:`make_anchors`."""
+        return make_anchors(low_res, self.config)
+
     def targets(self, high_res: torch.Tensor) -> torch.Tensor:
         """Raster-order subpixels ``(B, N)`` long of ``high_res`` ``(B, 3, H, W)``."""
         return self.decoder.targets(high_res)
@@ -129,7 +151,8 @@ class SuperResolutionTransformer(HubModel):
         if low_res.shape[0] != high_res.shape[0]:
             raise ValueError(f"low_res and high_res batches differ: {low_res.shape[0]} vs "
                              f"{high_res.shape[0]}")
-        return self.decoder(high_res, context=self.encode(low_res))
+        return self.decoder(high_res, context=self.encode(low_res),
+                            anchors=self.anchors(low_res))
 
     def nll(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
         """Exact negative log-likelihood ``-log p(high_res | low_res)`` in nats per output

@@ -23,10 +23,12 @@ from imgtx.likelihood import categorical_nll
 from imgtx.train import TrainSettings, fit
 from sr.configs import SuperResolutionConfig, get_config
 from sr.evaluate import held_out_bits_per_dim
-from sr.model import SuperResolutionTransformer, make_low_res
+from sr.model import SuperResolutionTransformer, make_anchors, make_low_res
 from sr.upscale import upscale_batch
 
-__all__ = ["train", "pair_loss"]
+__all__ = ["train", "pair_loss", "init_decoder_from", "offset_log_prior"]
+
+PRIOR_IMAGES = 2048  # training images whose target - anchor histogram sets the offset prior
 
 
 def pair_loss(model: SuperResolutionTransformer, batch: dict,
@@ -39,13 +41,36 @@ def pair_loss(model: SuperResolutionTransformer, batch: dict,
     return categorical_nll(logits, targets).mean() / math.log(2.0)
 
 
+@torch.no_grad()
+def offset_log_prior(source, config: SuperResolutionConfig, limit: int = PRIOR_IMAGES,
+                     smoothing: float = 0.5) -> torch.Tensor:
+    """Log-probabilities ``(511,)`` of ``target - anchor`` (offsets -255..255) over up to
+    ``limit`` images of ``source`` spread evenly through it, with ``smoothing`` added to every
+    count so that no offset is impossible. Sets an anchored model's offset prior
+    (:meth:`imgtx.ImageTransformer.set_offset_prior`) before training."""
+    if config.anchor == "none":
+        raise ValueError("offset_log_prior needs a config with an anchor")
+    stride = max(1, len(source) // limit)
+    counts = torch.full((511,), smoothing, dtype=torch.float64)
+    indices = list(range(0, len(source), stride))[:limit]
+    for start in range(0, len(indices), 256):
+        high_res = torch.stack([source[i]["image"] for i in indices[start : start + 256]])
+        anchors = make_anchors(make_low_res(high_res, config), config)
+        offsets = high_res.long() - anchors.long() + 255
+        counts += torch.bincount(offsets.flatten(), minlength=511).double()
+    return (counts / counts.sum()).log().float()
+
+
 def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str) -> int:
     """Warm-start the decoder from a trained unconditional Image Transformer of the same decoder
     shape (``save_pretrained`` dir or Hub id). Cross-attention and the encoder keep their fresh
     initialisation. Returns the number of tensors copied; raises if any shape differs.
 
     The decoder's layers have three norms (self, cross, FFN) where the Image Transformer's have
-    two (self, FFN): ``norms.1`` maps to ``norms.2``.
+    two (self, FFN): ``norms.1`` maps to ``norms.2``. An anchored decoder keeps its own (zero)
+    value head: the unconditional model's next-value logits, added to the anchor's offset prior,
+    start it far worse (5.9 vs 5.2 bits/dim, 21.9 vs 26.9 dB at temperature 0 on held-out
+    photos) than the prior alone.
     """
     from imgtx.model import ImageTransformer
 
@@ -53,6 +78,8 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
     target = model.decoder.state_dict()
     copied = {}
     for name, tensor in source.items():
+        if model.decoder.anchored and name.startswith("head."):
+            continue
         mapped = name.replace(".norms.1.", ".norms.2.") if ".norms.1." in name else name
         if mapped not in target or target[mapped].shape != tensor.shape:
             raise ValueError(f"cannot warm-start the decoder from {image_transformer}: "
@@ -67,7 +94,8 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
     """Train a super-resolution model; returns the path of the exported ``final/`` model.
 
     ``decoder_init``: warm-start the decoder from an unconditional Image Transformer (see
-    :func:`init_decoder_from`). Sample grids (``samples/step_*.png``) show, per held-out image, a
+    :func:`init_decoder_from`). An anchored model's offset prior is set from the training data
+    (:func:`offset_log_prior`). Sample grids (``samples/step_*.png``) show, per held-out image, a
     column of nearest-neighbour input, model upscale (``config.sampling_temperature``) and ground
     truth.
     """
@@ -91,11 +119,15 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
         rows = torch.cat([upscale_nearest(low_res, config.scale), output, high_res])
         return make_grid(rows, columns=count)[None]  # (1, 3, ., .) one pre-arranged grid
 
+    prior = offset_log_prior(train_source, config) if config.anchor != "none" else None
+
     def build() -> SuperResolutionTransformer:
         model = SuperResolutionTransformer(config)
         if decoder_init:
             count = init_decoder_from(model, decoder_init)
             print(f"decoder warm-started from {decoder_init} ({count} tensors)")
+        if prior is not None:
+            model.decoder.set_offset_prior(prior)
         return model
 
     return fit(build, settings, train_source, eval_source, loss=loss,

@@ -62,10 +62,11 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    context = model.encode(low_res.to(device))  # (B, Nin, D), once per batch
+    low_res = low_res.to(device)
+    context = model.encode(low_res)  # (B, Nin, D), once per batch
     result = decode(model.decoder, low_res.shape[0], temperature=temperature,
                     use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                    progress=progress, context=context)
+                    progress=progress, context=context, anchors=model.anchors(low_res))
     model.train(was_training)
     return result
 

@@ -31,8 +31,19 @@ torch.set_num_threads(1)  # the tests share the machine with training runs
 
 
 def tiny_model(name: str = "tiny", seed: int = 0, **overrides) -> SuperResolutionTransformer:
+    """``name`` is a config, optionally with ``+ANCHOR`` (``tiny+bicubic``): an anchored model
+    whose two output heads get random weights, so that its logits depend on what it sees (a
+    fresh anchored model's are zero: it predicts the offset prior everywhere)."""
     torch.manual_seed(seed)
-    return SuperResolutionTransformer(get_config(name, **overrides)).eval()
+    base, _, anchor = name.partition("+")
+    if anchor:
+        overrides["anchor"] = anchor
+    model = SuperResolutionTransformer(get_config(base, **overrides)).eval()
+    if anchor:
+        with torch.no_grad():
+            for head in (model.decoder.head, model.decoder.offset_head):
+                head.weight.normal_(std=0.3)
+    return model
 
 
 def small_output(name: str = "tiny", seed: int = 0) -> SuperResolutionTransformer:
@@ -98,7 +109,10 @@ def test_low_res_is_the_area_mean():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-2d"])
+MODELS = ["tiny", "tiny-2d", "tiny+bicubic", "tiny-2d+bicubic"]
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_encoder_sees_the_whole_input(name):
     """Changing any one input subpixel changes the logits of the very first output subpixel,
     which sees no output at all: every input position reaches the decoder."""
@@ -116,7 +130,7 @@ def test_encoder_sees_the_whole_input(name):
     assert (changed > 1e-6).all(), f"input subpixels {torch.nonzero(changed <= 1e-6)} unseen"
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-2d"])
+@pytest.mark.parametrize("name", MODELS)
 def test_decoder_is_causal(name):
     """Changing output subpixel t (in decoding order) never changes the logits - hence the
     log-likelihood - of subpixels <= t, and does change later ones."""
@@ -146,7 +160,7 @@ def test_decoder_is_causal(name):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-2d"])
+@pytest.mark.parametrize("name", MODELS)
 def test_cached_upscaling_logits_equal_full_recompute(name):
     """The logits the KV-cached decoder used at each step equal one full forward pass over the
     sampled image (teacher forcing: the decoder is causal, so step t's logits depend only on
@@ -161,9 +175,10 @@ def test_cached_upscaling_logits_equal_full_recompute(name):
     assert (step_logits - full).abs().max() <= 1e-4
 
 
-def test_cached_decoding_equals_decoding_without_cache():
+@pytest.mark.parametrize("name", ["tiny", "tiny+bicubic", "tiny+nearest"])
+def test_cached_decoding_equals_decoding_without_cache(name):
     """Against the slow path that re-runs the whole decoder for every subpixel (small output)."""
-    model = tiny_model(input_size=2, scale=2, block_length=4)
+    model = tiny_model(name, input_size=2, scale=2, block_length=4)
     low, _ = random_pair(model.config, 2)
     fast, fast_logits = upscale_batch(model, low, temperature=0, return_logits=True)
     slow, slow_logits = upscale_batch(model, low, temperature=0, return_logits=True,

@@ -13,9 +13,13 @@ A model upscales ``input_size``-square images. A larger (or non-square) image is
 
 Seams: tiles are sampled independently - each sees only its own low-resolution tile - so the
 texture the model invents need not continue across tile borders. Colours agree at borders (each
-tile stays consistent with its input pixels); at temperature 0 the seams are mostly invisible, at
-higher temperatures fine texture can change at a border. There is no overlap or blending yet.
-Edge padding only affects the last row and column of tiles and is cropped away.
+tile stays consistent with its input pixels); at higher temperatures fine texture can change at
+a border. There is no overlap or blending. Anchored models (``config.anchor``) take their anchors
+from the upscale of the *whole* (padded) image, cut into the output tiles: near a border a tile's
+anchor is then the interpolation across the border rather than an edge-clamped one, so at
+temperature 0 an anchored model's output is seamless wherever it follows its anchor (an untrained
+one reproduces the whole-image bicubic upscale exactly). Edge padding only affects the last row
+and column of tiles and is cropped away.
 
 Reproducibility: with a ``seed`` the same image, temperature and batch size give the same output;
 temperature 0 (the most likely value of each subpixel, in decoding order) needs no seed.
@@ -32,20 +36,23 @@ from tqdm.auto import tqdm
 from eval.image_metrics import upscale_bicubic
 from imgtx.images import make_grid, read_image, save_image
 from imgtx.sampling import decode
-from sr.model import SuperResolutionTransformer
+from sr.model import SuperResolutionTransformer, make_anchors
 
-__all__ = ["upscale_batch", "upscale_tiles", "split_tiles", "stitch_tiles", "upscale_image",
-           "upscale_file"]
+__all__ = ["upscale_batch", "upscale_tiles", "split_tiles", "pad_to_tiles", "stitch_tiles",
+           "upscale_image", "upscale_file"]
 
 
 @torch.no_grad()
 def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
-                  use_cache: bool = True, return_logits: bool = False, progress: bool = False):
+                  use_cache: bool = True, return_logits: bool = False, progress: bool = False,
+                  anchors: torch.Tensor | None = None):
     """Sample high-resolution images for a batch of model-sized inputs.
 
     Args:
         low_res: ``(B, 3, h, w)`` uint8 with ``h = w = config.input_size``.
+        anchors: ``(B, 3, H, W)`` uint8 anchors for an anchored model (None: made from
+            ``low_res`` as in training, :func:`sr.model.make_anchors`).
         temperature: softmax temperature; 0 takes the most likely value of each subpixel in
             decoding order; None uses ``config.sampling_temperature``.
         generator: random generator for the draws.
@@ -63,28 +70,34 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     model.eval()
     device = next(model.parameters()).device
     low_res = low_res.to(device)
+    if anchors is None:
+        anchors = model.anchors(low_res)
     context = model.encode(low_res)  # (B, Nin, D), once per batch
     result = decode(model.decoder, low_res.shape[0], temperature=temperature,
                     use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                    progress=progress, context=context, anchors=model.anchors(low_res))
+                    progress=progress, context=context, anchors=anchors)
     model.train(was_training)
     return result
 
 
 def upscale_tiles(model: SuperResolutionTransformer, tiles: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
-                  batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                  batch_size: int = 64, progress: bool = False,
+                  anchors: torch.Tensor | None = None) -> torch.Tensor:
     """Upscale ``(n, 3, h, w)`` uint8 model-sized tiles, ``batch_size`` at a time, with a
-    progress bar over tiles (and one over the current batch's subpixels). Returns
-    ``(n, 3, H, W)`` uint8 on the CPU."""
+    progress bar over tiles (and one over the current batch's subpixels). ``anchors``
+    ``(n, 3, H, W)``: the tiles' anchors for an anchored model (None: from each tile alone).
+    Returns ``(n, 3, H, W)`` uint8 on the CPU."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     outputs = []
     with tqdm(total=len(tiles), desc="upscaling", unit="tile", disable=not progress) as bar:
         for start in range(0, len(tiles), batch_size):
             batch = tiles[start : start + batch_size]
+            batch_anchors = None if anchors is None else anchors[start : start + batch_size]
             outputs.append(upscale_batch(model, batch, temperature=temperature,
-                                         generator=generator, progress=progress).cpu())
+                                         generator=generator, progress=progress,
+                                         anchors=batch_anchors).cpu())
             bar.update(len(batch))
     return torch.cat(outputs)
 
@@ -95,13 +108,20 @@ def split_tiles(image: torch.Tensor, tile: int) -> tuple[torch.Tensor, tuple[int
 
     Returns the tiles ``(rows * cols, 3, tile, tile)`` in raster order and ``(rows, cols)``.
     """
+    padded = pad_to_tiles(image, tile)  # (3, rows*tile, cols*tile)
+    rows, cols = padded.shape[1] // tile, padded.shape[2] // tile
+    tiles = padded.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4)  # (rows, cols, 3, t, t)
+    return tiles.reshape(rows * cols, 3, tile, tile), (rows, cols)
+
+
+def pad_to_tiles(image: torch.Tensor, tile: int) -> torch.Tensor:
+    """``image`` ``(3, h, w)`` padded at the right and bottom with copies of its edge pixels to
+    the next multiples of ``tile``."""
     _, height, width = image.shape
     rows, cols = -(-height // tile), -(-width // tile)  # ceil
     y = torch.arange(rows * tile).clamp(max=height - 1)  # edge padding by index clamping
     x = torch.arange(cols * tile).clamp(max=width - 1)
-    padded = image[:, y][:, :, x]  # (3, rows*tile, cols*tile)
-    tiles = padded.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4)  # (rows, cols, 3, t, t)
-    return tiles.reshape(rows * cols, 3, tile, tile), (rows, cols)
+    return image[:, y][:, :, x]
 
 
 def stitch_tiles(tiles: torch.Tensor, grid: tuple[int, int], height: int,
@@ -140,8 +160,12 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
     if seed is not None:
         generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     tiles, grid = split_tiles(image, config.input_size)
+    anchors = None
+    if config.anchor != "none":  # from the whole image: see "Seams" in the module docstring
+        whole = make_anchors(pad_to_tiles(image, config.input_size)[None], config)[0]
+        anchors, _ = split_tiles(whole, config.output_size)
     upscaled = upscale_tiles(model, tiles, temperature=temperature, generator=generator,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, anchors=anchors)
     return stitch_tiles(upscaled, grid, image.shape[1] * config.scale,
                         image.shape[2] * config.scale)
 

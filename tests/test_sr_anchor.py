@@ -21,7 +21,7 @@ from imgtx.configs import get_config as imgtx_config
 from sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
 from sr.model import make_low_res
 from sr.train import init_decoder_from, offset_log_prior
-from sr.upscale import upscale_batch
+from sr.upscale import pad_to_tiles, upscale_batch, upscale_image
 
 torch.set_num_threads(1)
 
@@ -44,6 +44,19 @@ def test_a_fresh_anchored_model_returns_its_anchor_at_temperature_zero(anchor, u
     model = anchored(anchor, input_size=2)
     low = random_images(3, 2)
     assert torch.equal(upscale_batch(model, low, temperature=0), upscale(low, 4))
+
+
+@pytest.mark.parametrize("height,width", [(6, 6), (5, 9)])
+def test_tiled_anchors_come_from_the_whole_image_so_a_fresh_model_has_no_seams(height, width):
+    """A fresh anchored model's tiled greedy upscale is exactly the bicubic upscale of the whole
+    (edge-padded) image: every tile's anchor was cut from it, not made from the tile alone."""
+    model = anchored(input_size=2)
+    image = random_images(1, 9)[0, :, :height, :width]
+    out = upscale_image(model, image, temperature=0, batch_size=4)
+    whole = upscale_bicubic(pad_to_tiles(image, 2)[None], 4)[0, :, : 4 * height, : 4 * width]
+    assert torch.equal(out, whole)
+    per_tile = upscale_bicubic(image[None, :, :2, :2], 4)[0]
+    assert not torch.equal(out[:, :8, :8], per_tile)  # so the test can tell the two apart
 
 
 def test_logits_are_the_value_table_plus_the_offset_table_at_value_minus_anchor():

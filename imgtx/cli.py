@@ -90,7 +90,8 @@ def train_settings(args: argparse.Namespace, suggested: dict):
         warmup=args.warmup or suggested.get("warmup", 4000), schedule=args.schedule,
         mixed_precision=args.mixed_precision, eval_every=args.eval_every,
         eval_images=args.eval_images, sample_every=args.sample_every,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed)
+        checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+        threads=args.threads)
     if settings.max_steps is None and settings.minutes is None:
         raise SystemExit("give --max-steps or --minutes (or both) so training knows when to stop")
     return settings
@@ -165,8 +166,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set num_layers=2")
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads`` for the commands that run a model (eval, sample, upscale)."""
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core). On a shared "
+                   "machine give each concurrent job 1: decoding runs many small ops, and "
+                   "oversubscribed threads make it 15-20x slower")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streaming", action="store_true")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
     p.add_argument("--no-baselines", action="store_true", help="skip PNG/WebP bits/dim")
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     p.set_defaults(func=_eval_bpd)
 
@@ -212,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-cache", action="store_true", help="full recompute per position (slow)")
     p.add_argument("--scale", type=int, default=1, help="enlarge the grid for viewing")
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.set_defaults(func=_sample)
 
     for group, module in GROUPS.items():
@@ -230,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
         # imgtx's own errors (ImageDataError, CheckpointMismatchError, BackendUnavailable, ...)

@@ -88,7 +88,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``sr`` command group to the ``imgtx`` parser's subparsers."""
-    from imgtx.cli import add_train_arguments
+    from imgtx.cli import add_device_arguments, add_train_arguments
 
     group = subparsers.add_parser("sr", help="super-resolution: train, upscale, eval")
     sub = group.add_subparsers(dest="sr_command", metavar="SR_COMMAND", required=True)
@@ -118,7 +118,7 @@ def register(subparsers) -> None:
     p.add_argument("--compare", metavar="PATH",
                    help="also write bicubic | model side by side")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.set_defaults(func=_upscale)
 
     p = sub.add_parser("eval", help="conditional bits/dim, PSNR and SSIM against bicubic and "
@@ -139,6 +139,6 @@ def register(subparsers) -> None:
                    "same targets")
     p.add_argument("--grid", metavar="PATH",
                    help="write rows of nearest | bicubic | model | truth for the first images")
-    p.add_argument("--device", default=None)
+    add_device_arguments(p)
     p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     p.set_defaults(func=_eval)

@@ -244,6 +244,21 @@ def test_cli_sample_writes_a_png_grid(capsys, tmp_path, model_dir):
         assert grid.size == (2 + 2 * (SIZE + 2), 2 + SIZE + 2)  # 2 columns, 1 row, padding 2
 
 
+def test_cli_threads_sets_torch_threads_and_rejects_zero(capsys, tmp_path, model_dir,
+                                                         monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    seen: list[int] = []
+    code, _, _ = run_cli(capsys, "sample", "--model", str(model_dir), "--num", "1", "--out",
+                         str(tmp_path / "g.png"), "--threads", "1")
+    assert code == 0 and seen == [1]
+    code, _, err = run_cli(capsys, "sample", "--model", str(model_dir), "--threads", "0")
+    assert code == 2 and "--threads must be >= 1" in err and seen == [1]
+    assert torch.get_num_threads() == before
+
+
 def test_cli_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

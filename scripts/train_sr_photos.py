@@ -1,12 +1,14 @@
 """Reproduce the shipped checkpoint ``checkpoints/sr-photos-8to32-small``.
 
 Trains the ``photos-8to32-small`` super-resolution config (2 encoder + 4 decoder layers, width 128,
-local 1D decoder attention with block 96 = one output row of subpixels, pre-norm) on
-``builtin:photos32`` train - each 32x32 patch is a target, its 8x8 area downscale the input - for
-a wall-clock budget, then exports the Hub-format model with its training curve. The same script
-runs on CPU or GPU (accelerate picks the device). Settings match scripts/train_photos32_small.py.
+local 1D decoder attention with block 96 = one output row of subpixels, pre-norm, bicubic anchor)
+on ``builtin:photos32`` train - each 32x32 patch is a target, its 8x8 area downscale the input -
+for a wall-clock budget, then exports the Hub-format model with its training curve. The decoder's
+layers are warm-started from the shipped Image Transformer; the anchor's offset prior is set from
+the training data. The same script runs on CPU or GPU (accelerate picks the device). Settings
+match scripts/train_photos32_small.py.
 
-    python scripts/train_sr_photos.py --minutes 30 --out runs/sr-photos-small
+    python scripts/train_sr_photos.py --minutes 62 --threads 2 --out runs/sr-photos-small
     python scripts/train_sr_photos.py --max-steps 3 --out /tmp/smoke --export ''   # smoke run
 """
 

@@ -106,7 +106,7 @@ def _cfg(**kwargs) -> SuperResolutionConfig:
 # the peak is 0.2 * 10 * 512^-0.5 * 12000^-0.5 = 8.1e-4.
 _T2T_TRAIN = {"batch_size": 2, "warmup": 12000, "lr": 8.1e-4}
 _SMALL = dict(encoder_layers=2, decoder_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
-              dropout=0.0, norm="pre", sampling_temperature=0.8, anchor="bicubic")
+              dropout=0.0, norm="pre", sampling_temperature=0.5, anchor="bicubic")
 _SMALL_TRAIN = {"batch_size": 8, "warmup": 200, "lr": 2e-3}
 
 CONFIGS: dict[str, _Entry] = {

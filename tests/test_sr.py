@@ -323,8 +323,10 @@ def test_cli_eval_reports_model_and_bicubic_metrics(image_folder, saved_tiny, tm
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("bits_per_dim", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "nearest_psnr",
-                "nearest_ssim", "num_images", "unconditional_bits_per_dim", "psnr_ci95"):
+                "nearest_ssim", "num_images", "unconditional_bits_per_dim", "psnr_ci95",
+                "psnr_minus_bicubic", "psnr_minus_bicubic_ci95", "ssim_minus_bicubic"):
         assert key in result, key
+    assert abs(result["psnr_minus_bicubic"] - (result["psnr"] - result["bicubic_psnr"])) < 1e-4
     assert result["num_images"] == 2 and result["temperature"] == 0
     assert 0 < result["bits_per_dim"] < 16 and result["bicubic_psnr"] > 0
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["ImageTransformerConfig", "CONFIGS", "get_config", "config_names"]
+__all__ = ["ImageTransformerConfig", "CONFIGS", "get_config", "config_names", "RegistryEntry",
+           "lookup"]
 
 
 @dataclass
@@ -65,61 +67,72 @@ class ImageTransformerConfig:
 
 
 @dataclass
-class _Entry:
-    config: ImageTransformerConfig
+class RegistryEntry:
+    """One named configuration of a registry (this module's and ``sr.configs``'s)."""
+
+    config: Any  # ImageTransformerConfig | sr.SuperResolutionConfig
     source: str
     note: str = ""
     train: dict = field(default_factory=dict)  # suggested training settings
+
+
+def lookup(registry: dict[str, RegistryEntry], name: str, what: str = "config", **overrides):
+    """A fresh copy of ``registry[name].config`` with field overrides; a ``KeyError`` naming the
+    known entries otherwise (``what`` names the kind of config in that message)."""
+    if name not in registry:
+        raise KeyError(f"unknown {what} {name!r}; known: {', '.join(registry)}")
+    return dataclasses.replace(registry[name].config, **overrides)
+
 
 
 def _cfg(**kwargs) -> ImageTransformerConfig:
     return ImageTransformerConfig(**kwargs)
 
 
-CONFIGS: dict[str, _Entry] = {
+CONFIGS: dict[str, RegistryEntry] = {
     # T2T imagetransformer_cifar10_base / paper Table 1: 12 layers, 4 heads, block 256 -> 2.90 bpd
-    "cifar10-cat-1d": _Entry(
+    "cifar10-cat-1d": RegistryEntry(
         _cfg(num_layers=12, hidden_size=512, ffn_size=2048, num_heads=4, block_length=256,
              dropout=0.3),
         "t2t imagetransformer_cifar10_base; Parmar et al. 2018 Table 1 (2.90 bpd)",
         train={"batch_size": 4, "warmup": 4000}),
     # T2T imagetransformer_imagenet32_base (paper uses 8 heads) -> 3.77 bpd
-    "imagenet32-cat-1d": _Entry(
+    "imagenet32-cat-1d": RegistryEntry(
         _cfg(num_layers=12, hidden_size=512, ffn_size=2048, num_heads=4, block_length=256,
              dropout=0.1),
         "t2t imagetransformer_imagenet32_base; paper Table 2 (3.77 bpd; paper: 8 heads)",
         train={"batch_size": 4, "warmup": 4000}),
     # T2T imagetransformer_base_imagenet_tpu-style 64x64: block 512, 8 heads
-    "imagenet64-cat-1d": _Entry(
+    "imagenet64-cat-1d": RegistryEntry(
         _cfg(image_size=64, num_layers=12, hidden_size=512, ffn_size=2048, num_heads=8,
              block_length=512, dropout=0.1),
         "t2t imagenet64 1D settings (DESIGN §3)", train={"batch_size": 1, "warmup": 4000}),
     # T2T imagetransformerpp_base_14l_8h_big_uncond_dr03_dan_p: DMOL, learned positions
-    "cifar10-dmol": _Entry(
+    "cifar10-dmol": RegistryEntry(
         _cfg(likelihood="dmol", num_layers=14, hidden_size=256, attention_size=512, ffn_size=512,
              num_heads=8, block_length=256, dropout=0.2, positions="learned"),
         "t2t imagetransformerpp_base_14l_8h_big_uncond_dr03_dan_p (2.92 bpd, 4 days 8xP100)",
         train={"batch_size": 8, "warmup": 4000}),
     # T2T img2img/imagetransformer2d_base: 8 layers, q(16,16) flange(16,32)
-    "cifar10-cat-2d": _Entry(
+    "cifar10-cat-2d": RegistryEntry(
         _cfg(attention="local2d", num_layers=8, hidden_size=512, ffn_size=2048, num_heads=8,
              query_shape=(16, 16), memory_flange=(16, 32), dropout=0.1),
         "t2t imagetransformer2d_base (DESIGN §3)", train={"batch_size": 4, "warmup": 4000}),
     # CPU-sized: used by tests and the shipped photos32 checkpoint.
-    "tiny": _Entry(
+    "tiny": RegistryEntry(
         _cfg(image_size=8, num_layers=2, hidden_size=32, ffn_size=64, num_heads=2,
              block_length=16, dropout=0.0, norm="pre"),
         "imgtx: test-sized", train={"batch_size": 8, "warmup": 50}),
-    "small": _Entry(
+    "small": RegistryEntry(
         _cfg(num_layers=4, hidden_size=128, ffn_size=384, num_heads=4, block_length=96,
              dropout=0.0, norm="pre"),
         "imgtx: CPU-sized 1D model (block = one image row of 32x3 subpixels)",
         train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
-    "small-2d": _Entry(
+    "small-2d": RegistryEntry(
         _cfg(attention="local2d", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
              query_shape=(4, 24), memory_flange=(4, 12), dropout=0.0, norm="pre"),
         "imgtx: CPU-sized 2D model", train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
-    "small-dmol": _Entry(
+    "small-dmol": RegistryEntry(
         _cfg(likelihood="dmol", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
              block_length=64, dropout=0.0, norm="pre", positions="learned"),
         "imgtx: CPU-sized DMOL model", train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
@@ -132,6 +145,4 @@ def config_names() -> list[str]:
 
 def get_config(name: str, **overrides) -> ImageTransformerConfig:
     """A fresh copy of the named configuration, with field overrides."""
-    if name not in CONFIGS:
-        raise KeyError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-    return dataclasses.replace(CONFIGS[name].config, **overrides)
+    return lookup(CONFIGS, name, **overrides)

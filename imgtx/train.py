@@ -30,7 +30,8 @@ from imgtx.hub import parameter_count
 from imgtx.images import save_grid
 from imgtx.model import ImageTransformer
 
-__all__ = ["TrainSettings", "train", "fit", "noam", "evaluate_bits_per_dim", "export_run"]
+__all__ = ["TrainSettings", "train", "fit", "noam", "evaluate_bits_per_dim", "mean_bits_per_dim",
+           "export_run"]
 
 
 @dataclass
@@ -74,24 +75,33 @@ def noam(step: int, warmup: int, schedule: str = "noam", total: int | None = Non
 
 
 @torch.no_grad()
-def evaluate_bits_per_dim(model: ImageTransformer, loader, device, limit: int | None = None
-                          ) -> float:
-    """Exact bits/dim over ``loader`` (every subpixel counted once), up to ``limit`` images."""
+def mean_bits_per_dim(model: nn.Module, loader, device, limit: int | None,
+                      bits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+    """Mean of ``bits(images, labels)`` ``(B,)`` over ``loader``'s images, up to ``limit``, with
+    ``model`` in eval mode (the loop under every held-out bits/dim figure of training)."""
     was_training = model.training
     model.eval()
     total_bits, count = 0.0, 0
     for batch in loader:
-        images = batch["image"].to(device)
-        labels = batch["label"].to(device) if model.config.num_classes else None
+        images, labels = batch["image"].to(device), batch["label"].to(device)
         if limit is not None:
-            images = images[: limit - count]
-            labels = None if labels is None else labels[: limit - count]
-        total_bits += model.bits_per_dim(images, labels).double().sum().item()
+            images, labels = images[: limit - count], labels[: limit - count]
+        total_bits += bits(images, labels).double().sum().item()
         count += images.shape[0]
         if limit is not None and count >= limit:
             break
     model.train(was_training)
     return total_bits / max(count, 1)
+
+
+def evaluate_bits_per_dim(model: ImageTransformer, loader, device, limit: int | None = None
+                          ) -> float:
+    """Exact bits/dim over ``loader`` (every subpixel counted once), up to ``limit`` images."""
+
+    def bits(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return model.bits_per_dim(images, labels if model.config.num_classes else None)
+
+    return mean_bits_per_dim(model, loader, device, limit, bits)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -6,10 +6,9 @@ and its hparams, DESIGN §4); each entry names its source. The small ones are si
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from imgtx.configs import ImageTransformerConfig
+from imgtx.configs import ImageTransformerConfig, RegistryEntry, lookup
 
 __all__ = ["SuperResolutionConfig", "CONFIGS", "get_config", "config_names", "ANCHORS"]
 
@@ -90,14 +89,6 @@ class SuperResolutionConfig:
             init_gain=self.init_gain)
 
 
-@dataclass
-class _Entry:
-    config: SuperResolutionConfig
-    source: str
-    note: str = ""
-    train: dict = field(default_factory=dict)  # suggested training settings
-
-
 def _cfg(**kwargs) -> SuperResolutionConfig:
     return SuperResolutionConfig(**kwargs)
 
@@ -109,11 +100,11 @@ _SMALL = dict(encoder_layers=2, decoder_layers=4, hidden_size=128, ffn_size=384,
               dropout=0.0, norm="pre", sampling_temperature=0.5, anchor="bicubic")
 _SMALL_TRAIN = {"batch_size": 8, "warmup": 200, "lr": 2e-3}
 
-CONFIGS: dict[str, _Entry] = {
+CONFIGS: dict[str, RegistryEntry] = {
     # T2T img2img_transformer_b3 ("current best hparams for local 1d"): img2img_transformer_base
     # (4 encoder / 8 decoder layers, d 512, ffn 2048, 8 heads, dropout 0.1) with post-norm "dan",
     # block_length 128, sampling_temp 0.9, batch 2. CelebA 8x8 -> 32x32 (DESIGN §4).
-    "celeba-8to32-1d": _Entry(
+    "celeba-8to32-1d": RegistryEntry(
         _cfg(attention="local1d", block_length=128, encoder_layers=4, decoder_layers=8,
              hidden_size=512, ffn_size=2048, num_heads=8, dropout=0.1, norm="post",
              sampling_temperature=0.9),
@@ -122,7 +113,7 @@ CONFIGS: dict[str, _Entry] = {
     # T2T img2img_transformer2d_n103 ("best config for img2img"): img2img_transformer2d_base
     # (pre-norm "n"/"da", d 512, ffn 2048, 8 heads) with 6 encoder / 12 decoder layers, query
     # (8, 32), flange (8, 64), dropout 0.1, batch 1; block-raster order. Paper: tau 0.8.
-    "celeba-8to32-2d": _Entry(
+    "celeba-8to32-2d": RegistryEntry(
         _cfg(attention="local2d", query_shape=(8, 32), memory_flange=(8, 64), encoder_layers=6,
              decoder_layers=12, hidden_size=512, ffn_size=2048, num_heads=8, dropout=0.1,
              norm="pre", sampling_temperature=0.8),
@@ -130,24 +121,24 @@ CONFIGS: dict[str, _Entry] = {
         train={**_T2T_TRAIN, "batch_size": 1}),
     # CPU-sized: the shipped checkpoint sr-photos-8to32-small (block 96 = one output row of
     # 32x3 subpixels, as the `small` Image Transformer).
-    "photos-8to32-small": _Entry(
+    "photos-8to32-small": RegistryEntry(
         _cfg(attention="local1d", block_length=96, **_SMALL),
         "imgtx: CPU-sized 4x model for builtin:photos32", train=dict(_SMALL_TRAIN)),
-    "photos-8to32-small-2d": _Entry(
+    "photos-8to32-small-2d": RegistryEntry(
         _cfg(attention="local2d", query_shape=(4, 24), memory_flange=(4, 12), **_SMALL),
         "imgtx: CPU-sized 4x model, local 2D decoder", train=dict(_SMALL_TRAIN)),
-    "photos-16to32-small": _Entry(
+    "photos-16to32-small": RegistryEntry(
         _cfg(input_size=16, scale=2, attention="local1d", block_length=96, **_SMALL),
         "imgtx: CPU-sized 2x model (encoder over 768 input subpixels)", train=dict(_SMALL_TRAIN)),
-    "photos-4to32-small": _Entry(
+    "photos-4to32-small": RegistryEntry(
         _cfg(input_size=4, scale=8, attention="local1d", block_length=96, **_SMALL),
         "imgtx: CPU-sized 8x model", train=dict(_SMALL_TRAIN)),
     # Test-sized: 4x4 -> 16x16.
-    "tiny": _Entry(
+    "tiny": RegistryEntry(
         _cfg(input_size=4, scale=4, block_length=16, encoder_layers=1, decoder_layers=2,
              hidden_size=32, ffn_size=64, num_heads=2, dropout=0.0, norm="pre"),
         "imgtx: test-sized", train={"batch_size": 8, "warmup": 50, "lr": 2e-3}),
-    "tiny-2d": _Entry(
+    "tiny-2d": RegistryEntry(
         _cfg(input_size=4, scale=4, attention="local2d", query_shape=(4, 12),
              memory_flange=(2, 6), encoder_layers=1, decoder_layers=2, hidden_size=32,
              ffn_size=64, num_heads=2, dropout=0.0, norm="pre"),
@@ -161,6 +152,4 @@ def config_names() -> list[str]:
 
 def get_config(name: str, **overrides) -> SuperResolutionConfig:
     """A fresh copy of the named configuration, with field overrides."""
-    if name not in CONFIGS:
-        raise KeyError(f"unknown super-resolution config {name!r}; known: {', '.join(CONFIGS)}")
-    return dataclasses.replace(CONFIGS[name].config, **overrides)
+    return lookup(CONFIGS, name, "super-resolution config", **overrides)

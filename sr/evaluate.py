@@ -27,6 +27,7 @@ from eval.image_metrics import psnr, ssim, upscale_bicubic, upscale_nearest
 from eval.stats import mean_and_ci95
 from imgtx.data import image_loader, load_images
 from imgtx.images import make_grid, save_image
+from imgtx.train import mean_bits_per_dim
 from sr.model import SuperResolutionTransformer, make_low_res
 from sr.upscale import upscale_batch
 
@@ -35,25 +36,15 @@ __all__ = ["held_out_bits_per_dim", "evaluate", "evaluate_model", "PSNR_CAP"]
 PSNR_CAP = 100.0  # dB; stands in for the infinite PSNR of an exact reconstruction
 
 
-@torch.no_grad()
 def held_out_bits_per_dim(model: SuperResolutionTransformer, loader, device,
                           limit: int | None = None) -> float:
     """Mean conditional bits/dim over ``loader``'s images (targets; inputs made from them), up
     to ``limit`` images. The held-out metric of ``imgtx sr train``."""
-    was_training = model.training
-    model.eval()
-    total_bits, count = 0.0, 0
-    for batch in loader:
-        high_res = batch["image"].to(device)
-        if limit is not None:
-            high_res = high_res[: limit - count]
-        low_res = make_low_res(high_res, model.config)
-        total_bits += model.bits_per_dim(low_res, high_res).double().sum().item()
-        count += high_res.shape[0]
-        if limit is not None and count >= limit:
-            break
-    model.train(was_training)
-    return total_bits / max(count, 1)
+
+    def bits(high_res: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return model.bits_per_dim(make_low_res(high_res, model.config), high_res)
+
+    return mean_bits_per_dim(model, loader, device, limit, bits)
 
 
 @torch.no_grad()

@@ -5,10 +5,10 @@ Every subpixel of every image is counted once: ``bits/dim = sum of per-image nat
 batch size (to float32 rounding of the logits, ~1e-7). Alongside it, on the very same images:
 
 * ``ci95``: half-width of a 95% Student-t interval over per-image bits/dim
-  (:func:`eval.stats.mean_and_ci95`); report ``bits_per_dim ± ci95``. It measures how much the
+  (:func:`imgtx.eval.stats.mean_and_ci95`); report ``bits_per_dim ± ci95``. It measures how much the
   figure would move on another draw of images from the same source, not model uncertainty.
 * ``png_bits_per_dim`` / ``webp_bits_per_dim``: what lossless codecs pay for the same images
-  (:mod:`eval.compression`), a floor any likelihood model should beat.
+  (:mod:`imgtx.eval.compression`), a floor any likelihood model should beat.
 
 Images are never resampled: a model of side S is evaluated on S x S data only (bits/dim at
 another resolution is a different quantity), so data of another size is a clear error.
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from eval.compression import png_bits_per_dim, webp_bits_per_dim
-from eval.stats import mean_and_ci95
+from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim
+from imgtx.eval.stats import mean_and_ci95
 from imgtx.data import ImageDataError, image_loader, load_images
 from imgtx.model import ImageTransformer
 

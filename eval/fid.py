@@ -125,7 +125,7 @@ def inception_extractor(
         raise ImportError(
             "Inception features need torch-fidelity, which also needs torchvision: "
             "`pip install 'imgtx[fid]'` on a machine where torchvision installs. For tests or "
-            "smoke runs use eval.fid.RandomConvFeatures (its numbers are not comparable to "
+            "smoke runs use imgtx.eval.fid.RandomConvFeatures (its numbers are not comparable to "
             f"published FID). Import error: {error}"
         ) from error
     network = FeatureExtractorInceptionV3("inception-v3-compat", [feature]).to(device).eval()

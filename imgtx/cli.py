@@ -22,7 +22,7 @@ from dataclasses import asdict
 __all__ = ["main"]
 
 # Command groups that live outside the core: group name -> module with register(subparsers).
-GROUPS = {"sr": "sr.cli"}
+GROUPS = {"sr": "imgtx.sr.cli"}
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval_bpd(args: argparse.Namespace) -> int:
-    from eval.bits_per_dim import evaluate_model
+    from imgtx.eval.bits_per_dim import evaluate_model
 
     result = evaluate_model(args.model, args.data, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, image_column=args.image_column,

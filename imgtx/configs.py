@@ -68,9 +68,9 @@ class ImageTransformerConfig:
 
 @dataclass
 class RegistryEntry:
-    """One named configuration of a registry (this module's and ``sr.configs``'s)."""
+    """One named configuration of a registry (this module's and ``imgtx.sr.configs``'s)."""
 
-    config: Any  # ImageTransformerConfig | sr.SuperResolutionConfig
+    config: Any  # ImageTransformerConfig | imgtx.sr.SuperResolutionConfig
     source: str
     note: str = ""
     train: dict = field(default_factory=dict)  # suggested training settings

@@ -63,7 +63,7 @@ class ImageTransformer(HubModel):
 
     With ``context_dim`` every layer also cross-attends to a ``context`` ``(B, Nc, context_dim)``
     (an encoder's output) passed to ``forward``/``nll``/``bits_per_dim`` and to
-    :func:`imgtx.sampling.decode`: the decoder of :class:`sr.SuperResolutionTransformer`. Such a
+    :func:`imgtx.sampling.decode`: the decoder of :class:`imgtx.sr.SuperResolutionTransformer`. Such a
     decoder is saved as part of its encoder-decoder model, not on its own.
 
     With ``anchored=True`` (categorical only) every position also gets an *anchor* ``a``: a guess

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from eval.image_metrics import downscale_area, upscale_bicubic
+from imgtx.eval.image_metrics import downscale_area, upscale_bicubic
 from imgtx.images import save_image
-from sr.model import SuperResolutionTransformer
-from sr.upscale import upscale_image
+from imgtx.sr.model import SuperResolutionTransformer
+from imgtx.sr.upscale import upscale_image
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 1. **Bits/dim.** Evaluates ``checkpoints/imgtx-photos32-small`` on ``builtin:photos32`` test
    (the first ``--limit`` images; the full-split command is printed) with
-   :func:`eval.bits_per_dim.evaluate_model`, next to PNG and lossless WebP on the same images.
+   :func:`imgtx.eval.bits_per_dim.evaluate_model`, next to PNG and lossless WebP on the same images.
    Without the checkpoint it says so and trains a ``tiny`` model at 32x32 for a few steps
    instead, so the demo still runs end to end (its figures then mean nothing).
 2. **Sampling.** ``--num-samples`` 32x32 images with the KV cache -> ``runs/demo/samples.png``.
@@ -36,7 +36,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from eval.bits_per_dim import evaluate_model  # noqa: E402
+from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
 from imgtx.images import read_image, save_grid, save_image  # noqa: E402
 from imgtx.model import ImageTransformer  # noqa: E402
 from imgtx.sampling import sample  # noqa: E402
@@ -104,9 +104,9 @@ def sampling_section(model_path: Path, num: int, out: Path, seed: int) -> dict:
 def sr_section(out: Path, seed: int) -> dict:
     say(f"\n== 3. super-resolution with {SR_CHECKPOINT}")
     try:
-        from eval.image_metrics import downscale_area, psnr, upscale_bicubic
-        from sr.model import SuperResolutionTransformer
-        from sr.upscale import upscale_image
+        from imgtx.eval.image_metrics import downscale_area, psnr, upscale_bicubic
+        from imgtx.sr.model import SuperResolutionTransformer
+        from imgtx.sr.upscale import upscale_image
     except ImportError as error:
         say(f"   skipped: the sr package is not available ({error})")
         return {"sr": f"skipped: {error}"}

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 
 from imgtx.train import TrainSettings, export_run
-from sr.configs import get_config
-from sr.train import train
+from imgtx.sr.configs import get_config
+from imgtx.sr.train import train
 
 
 def main() -> None:

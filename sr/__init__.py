@@ -2,12 +2,12 @@
 
 * :class:`SuperResolutionTransformer` - full self-attention encoder over the low-resolution
   subpixels, local 1D/2D self-attention decoder with cross-attention, categorical output.
-* :class:`SuperResolutionConfig` and the named configurations in :mod:`sr.configs`.
-* :mod:`sr.upscale` - tiled, KV-cached upscaling of images of any size.
-* :mod:`sr.train`, :mod:`sr.evaluate`, :mod:`sr.cli` (``imgtx sr train|upscale|eval``).
+* :class:`SuperResolutionConfig` and the named configurations in :mod:`imgtx.sr.configs`.
+* :mod:`imgtx.sr.upscale` - tiled, KV-cached upscaling of images of any size.
+* :mod:`imgtx.sr.train`, :mod:`imgtx.sr.evaluate`, :mod:`imgtx.sr.cli` (``imgtx sr train|upscale|eval``).
 """
 
-from sr.configs import CONFIGS, SuperResolutionConfig, get_config
-from sr.model import SuperResolutionTransformer
+from imgtx.sr.configs import CONFIGS, SuperResolutionConfig, get_config
+from imgtx.sr.model import SuperResolutionTransformer
 
 __all__ = ["CONFIGS", "SuperResolutionConfig", "SuperResolutionTransformer", "get_config"]

@@ -21,8 +21,8 @@ __all__ = ["register"]
 
 def _info(args: argparse.Namespace) -> int:
     from imgtx.hub import parameter_count
-    from sr.configs import CONFIGS, get_config
-    from sr.model import SuperResolutionTransformer
+    from imgtx.sr.configs import CONFIGS, get_config
+    from imgtx.sr.model import SuperResolutionTransformer
 
     names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
@@ -43,8 +43,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from imgtx.cli import apply_overrides, train_settings
-    from sr.configs import CONFIGS, get_config
-    from sr.train import train
+    from imgtx.sr.configs import CONFIGS, get_config
+    from imgtx.sr.train import train
 
     config = get_config(args.config)
     apply_overrides(config, args.set)
@@ -57,8 +57,8 @@ def _upscale(args: argparse.Namespace) -> int:
     import torch
 
     from imgtx.images import read_image
-    from sr.model import SuperResolutionTransformer
-    from sr.upscale import upscale_file
+    from imgtx.sr.model import SuperResolutionTransformer
+    from imgtx.sr.upscale import upscale_file
 
     read_image(args.input)  # a missing or corrupt input fails before the model is loaded
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +72,7 @@ def _upscale(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from sr.evaluate import evaluate_model
+    from imgtx.sr.evaluate import evaluate_model
 
     result = evaluate_model(args.model, args.data, args.split, limit=args.limit,
                             batch_size=args.batch_size, temperature=args.temperature,

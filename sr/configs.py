@@ -12,12 +12,12 @@ from imgtx.configs import ImageTransformerConfig, RegistryEntry, lookup
 
 __all__ = ["SuperResolutionConfig", "CONFIGS", "get_config", "config_names", "ANCHORS"]
 
-ANCHORS = ("none", "bicubic", "nearest")  # see SuperResolutionConfig.anchor and sr.model
+ANCHORS = ("none", "bicubic", "nearest")  # see SuperResolutionConfig.anchor and imgtx.sr.model
 
 
 @dataclass
 class SuperResolutionConfig:
-    """Hyperparameters of :class:`sr.SuperResolutionTransformer` (serialised to ``config.json``).
+    """Hyperparameters of :class:`imgtx.sr.SuperResolutionTransformer` (serialised to ``config.json``).
 
     The encoder reads the ``input_size``-square low-resolution image; the decoder generates the
     ``input_size * scale``-square high-resolution image one subpixel at a time.
@@ -43,7 +43,7 @@ class SuperResolutionConfig:
     backend: str = "auto"  # attention backend, see imgtx.attention
     init_gain: float = 0.2 ** 0.5  # xavier_uniform gain (T2T uniform_unit_scaling 0.2)
     area_rounding: str = "nearest"  # how training/eval inputs round the area mean: "nearest" |
-    #                                 "floor" (T2T resize_by_area); see eval.image_metrics
+    #                                 "floor" (T2T resize_by_area); see imgtx.eval.image_metrics
     sampling_temperature: float = 0.9  # default temperature of `imgtx sr upscale` / `sr eval`
     anchor: str = "none"  # imgtx extension, not in the paper: "bicubic" | "nearest" gives the
     #                       decoder that upscale of the input as a per-subpixel anchor (an input

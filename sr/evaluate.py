@@ -1,12 +1,12 @@
 """Evaluation of a super-resolution model on held-out images (``imgtx sr eval``).
 
 Each held-out image is the high-resolution target; its input is the area-downscaled version
-(:func:`sr.model.make_low_res`, as in training). Reported, per image then averaged (with 95%
-confidence half-widths from :func:`eval.stats.mean_and_ci95`):
+(:func:`imgtx.sr.model.make_low_res`, as in training). Reported, per image then averaged (with 95%
+confidence half-widths from :func:`imgtx.eval.stats.mean_and_ci95`):
 
 * ``bits_per_dim``: exact ``-log2 p(high | low)`` over all 3*H*W output subpixels, each counted
   once, divided by 3*H*W;
-* ``psnr`` / ``ssim`` (scikit-image, via :mod:`eval.image_metrics`) of the model's upscale at the
+* ``psnr`` / ``ssim`` (scikit-image, via :mod:`imgtx.eval.image_metrics`) of the model's upscale at the
   chosen temperature against the target, side by side with bicubic and nearest-neighbour upscales
   of the same inputs. A PSNR of an exact reconstruction (infinite) counts as ``PSNR_CAP`` dB.
 * ``psnr_minus_bicubic`` / ``ssim_minus_bicubic``: the mean per-image difference between the
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eval.image_metrics import psnr, ssim, upscale_bicubic, upscale_nearest
-from eval.stats import mean_and_ci95
+from imgtx.eval.image_metrics import psnr, ssim, upscale_bicubic, upscale_nearest
+from imgtx.eval.stats import mean_and_ci95
 from imgtx.data import image_loader, load_images
 from imgtx.images import make_grid, save_image
 from imgtx.train import mean_bits_per_dim
-from sr.model import SuperResolutionTransformer, make_low_res
-from sr.upscale import upscale_batch
+from imgtx.sr.model import SuperResolutionTransformer, make_low_res
+from imgtx.sr.upscale import upscale_batch
 
 __all__ = ["held_out_bits_per_dim", "evaluate", "evaluate_model", "PSNR_CAP"]
 

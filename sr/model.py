@@ -25,13 +25,13 @@ import math
 import torch
 from torch import nn
 
-from eval.image_metrics import downscale_area, upscale_bicubic, upscale_nearest
+from imgtx.eval.image_metrics import downscale_area, upscale_bicubic, upscale_nearest
 from imgtx.attention import Full
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll
 from imgtx.model import ImageTransformer, check_images
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
-from sr.configs import SuperResolutionConfig
+from imgtx.sr.configs import SuperResolutionConfig
 
 __all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
 
@@ -100,7 +100,7 @@ class SuperResolutionTransformer(HubModel):
 
     ``forward(low_res, high_res)`` gives the logits of every output subpixel given the input and
     all earlier output subpixels; :meth:`nll` / :meth:`bits_per_dim` are exact conditional
-    likelihoods; :mod:`sr.upscale` samples with the KV cache and tiles images of any size.
+    likelihoods; :mod:`imgtx.sr.upscale` samples with the KV cache and tiles images of any size.
     """
 
     model_card_tags = ("image-transformer", "super-resolution", "encoder-decoder")

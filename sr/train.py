@@ -6,7 +6,7 @@ specs, accelerate, the noam schedule, progress in images seen, ``metrics.jsonl``
 
 Pairs are made on the fly: the target is the data set's image brought to the output size (a
 centre crop to a square, then an area resize, as :mod:`imgtx.data` does) and the input is its area
-downscale (:func:`sr.model.make_low_res`; DESIGN §4: crop, then area-resize to 8x8 and 32x32).
+downscale (:func:`imgtx.sr.model.make_low_res`; DESIGN §4: crop, then area-resize to 8x8 and 32x32).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from eval.image_metrics import upscale_nearest
+from imgtx.eval.image_metrics import upscale_nearest
 from imgtx.data import load_images
 from imgtx.images import make_grid
 from imgtx.likelihood import categorical_nll
 from imgtx.train import TrainSettings, fit
-from sr.configs import SuperResolutionConfig, get_config
-from sr.evaluate import held_out_bits_per_dim
-from sr.model import SuperResolutionTransformer, make_anchors, make_low_res
-from sr.upscale import upscale_batch
+from imgtx.sr.configs import SuperResolutionConfig, get_config
+from imgtx.sr.evaluate import held_out_bits_per_dim
+from imgtx.sr.model import SuperResolutionTransformer, make_anchors, make_low_res
+from imgtx.sr.upscale import upscale_batch
 
 __all__ = ["train", "pair_loss", "init_decoder_from", "offset_log_prior"]
 

@@ -1,4 +1,4 @@
-"""Upscaling with a :class:`~sr.model.SuperResolutionTransformer`: batched KV-cached sampling,
+"""Upscaling with a :class:`~imgtx.sr.model.SuperResolutionTransformer`: batched KV-cached sampling,
 and tiling for images of any size.
 
 A model upscales ``input_size``-square images. A larger (or non-square) image is
@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.image_metrics import upscale_bicubic
+from imgtx.eval.image_metrics import upscale_bicubic
 from imgtx.images import make_grid, read_image, save_image
 from imgtx.sampling import decode
-from sr.model import SuperResolutionTransformer, make_anchors
+from imgtx.sr.model import SuperResolutionTransformer, make_anchors
 
 __all__ = ["upscale_batch", "upscale_tiles", "split_tiles", "pad_to_tiles", "stitch_tiles",
            "upscale_image", "upscale_file"]
@@ -52,7 +52,7 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     Args:
         low_res: ``(B, 3, h, w)`` uint8 with ``h = w = config.input_size``.
         anchors: ``(B, 3, H, W)`` uint8 anchors for an anchored model (None: made from
-            ``low_res`` as in training, :func:`sr.model.make_anchors`).
+            ``low_res`` as in training, :func:`imgtx.sr.model.make_anchors`).
         temperature: softmax temperature; 0 takes the most likely value of each subpixel in
             decoding order; None uses ``config.sampling_temperature``.
         generator: random generator for the draws.

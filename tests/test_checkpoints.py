@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.image_metrics import psnr, upscale_bicubic
+from imgtx.eval.image_metrics import psnr, upscale_bicubic
 from imgtx import ImageTransformer
 from imgtx.data import load_images
-from sr import SuperResolutionTransformer
-from sr.model import make_low_res
-from sr.upscale import upscale_batch
+from imgtx.sr import SuperResolutionTransformer
+from imgtx.sr.model import make_low_res
+from imgtx.sr.upscale import upscale_batch
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Spec for exact bits/dim evaluation (eval.bits_per_dim) and the ``imgtx`` command line.
+"""Spec for exact bits/dim evaluation (imgtx.eval.bits_per_dim) and the ``imgtx`` command line.
 
 Models are the ``tiny`` config (8x8 images, 192 subpixel positions) with random weights, saved to
 a temporary directory; data are ``builtin:photos`` patches at 8x8 or temporary image folders.
@@ -19,8 +19,8 @@ import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from eval.bits_per_dim import evaluate_model  # noqa: E402
-from eval.compression import png_bits_per_dim, webp_bits_per_dim  # noqa: E402
+from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
+from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim  # noqa: E402
 from imgtx import ImageTransformer, get_config  # noqa: E402
 from imgtx.cli import main  # noqa: E402
 from imgtx.data import ImageDataError, load_images, photo_patches  # noqa: E402

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.compression import encoded_size_bytes, png_bits_per_dim, webp_bits_per_dim
-from eval.fid import (
+from imgtx.eval.compression import encoded_size_bytes, png_bits_per_dim, webp_bits_per_dim
+from imgtx.eval.fid import (
     FeatureExtractor,
     RandomConvFeatures,
     compute_features,
@@ -20,14 +20,14 @@ from eval.fid import (
     inception_score,
     kernel_inception_distance,
 )
-from eval.image_metrics import (
+from imgtx.eval.image_metrics import (
     downscale_area,
     psnr,
     ssim,
     upscale_bicubic,
     upscale_nearest,
 )
-from eval.stats import mean_and_ci95
+from imgtx.eval.stats import mean_and_ci95
 
 
 def random_images(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -15,17 +15,17 @@ import PIL.Image
 import pytest
 import torch
 
-import sr.upscale
-from eval.image_metrics import downscale_area, upscale_nearest
+import imgtx.sr.upscale
+from imgtx.eval.image_metrics import downscale_area, upscale_nearest
 from imgtx import ImageTransformer
 from imgtx.cli import main
 from imgtx.configs import get_config as imgtx_config
 from imgtx.data import ImageDataError
 from imgtx.hub import CheckpointMismatchError
-from sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
-from sr.model import make_low_res
-from sr.train import pair_loss
-from sr.upscale import split_tiles, stitch_tiles, upscale_batch, upscale_file, upscale_image
+from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
+from imgtx.sr.model import make_low_res
+from imgtx.sr.train import pair_loss
+from imgtx.sr.upscale import split_tiles, stitch_tiles, upscale_batch, upscale_file, upscale_image
 
 torch.set_num_threads(1)  # the tests share the machine with training runs
 
@@ -219,7 +219,7 @@ def test_every_tile_is_upscaled_and_put_in_its_place(monkeypatch):
         seen.append(len(low_res))
         return upscale_nearest(low_res, model.config.scale)
 
-    monkeypatch.setattr(sr.upscale, "upscale_batch", fake_upscale_batch)
+    monkeypatch.setattr(imgtx.sr.upscale, "upscale_batch", fake_upscale_batch)
     image = torch.randint(0, 256, (3, 13, 20), dtype=torch.uint8)
     out = upscale_image(model, image, batch_size=3)
     assert sum(seen) == 4 * 5 and max(seen) == 3  # 20 tiles, in batches of at most 3

@@ -15,13 +15,13 @@ import math
 import pytest
 import torch
 
-from eval.image_metrics import upscale_bicubic, upscale_nearest
+from imgtx.eval.image_metrics import upscale_bicubic, upscale_nearest
 from imgtx import ImageTransformer
 from imgtx.configs import get_config as imgtx_config
-from sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
-from sr.model import make_low_res
-from sr.train import init_decoder_from, offset_log_prior
-from sr.upscale import pad_to_tiles, upscale_batch, upscale_image
+from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
+from imgtx.sr.model import make_low_res
+from imgtx.sr.train import init_decoder_from, offset_log_prior
+from imgtx.sr.upscale import pad_to_tiles, upscale_batch, upscale_image
 
 torch.set_num_threads(1)
 

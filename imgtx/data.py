@@ -8,6 +8,8 @@ Spec forms accepted by :func:`load_images`:
 
 - ``builtin:photos32`` -- 32x32 patches cut from scikit-image's bundled colour photographs
   (needs no download); ``builtin:photos`` is the same data set for any ``image_size``.
+- ``builtin:digits`` -- scikit-learn's 1,797 labelled 8x8 handwritten digits, grey repeated
+  over RGB and upscaled bicubically to ``image_size`` (see :func:`digit_images`).
 - ``PATH`` or ``imagefolder:PATH`` -- a local folder of images read with datasets' ``imagefolder``
   builder. A flat folder (e.g. Downsampled ImageNet's ``valid_32x32/``) is one split and serves
   every ``split``. A folder with split subfolders (``train``, ``test``, ``valid``/``validation``,
@@ -84,12 +86,16 @@ __all__ = [
     "FLAT_LUMA_STD",
     "PHOTOS_TEST",
     "PHOTOS_TRAIN",
+    "DIGITS_CLASS_NAMES",
+    "DigitImages",
     "ImageDataError",
     "ImageSource",
     "PhotoPatches",
     "StreamingImageSource",
     "collate_images",
     "decode_image",
+    "digit_images",
+    "digits_grey",
     "from_hf_dataset",
     "image_loader",
     "load_images",
@@ -103,6 +109,7 @@ RESIZE_MODES = ("crop-area", "reject")
 ON_ERROR_MODES = ("raise", "skip")
 SPEC_FORMS = (
     "'builtin:photos32' or 'builtin:photos' (bundled photo patches)",
+    "'builtin:digits' (scikit-learn's labelled 8x8 handwritten digits, upscaled)",
     "a local folder of images, or 'imagefolder:PATH'",
     "a folder written by Dataset.save_to_disk / DatasetDict.save_to_disk",
     "a Hub dataset id 'owner/name' or 'hub:ID' (e.g. 'uoft-cs/cifar10')",
@@ -314,14 +321,86 @@ def photo_patches(split: str = "train", patch_size: int = 32) -> PhotoPatches:
     )
 
 
-def _photo_split(split: str) -> str:
+def _photo_split(split: str, builtin: str = "builtin:photos") -> str:
     if split in ("train", "training"):
         return "train"
     if split in ("test", "validation", "valid", "val"):
         return "test"
     raise ImageDataError(
-        f"builtin:photos has splits 'train' and 'test' ('validation'/'valid' mean 'test'), "
+        f"{builtin} has splits 'train' and 'test' ('validation'/'valid' mean 'test'), "
         f"not {split!r}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# builtin:digits -- scikit-learn's handwritten digits
+# --------------------------------------------------------------------------------------------
+
+DIGITS_CLASS_NAMES = tuple(str(digit) for digit in range(10))
+DIGITS_TEST_EVERY = 5  # test = the images whose index in load_digits' order is a multiple of 5
+DIGITS_LEVELS = 16  # load_digits' grey values run 0..16 (4x4 pixel counts of 32x32 bitmaps)
+
+
+@dataclass(frozen=True)
+class DigitImages:
+    """One split of ``builtin:digits``.
+
+    ``images``: ``(N, 3, S, S)`` uint8 (grey repeated over RGB); ``labels``: ``(N,)`` int64 in
+    0..9; ``index``: ``(N,)`` int64 position of each image in ``sklearn.datasets.load_digits``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+
+def digits_grey() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as ``(1797, 8, 8)`` uint8 grey (``round(v * 255 / 16)``) and labels.
+
+    The data are the test part of the UCI "Optical Recognition of Handwritten Digits" set
+    (Alpaydin & Kaynak, 1998) as bundled with scikit-learn (``load_digits``), in its order.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as error:
+        raise ImageDataError(
+            f"builtin:digits needs scikit-learn's bundled digits ({error}); "
+            "install it with `pip install scikit-learn`"
+        ) from error
+    digits = load_digits()
+    # 0..16 -> 0..255; the only exact half is v = 8 -> 127.5, which rint and round-half-up
+    # both send to 128.
+    grey = np.rint(digits.images * (255.0 / DIGITS_LEVELS)).astype(np.uint8)  # (1797, 8, 8)
+    return grey, digits.target.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def digit_images(split: str = "train", image_size: int = 32) -> DigitImages:
+    """Build (once per process) the ``builtin:digits`` images of ``split`` at ``image_size``.
+
+    test = load_digits indices ``i % 5 == 0`` (360 images), train = the rest (1,437), both in
+    load_digits' order. Each 8x8 grey image is upscaled to ``S x S`` with Pillow's
+    ``Image.BICUBIC`` (``S = 8`` keeps it as is) and repeated over the 3 channels.
+    """
+    split = _photo_split(split, "builtin:digits")
+    if image_size < 1:
+        raise ImageDataError(f"builtin:digits needs image_size >= 1, got {image_size}")
+    grey, labels = digits_grey()
+    index = np.arange(len(grey))
+    chosen = index[(index % DIGITS_TEST_EVERY == 0) == (split == "test")]
+    if image_size == grey.shape[-1]:
+        upscaled = grey[chosen]  # (N, 8, 8)
+    else:
+        upscaled = np.stack([
+            np.asarray(PIL.Image.fromarray(grey[i], "L").resize(
+                (image_size, image_size), PIL.Image.BICUBIC))
+            for i in chosen
+        ])  # (N, S, S)
+    images = np.repeat(upscaled[:, None], 3, axis=1)  # (N, 3, S, S)
+    return DigitImages(
+        images=torch.from_numpy(np.ascontiguousarray(images)),
+        labels=torch.from_numpy(labels[chosen]),
+        index=torch.from_numpy(chosen),
     )
 
 
@@ -443,14 +522,21 @@ class StreamingImageSource(_Source, IterableDataset):
 
 
 class _TensorRows:
-    """Rows of an ``(N, 3, S, S)`` uint8 tensor; picklable for DataLoader workers."""
+    """Rows of an ``(N, 3, S, S)`` uint8 tensor and optional ``(N,)`` labels; picklable."""
 
-    def __init__(self, images: torch.Tensor, name: str, order: torch.Tensor | None = None):
-        self.images, self.name = images, name
+    def __init__(
+        self,
+        images: torch.Tensor,
+        name: str,
+        order: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ):
+        self.images, self.name, self.labels = images, name, labels
         self.order = torch.arange(len(images)) if order is None else order
 
     def __call__(self, index: int) -> Row:
-        return self.images[index], -1, f"{self.name}[{index}]"
+        label = -1 if self.labels is None else int(self.labels[index])
+        return self.images[index], label, f"{self.name}[{index}]"
 
     def __iter__(self) -> Iterator[Row]:
         worker = get_worker_info()  # each DataLoader worker streams its own share
@@ -460,9 +546,8 @@ class _TensorRows:
 
     def shuffled(self, seed: int, buffer_size: int) -> _TensorRows:
         generator = torch.Generator().manual_seed(seed)
-        return _TensorRows(
-            self.images, self.name, torch.randperm(len(self.images), generator=generator)
-        )
+        order = torch.randperm(len(self.images), generator=generator)
+        return _TensorRows(self.images, self.name, order, self.labels)
 
 
 class _HFRows:
@@ -785,9 +870,18 @@ def _load_builtin(
     on_error: str,
     seed: int,
 ) -> ImageSource | StreamingImageSource:
+    if spec == "builtin:digits":
+        digits = digit_images(_photo_split(split, spec), image_size)
+        count = len(digits.images) if limit is None else min(limit, len(digits.images))
+        rows = _TensorRows(digits.images[:count], spec, labels=digits.labels[:count])
+        converter = _Converter(image_size, "reject", on_error)
+        return _make_source(
+            rows, None if streaming else count, converter, list(DIGITS_CLASS_NAMES), seed, spec
+        )
     if spec not in ("builtin:photos32", "builtin:photos"):
         raise ImageDataError(
-            f"unknown builtin {spec!r}; available: builtin:photos32, builtin:photos"
+            f"unknown builtin {spec!r}; available: builtin:photos32, builtin:photos, "
+            "builtin:digits"
         )
     if spec == "builtin:photos32" and image_size != 32:
         raise ImageDataError(

@@ -14,10 +14,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from imgtx.data import (  # noqa: E402
+    DIGITS_CLASS_NAMES,
     FLAT_LUMA_STD,
     ImageDataError,
     ImageSource,
     StreamingImageSource,
+    digit_images,
     from_hf_dataset,
     image_loader,
     load_images,
@@ -101,6 +103,61 @@ def test_photos_other_sizes_and_limit():
     assert len(source) == 5 and source[4]["image"].shape == (3, 16, 16)
     with pytest.raises(ImageDataError, match="builtin:photos'"):
         load_images("builtin:photos32", image_size=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# builtin:digits
+# ---------------------------------------------------------------------------------------------
+
+
+def test_digits_split_counts_disjointness_and_labels():
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    train, test = digit_images("train", 8), digit_images("test", 8)
+    assert len(train.images) == 1437 and len(test.images) == 360
+    assert test.index.tolist() == list(range(0, 1797, 5))
+    assert sorted(train.index.tolist() + test.index.tolist()) == list(range(1797))
+    for split in (train, test):
+        assert split.labels.tolist() == reference.target[split.index.numpy()].tolist()
+    assert set(test.labels.tolist()) == set(range(10))
+    # grey v in 0..16 -> round(v * 255 / 16), checked with Python's own round on every pixel
+    first = reference.images[test.index[1].item()]
+    expected = [[round(v * 255 / 16) for v in row] for row in first.tolist()]
+    assert all(test.images[1, c].tolist() == expected for c in range(3))
+    assert test.images.dtype == torch.uint8 and test.images.shape == (360, 3, 8, 8)
+
+
+def test_digits_through_the_normal_loader():
+    source = load_images("builtin:digits", split="test")
+    assert len(source) == 360 and source.num_classes == 10
+    assert source.class_names == list(DIGITS_CLASS_NAMES) == [str(d) for d in range(10)]
+    batch = next(iter(image_loader(source, batch_size=20, shuffle=False)))
+    assert batch["image"].shape == (20, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    assert batch["label"].tolist() == digit_images("test", 32).labels[:20].tolist()
+    streamed = list(load_images("builtin:digits", split="train", image_size=16, streaming=True,
+                                limit=6))
+    train = digit_images("train", 16)
+    assert [item["label"] for item in streamed] == train.labels[:6].tolist()
+    assert torch.equal(streamed[5]["image"], train.images[5])
+    assert len(load_images("builtin:digits", split="valid", limit=7)) == 7
+    shuffled = next(iter(image_loader(source, batch_size=360, shuffle=True)))["label"]
+    labels = digit_images("test", 32).labels
+    assert not torch.equal(shuffled, labels)
+    assert torch.equal(shuffled.sort().values, labels.sort().values)  # same images, new order
+
+
+def test_digits_upscale_is_pils_bicubic():
+    from sklearn.datasets import load_digits
+
+    grey = np.rint(load_digits().images[7] * 255 / 16).astype(np.uint8)  # index 7 is train
+    train = digit_images("train", 32)
+    position = train.index.tolist().index(7)
+    rgb = PIL.Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
+    expected = np.array(rgb.resize((32, 32), PIL.Image.BICUBIC))  # (32, 32, 3)
+    assert torch.equal(train.images[position], torch.from_numpy(expected).permute(2, 0, 1))
+    with pytest.raises(ImageDataError, match="builtin:digits has splits 'train' and 'test'"):
+        load_images("builtin:digits", split="holdout")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     steps = tqdm(range(n), desc="sampling", unit="pos", disable=not progress, leave=False)
     if use_cache:
         dtype = next(model.parameters()).dtype
-        caches = [layer.self_attn.new_cache(batch, n, device, dtype) for layer in model.layers]
+        caches = [layer.attn.new_cache(batch, n, device, dtype) for layer in model.layers]
         context_kvs = model.context_kv(context)
         positions = model.positions()  # (N, D)
         x_prev = torch.zeros(batch, 1, config.hidden_size, device=device, dtype=dtype)

@@ -169,6 +169,6 @@ def test_warm_start_copies_the_body_but_keeps_the_anchored_value_head_at_zero(tm
     source.save_pretrained(tmp_path / "it")
     copied = init_decoder_from(model, str(tmp_path / "it"))
     assert copied == len(source.state_dict()) - 2  # all but head.weight and head.bias
-    assert torch.equal(model.decoder.layers[0].ffn.net[0].weight,
-                       source.layers[0].ffn.net[0].weight)
+    assert torch.equal(model.decoder.layers[0].ffn.fc1.weight,
+                       source.layers[0].ffn.fc1.weight)
     assert not model.decoder.head.weight.any() and not model.decoder.head.bias.any()

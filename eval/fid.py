@@ -1,24 +1,54 @@
-"""GAN metrics core: FID, KID and IS from features, with a pluggable feature extractor.
+"""GAN metrics core: FID, KID and IS from features, and a disk cache of reference statistics.
 
-The standard numbers (FID/IS/KID as papers report them) need TF-compatible Inception weights,
-available through torch-fidelity (``pip install 'imgtx[fid]'``, which also needs torchvision).
-Everything else here is plain numpy/scipy, so the metrics themselves are tested on CPU with a small
-deterministic network (``RandomConvFeatures``). Numbers from different extractors are not
-comparable. Sources: Heusel et al. 2017 (FID), Bińkowski et al. 2018 (KID), Salimans et al. 2016
-(IS); DESIGN §7.
+Feature extractors (Inception, the shipped ``imgtx-small`` network, a random one for tests) live
+in :mod:`imgtx.eval.features` and are re-exported here. Everything in this file is plain
+numpy/scipy. Numbers from different extractors are not comparable. Sources: Heusel et al. 2017
+(FID), Bińkowski et al. 2018 (KID, "Demystifying MMD GANs", unbiased MMD^2 with the cubic
+polynomial kernel), Salimans et al. 2016 (IS).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import tempfile
 import warnings
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import torch
+from imgtx.eval.features import (
+    FeatureExtractor,
+    InceptionFeatures,
+    RandomConvFeatures,
+    compute_features,
+    get_extractor,
+    inception_extractor,
+)
 from scipy.special import xlogy
-from torch import nn
+
+__all__ = [
+    "FeatureExtractor",
+    "InceptionFeatures",
+    "RandomConvFeatures",
+    "ReferenceStatistics",
+    "cached_reference_statistics",
+    "compute_features",
+    "feature_statistics",
+    "fid_from_features",
+    "fid_stats_dir",
+    "frechet_distance",
+    "get_extractor",
+    "inception_extractor",
+    "inception_score",
+    "kernel_inception_distance",
+]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -27,118 +57,6 @@ def _as_float64(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
-
-
-# ----------------------------------------------------------------------------------------------
-# Feature extractors
-# ----------------------------------------------------------------------------------------------
-
-
-@runtime_checkable
-class FeatureExtractor(Protocol):
-    """Maps a uint8 batch ``(B, 3, H, W)`` to float features ``(B, dim)``."""
-
-    dim: int
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-class RandomConvFeatures(nn.Module):
-    """A tiny fixed random conv net; deterministic given ``seed``. For tests and smoke runs only.
-
-    Three 3x3 convolutions (stride 2, 2, 1; He-scaled Gaussian weights from a seeded generator,
-    zero biases) with ReLU, then a global average pool: ``(B, 3, H, W)`` uint8 -> ``(B, dim)``.
-    """
-
-    def __init__(self, dim: int = 64, seed: int = 0):
-        super().__init__()
-        self.dim = dim
-        generator = torch.Generator().manual_seed(seed)
-        widths = [3, 16, 32, dim]
-        strides = [2, 2, 1]
-        layers: list[nn.Module] = []
-        for c_in, c_out, stride in zip(widths[:-1], widths[1:], strides):
-            conv = nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
-            with torch.no_grad():
-                std = math.sqrt(2.0 / (c_in * 9))
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * std)
-                conv.bias.zero_()
-            layers += [conv, nn.ReLU()]
-        self.net = nn.Sequential(*layers)
-        self.requires_grad_(False)
-        self.eval()
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` uint8 -> ``(B, dim)`` float32."""
-        x = images.to(self.net[0].weight.device, torch.float32) / 127.5 - 1.0  # (B, 3, H, W)
-        return self.net(x).mean(dim=(2, 3))  # (B, dim)
-
-
-# Output width of each torch-fidelity InceptionV3 feature.
-_INCEPTION_DIMS = {
-    "64": 64,
-    "192": 192,
-    "768": 768,
-    "2048": 2048,
-    "logits_unbiased": 1008,
-    "logits": 1008,
-}
-
-
-class InceptionFeatures:
-    """torch-fidelity's TF-compatible InceptionV3 behind the ``FeatureExtractor`` protocol."""
-
-    def __init__(self, network: nn.Module, feature: str):
-        self.network = network
-        self.feature = feature
-        self.dim = _INCEPTION_DIMS[feature]
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` uint8 (any size; resized to 299 inside) -> ``(B, dim)`` float32."""
-        (features,) = self.network(images)
-        return features.reshape(len(images), -1).float()
-
-
-def inception_extractor(
-    feature: str = "2048", device: str | torch.device = "cpu"
-) -> InceptionFeatures:
-    """TF-Inception features via torch-fidelity, as used for published FID/KID/IS.
-
-    Args:
-        feature: ``"2048"`` (pool features, for FID/KID) or ``"logits_unbiased"`` (for IS, after a
-            softmax); also ``"64"``, ``"192"``, ``"768"``, ``"logits"``.
-        device: where to run the network.
-
-    Returns:
-        A ``FeatureExtractor``. torch-fidelity downloads its weights on first use.
-
-    Raises:
-        ImportError: torch-fidelity (or torchvision, which it imports) is missing.
-    """
-    if feature not in _INCEPTION_DIMS:
-        raise ValueError(f"feature must be one of {sorted(_INCEPTION_DIMS)}, got {feature!r}")
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError as error:
-        raise ImportError(
-            "Inception features need torch-fidelity, which also needs torchvision: "
-            "`pip install 'imgtx[fid]'` on a machine where torchvision installs. For tests or "
-            "smoke runs use imgtx.eval.fid.RandomConvFeatures (its numbers are not comparable to "
-            f"published FID). Import error: {error}"
-        ) from error
-    network = FeatureExtractorInceptionV3("inception-v3-compat", [feature]).to(device).eval()
-    return InceptionFeatures(network, feature)
-
-
-@torch.no_grad()
-def compute_features(
-    extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 64
-) -> np.ndarray:
-    """Run ``extractor`` over ``(N, 3, H, W)`` uint8 images in batches -> ``(N, dim)`` float64."""
-    chunks = [extractor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks).double().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,3 +226,77 @@ def inception_score(probs: ArrayLike, splits: int = 10) -> tuple[float, float]:
         kl = (xlogy(part, part) - xlogy(part, marginal)).sum(axis=1)  # (n,)
         scores.append(math.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference statistics cached on disk
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceStatistics:
+    """Features of a set of real images and their Gaussian fit.
+
+    ``features``: ``(N, D)`` float64 (kept for KID); ``mu (D,)``; ``sigma (D, D)``;
+    ``key``: what was measured; ``from_cache``: whether it was read from disk.
+    """
+
+    features: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    key: dict[str, Any]
+    from_cache: bool = False
+
+
+def fid_stats_dir() -> Path:
+    """``$IMGTX_CACHE/fid_stats`` if ``IMGTX_CACHE`` is set, else ``~/.cache/imgtx/fid_stats``."""
+    root = os.environ.get("IMGTX_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "imgtx") / "fid_stats"
+
+
+def _cache_file(key: dict[str, Any]) -> Path:
+    text = json.dumps(key, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    readable = "_".join(str(key.get(k, "")) for k in ("data", "split", "features", "count"))
+    readable = "".join(c if c.isalnum() or c in "-_." else "-" for c in readable)[:80]
+    return fid_stats_dir() / f"{readable}_{digest}.npz"
+
+
+def cached_reference_statistics(
+    key: dict[str, Any], compute: Callable[[], np.ndarray], use_cache: bool = True
+) -> ReferenceStatistics:
+    """Reference features and statistics for ``key``, from the disk cache or computed.
+
+    Args:
+        key: JSON-serialisable description of what is measured; it should name the data spec,
+            split, image size, extractor (with a fingerprint of its weights) and image count.
+            Any change in it gives a different cache file.
+        compute: called on a miss; returns the ``(N, D)`` features.
+        use_cache: ``False`` computes and neither reads nor writes the cache.
+
+    Returns:
+        :class:`ReferenceStatistics`. Files are ``.npz`` (``features``, ``mu``, ``sigma``,
+        ``key``) under :func:`fid_stats_dir`, written atomically (temp file + rename), so
+        concurrent runs never read a half-written file.
+    """
+    path = _cache_file(key)
+    if use_cache and path.is_file():
+        with np.load(path) as stored:
+            if json.loads(str(stored["key"])) == json.loads(json.dumps(key)):
+                return ReferenceStatistics(
+                    stored["features"], stored["mu"], stored["sigma"], key, from_cache=True
+                )
+    features = _as_float64(compute())
+    mu, sigma = feature_statistics(features)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, features=features, mu=mu, sigma=sigma,
+                         key=np.array(json.dumps(key, sort_keys=True)))  # fmt: skip
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    return ReferenceStatistics(features, mu, sigma, key)

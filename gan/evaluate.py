@@ -1,0 +1,218 @@
+"""Evaluate a generator against real images: FID, KID, IS, baselines and class accuracy.
+
+:func:`evaluate_generator` is what ``imgtx gan eval`` runs. Small-network FIDs mean little on their
+own, so ``baselines=True`` measures, with the same extractor and counts, a freshly initialised
+generator of the same config (``untrained_*``: the ceiling a trained model must get well below) and
+real training images against the real test images (``floor_*``: the best a perfect generator of the
+training distribution could do at this sample count).
+
+The generator needs ``generate(num, labels=None, seed=0) -> (N, 3, H, W) uint8`` and a ``config``
+with ``image_size`` and ``num_classes`` (0 for unconditional), and ``type(generator)(config)``
+must build a fresh one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from imgtx.eval.classifier import DIGITS_SPEC, class_accuracy, classifier_test_accuracy
+from imgtx.eval.features import FeatureExtractor, SmallFeatureNet, compute_features, get_extractor
+from imgtx.eval.fid import (
+    ReferenceStatistics,
+    cached_reference_statistics,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+)
+from torch import nn
+
+from imgtx.errors import UserError, check_at_least, check_positive
+
+__all__ = ["evaluate_generator", "real_images", "reference_statistics"]
+
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000  # Bińkowski et al. 2018 use subsets of 1000; capped by the sample count
+IS_SPLITS = 10
+
+
+def real_images(data: str, split: str, image_size: int, count: int) -> torch.Tensor:
+    """The first ``count`` images (or all, if fewer) of a split: ``(N, 3, S, S)`` uint8."""
+    from imgtx.data import load_images
+
+    source = load_images(data, split=split, image_size=image_size, limit=count)
+    images = [item["image"] for _, item in zip(range(count), source)]
+    if len(images) < 2:
+        raise UserError(f"{data!r} split {split!r} has {len(images)} images; FID needs >= 2")
+    return torch.stack(images)  # (N, 3, S, S)
+
+
+def _fingerprint(extractor: FeatureExtractor) -> str:
+    """A short hash of the extractor's weights, so retrained weights never reuse cached stats."""
+    module = extractor if isinstance(extractor, nn.Module) else None
+    module = module or getattr(extractor, "module", None) or getattr(extractor, "network", None)
+    digest = hashlib.sha256(type(extractor).__name__.encode())
+    if isinstance(module, nn.Module):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def reference_statistics(
+    data: str,
+    split: str,
+    image_size: int,
+    count: int,
+    features: str,
+    extractor: FeatureExtractor,
+    batch_size: int = 64,
+    use_cache: bool = True,
+) -> ReferenceStatistics:
+    """Features and Gaussian fit of the first ``count`` real images of a split, cached on disk.
+
+    The cache key holds the data spec, split, image size, extractor name and weight fingerprint,
+    and the requested ``count``; ``len(result.features)`` is the number of images really used.
+    """
+    key = {"data": data, "split": split, "image_size": image_size, "features": features,
+           "fingerprint": _fingerprint(extractor), "count": count}  # fmt: skip
+
+    def compute() -> np.ndarray:
+        return compute_features(extractor, real_images(data, split, image_size, count), batch_size)
+
+    return cached_reference_statistics(key, compute, use_cache)
+
+
+def _generate(generator: Any, num: int, batch_size: int, seed: int) -> tuple[torch.Tensor, Any]:
+    """Samples in batches (seed ``seed + batch index``) and their balanced labels (or None)."""
+    num_classes = int(getattr(generator.config, "num_classes", 0) or 0)
+    labels = torch.arange(num) % num_classes if num_classes > 0 else None
+    chunks = []
+    with torch.no_grad():
+        for index, start in enumerate(range(0, num, batch_size)):
+            part = None if labels is None else labels[start : start + batch_size]
+            n = min(batch_size, num - start)
+            chunks.append(generator.generate(n, labels=part, seed=seed + index).cpu())
+    images = torch.cat(chunks)  # (N, 3, H, W)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise UserError(f"generate must return (N, 3, H, W) uint8, got {images.dtype} "
+                        f"{tuple(images.shape)}")  # fmt: skip
+    return images, labels
+
+
+def _distances(
+    fake: np.ndarray, real: ReferenceStatistics, seed: int, prefix: str = ""
+) -> dict[str, float]:
+    subset = min(KID_SUBSET_SIZE, len(fake), len(real.features))
+    kid, kid_std = kernel_inception_distance(fake, real.features, KID_SUBSETS, subset, seed)
+    fid = frechet_distance(*feature_statistics(fake), real.mu, real.sigma)
+    return {f"{prefix}fid": fid, f"{prefix}kid": kid, f"{prefix}kid_std": kid_std}
+
+
+def _untrained_copy(generator: Any, seed: int) -> Any:
+    """The same config, freshly initialised under a fixed seed, on the generator's device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(generator)(generator.config)
+    if isinstance(generator, nn.Module):
+        parameter = next(generator.parameters(), None)
+        if parameter is not None:
+            fresh = fresh.to(parameter.device)
+        fresh.train(generator.training)
+    return fresh
+
+
+def evaluate_generator(
+    generator: Any,
+    data: str,
+    split: str = "test",
+    num_samples: int = 512,
+    features: str = "imgtx-small",
+    baselines: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """FID/KID (and IS, class accuracy, baselines) of ``generator`` against real images.
+
+    Args:
+        generator: has ``generate(num, labels=None, seed=0) -> (N, 3, H, W) uint8`` and
+            ``config.image_size``/``config.num_classes``.
+        data: image spec of the real images (see :func:`imgtx.data.load_images`).
+        split: the real split to compare with (usually ``"test"``).
+        num_samples: generated images; the real side uses as many, or all the split has.
+        features: extractor name (:func:`imgtx.eval.features.get_extractor`).
+        baselines: also measure an untrained generator and real train-vs-test images.
+        batch_size: images per generate / feature batch.
+        device: where the extractor runs.
+        seed: sample seed (batch ``i`` uses ``seed + i``); also seeds the KID subsets and the
+            untrained generator's initialisation.
+        use_cache: read/write the real-image statistics cache
+            (:func:`imgtx.eval.fid.fid_stats_dir`).
+
+    Returns:
+        ``fid``, ``kid``, ``kid_std``, ``num_samples``, ``num_real``, ``features``, ``data``,
+        ``split``; ``is``/``is_std`` where the extractor has class probabilities that fit the
+        data (Inception always; ``imgtx-small`` only on ``builtin:digits``); with ``baselines``,
+        ``untrained_fid``/``untrained_kid``/``untrained_kid_std`` and
+        ``floor_fid``/``floor_kid``/``floor_kid_std``; for a conditional generator,
+        ``class_accuracy`` (and ``untrained_class_accuracy``) with ``classifier_test_accuracy``,
+        plus ``class_accuracy_caveat`` when the data is not ``builtin:digits``.
+    """
+    check_at_least("num_samples", num_samples, 2)
+    check_positive("batch_size", batch_size)
+    image_size = int(generator.config.image_size)
+    extractor = get_extractor(features, device)
+    real = reference_statistics(
+        data, split, image_size, num_samples, features, extractor, batch_size, use_cache
+    )
+    fake_images, labels = _generate(generator, num_samples, batch_size, seed)
+    fake = compute_features(extractor, fake_images, batch_size)
+    result: dict[str, Any] = {
+        **_distances(fake, real, seed),
+        "num_samples": num_samples,
+        "num_real": len(real.features),
+        "features": features,
+        "data": data,
+        "split": split,
+        "seed": seed,
+    }
+    probabilities = getattr(extractor, "probabilities", None)
+    fits_data = features.startswith("inception") or data == DIGITS_SPEC
+    with_is = probabilities is not None and fits_data
+    if with_is and num_samples >= IS_SPLITS:
+        probs = torch.cat([probabilities(fake_images[i : i + batch_size])
+                           for i in range(0, num_samples, batch_size)])  # fmt: skip
+        result["is"], result["is_std"] = inception_score(probs.double().cpu(), IS_SPLITS)
+
+    classifier = None
+    if labels is not None:
+        classifier = extractor if isinstance(extractor, SmallFeatureNet) else None
+        classifier = classifier or get_extractor("imgtx-small", device)
+        result["class_accuracy"] = class_accuracy(fake_images, labels, classifier, batch_size)
+        result["classifier_test_accuracy"] = classifier_test_accuracy(classifier)
+        if data != DIGITS_SPEC:
+            result["class_accuracy_caveat"] = (
+                "the classifier was trained on builtin:digits; on other data class_accuracy "
+                "is not meaningful"
+            )
+
+    if baselines:
+        untrained = _untrained_copy(generator, seed)
+        untrained_images, _ = _generate(untrained, num_samples, batch_size, seed)
+        untrained_features = compute_features(extractor, untrained_images, batch_size)
+        result.update(_distances(untrained_features, real, seed, "untrained_"))
+        if labels is not None:
+            result["untrained_class_accuracy"] = class_accuracy(
+                untrained_images, labels, classifier, batch_size
+            )
+        train = reference_statistics(
+            data, "train", image_size, len(real.features), features, extractor, batch_size,
+            use_cache,
+        )
+        result.update(_distances(train.features, real, seed, "floor_"))
+    return result

@@ -8,25 +8,38 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
 
 import dataclasses
 import json
+import pickle
 import re
+import shlex
+import shutil
+import struct
+import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import huggingface_hub.constants
 import pytest
 import torch
+from hub_cache import write_offline_hub_cache
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import imgtx.hub.files
+import imgtx.hub.weights
+from imgtx.errors import UserError
 from imgtx.hub import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     ConfigMismatchError,
+    CorruptCheckpointError,
     HubModel,
     PickleCheckpointError,
+    UnsafePathError,
+    check_safetensors_file,
+    config_from_dict,
     parameter_count,
-    write_offline_hub_cache,
 )
 
 
@@ -270,23 +283,56 @@ def pickle_only(folder: Path) -> None:
     (folder / "model.safetensors").unlink()
 
 
-def test_pickle_checkpoint_needs_allow_pickle(saved):
+def never_unpickle(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_pretrained must never unpickle")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def convert_as_told(message: str, monkeypatch, cwd: Path | None = None) -> None:
+    """Run the `python -c CODE FOLDER` line that the error message ends with, in-process."""
+    words = shlex.split(message[message.index("python -c "):])
+    assert words[:2] == ["python", "-c"] and len(words) == 4
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["-c", words[3]])
+    exec(words[2], {})
+
+
+def test_pickle_checkpoint_needs_allow_pickle(saved, monkeypatch):
+    # imgtx never unpickles: allow_pickle=True no longer loads a pickle; the message's one-line
+    # command converts it to safetensors, after which the model loads exactly.
     model, folder = saved
     pickle_only(folder)
-    with pytest.raises(PickleCheckpointError, match="allow_pickle=True"):
-        TinyModel.from_pretrained(folder)
+    with monkeypatch.context() as patch:
+        never_unpickle(patch)
+        with pytest.raises(PickleCheckpointError, match="allow_pickle=True") as info:
+            TinyModel.from_pretrained(folder)
+        with pytest.raises(PickleCheckpointError, match="never unpickles"):
+            TinyModel.from_pretrained(folder, allow_pickle=True)
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+    assert "weights_only=True" in str(info.value)
+    convert_as_told(str(info.value), monkeypatch)
     loaded = TinyModel.from_pretrained(folder, allow_pickle=True)
     assert torch.equal(outputs(loaded), outputs(model))
 
 
-def test_pickle_checkpoint_from_hub_cache_needs_allow_pickle(saved, tmp_path):
+def test_pickle_checkpoint_from_hub_cache_needs_allow_pickle(saved, tmp_path, monkeypatch):
     model, folder = saved
     pickle_only(folder)
     write_offline_hub_cache(folder, "org/pickled", tmp_path / "cache")
-    with pytest.raises(PickleCheckpointError, match="pytorch_model.bin"):
-        TinyModel.from_pretrained("org/pickled", cache_dir=tmp_path / "cache")
-    loaded = TinyModel.from_pretrained("org/pickled", cache_dir=tmp_path / "cache",
-                                       allow_pickle=True)
+    with monkeypatch.context() as patch:
+        never_unpickle(patch)
+        with pytest.raises(PickleCheckpointError, match="pytorch_model.bin") as info:
+            TinyModel.from_pretrained("org/pickled", cache_dir=tmp_path / "cache")
+        with pytest.raises(PickleCheckpointError, match="hf download org/pickled"):
+            TinyModel.from_pretrained("org/pickled", cache_dir=tmp_path / "cache",
+                                      allow_pickle=True)
+    shutil.copytree(folder, tmp_path / "pickled")  # what `hf download --local-dir` gives
+    convert_as_told(str(info.value), monkeypatch, cwd=tmp_path)
+    loaded = TinyModel.from_pretrained(tmp_path / "pickled", allow_pickle=True)
     assert torch.equal(outputs(loaded), outputs(model))
 
 
@@ -348,3 +394,143 @@ def test_model_card_is_regenerated_but_a_foreign_readme_is_kept(tmp_path):
     with pytest.warns(UserWarning, match="not written by imgtx"):
         model.save_pretrained(tmp_path)
     assert (tmp_path / "README.md").read_text() == "# my notes\n"
+
+
+# --- user errors -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("error, old_base", [
+    (CheckpointMismatchError, RuntimeError), (ConfigMismatchError, ValueError),
+    (PickleCheckpointError, RuntimeError), (CheckpointNotFoundError, FileNotFoundError),
+    (CorruptCheckpointError, ValueError), (UnsafePathError, ValueError),
+])
+def test_hub_errors_are_user_errors_and_keep_their_old_base(error, old_base):
+    assert issubclass(error, UserError) and issubclass(error, old_base)
+
+
+def test_config_json_that_is_not_json_is_a_config_error(saved):
+    _, folder = saved
+    (folder / "config.json").write_text('{"hidden": 5,')
+    with pytest.raises(ConfigMismatchError, match="config.json is not valid JSON"):
+        TinyModel.from_pretrained(folder)
+
+
+# --- fields dropped from a config class --------------------------------------------------------
+
+@dataclasses.dataclass
+class RetiredFieldConfig:
+    """A config that once saved `backend` (a run-time choice) and no longer has it."""
+
+    IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
+    width: int = 2
+    inner: InnerConfig = dataclasses.field(default_factory=InnerConfig)
+
+
+@dataclasses.dataclass
+class PlainConfig:
+    """The same field without the ClassVar: nothing is ignored."""
+
+    width: int = 2
+
+
+def test_ignored_config_fields_are_dropped_before_validation():
+    old = {"width": 3, "backend": "xformers", "inner": {"gain": 2}}
+    assert config_from_dict(RetiredFieldConfig, old) == RetiredFieldConfig(
+        width=3, inner=InnerConfig(gain=2.0))
+    with pytest.raises(ConfigMismatchError, match=r"\['backend'\]"):
+        config_from_dict(PlainConfig, {"width": 3, "backend": "xformers"})
+    with pytest.raises(ConfigMismatchError, match=r"\['bogus'\]"):  # others stay errors
+        config_from_dict(RetiredFieldConfig, {"backend": "sdpa", "bogus": 1})
+    with pytest.raises(ConfigMismatchError, match="width should be int"):
+        config_from_dict(RetiredFieldConfig, {"backend": "sdpa", "width": "3"})
+    with pytest.raises(ConfigMismatchError, match=r"inner.*\['backend'\]"):  # not inherited
+        config_from_dict(RetiredFieldConfig, {"inner": {"backend": "sdpa"}})
+
+
+# --- safetensors files that lie about their size -----------------------------------------------
+
+def no_safetensors_read(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the file must be refused before safetensors reads it")
+
+    monkeypatch.setattr(imgtx.hub.weights, "load_file", refuse)
+
+
+def test_truncated_safetensors_is_refused_before_reading(saved, monkeypatch):
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    check_safetensors_file(weights)  # the intact file passes
+    weights.write_bytes(weights.read_bytes()[:-10])  # cut inside the last tensor
+    no_safetensors_read(monkeypatch)
+    with pytest.raises(CorruptCheckpointError, match=r"declares \d+ bytes .* holds \d+") as info:
+        TinyModel.from_pretrained(folder)
+    assert "download it again" in str(info.value) and isinstance(info.value, UserError)
+
+
+@pytest.mark.parametrize("content, pattern", [
+    (b"\x01\x02", "fewer than the 8-byte header length"),
+    (struct.pack("<Q", 1 << 62) + b"{}", "header length says"),  # 4 EiB header
+    (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+])
+def test_broken_safetensors_headers_are_refused(tmp_path, content, pattern):
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match=pattern):
+        check_safetensors_file(tmp_path / "model.safetensors")
+
+
+def test_header_declaring_a_huge_tensor_is_refused_quickly(saved, monkeypatch):
+    _, folder = saved
+    huge = 1 << 40  # 1 TiB of float32 declared in a file of a few hundred bytes
+    header = {"encoder.weight": {"dtype": "F32", "shape": [huge // 4],
+                                 "data_offsets": [0, huge]}}
+    encoded = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"0")
+    no_safetensors_read(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(CorruptCheckpointError, match=f"declares {huge} bytes .* holds 1"):
+        TinyModel.from_pretrained(folder)
+    assert time.monotonic() - start < 2.0
+    header["encoder.weight"]["shape"] = [3]  # offsets that disagree with dtype x shape
+    encoded = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(encoded)) + encoded)
+    with pytest.raises(CorruptCheckpointError, match="needs 12 bytes but its offsets span"):
+        TinyModel.from_pretrained(folder)
+
+
+# --- paths that escape the Hub cache -----------------------------------------------------------
+
+@pytest.mark.parametrize("model_id", ["org/../../etc", "../../outside/repo", "..\\..\\x"])
+def test_hub_id_with_parent_components_is_refused(tmp_path, model_id):
+    with pytest.raises(UnsafePathError, match="outside the Hub cache"):
+        TinyModel.from_pretrained(model_id, cache_dir=tmp_path)
+
+
+def test_local_directory_with_parent_components_still_loads(saved, monkeypatch):
+    model, folder = saved
+    monkeypatch.chdir(folder)
+    loaded = TinyModel.from_pretrained(Path("..") / folder.name)
+    assert torch.equal(outputs(loaded), outputs(model))
+
+
+def test_revision_with_parent_components_is_refused(saved, tmp_path):
+    _, folder = saved
+    write_offline_hub_cache(folder, "org/name", tmp_path / "cache")
+    with pytest.raises(UnsafePathError, match="revision '../../x'"):
+        TinyModel.from_pretrained("org/name", cache_dir=tmp_path / "cache", revision="../../x")
+
+
+def test_tampered_cache_ref_pointing_outside_is_refused(saved, tmp_path):
+    _, folder = saved
+    cache = tmp_path / "cache"
+    write_offline_hub_cache(folder, "org/name", cache)
+    shutil.copytree(folder, tmp_path / "outside")  # a planted checkpoint outside the cache
+    (cache / "models--org--name" / "refs" / "main").write_text("../../../outside")
+    with pytest.raises(UnsafePathError, match="'org/name'.*outside the cache"):
+        TinyModel.from_pretrained("org/name", cache_dir=cache)
+
+
+def test_downloaded_path_outside_the_cache_is_refused(saved, tmp_path, monkeypatch):
+    _, folder = saved  # whatever huggingface_hub returns, imgtx checks it lies in the cache
+    escaped = str(tmp_path / "cache" / ".." / "elsewhere" / "config.json")
+    monkeypatch.setattr(imgtx.hub.files, "hf_hub_download", lambda **kwargs: escaped)
+    with pytest.raises(UnsafePathError, match="points outside the cache"):
+        TinyModel.from_pretrained("org/name", cache_dir=tmp_path / "cache")

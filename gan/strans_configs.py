@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from imgtx.gan.diffaugment import check_policy
+
 from imgtx.configs import RegistryEntry, lookup
 from imgtx.errors import UserError
 
@@ -44,7 +46,7 @@ class STransGeneratorConfig:
     class_embed_dim: int = 128  # class-embedding width (conditional only)
     cond_hidden: int = 0  # 0: c = concat(embed(y), z); > 0: an MLP of it to this width
     adanorm: str = "trunk"  # AdaNorm-T placement: "branch" (a) | "trunk" (b) | "both" (c)
-    checkpointing: bool = False  # activation checkpointing per block (saves memory in training)
+    checkpoint_blocks: bool = False  # activation checkpointing per block (training memory)
     backend: str = "auto"  # attention backend, see imgtx.attention
 
     def __post_init__(self) -> None:
@@ -93,7 +95,7 @@ class STransDiscriminatorConfig:
     residual: str = "projection"  # "projection": learned skip projection | "identity" shortcut
     branch_activation: str = "leaky_relu"  # after each sub-layer: "leaky_relu" | "none"
     diffaug: str = "translation,cutout,color"  # DiffAugment policy applied inside forward
-    checkpointing: bool = False  # activation checkpointing per block
+    checkpoint_blocks: bool = False  # activation checkpointing per block
     backend: str = "auto"  # attention backend, see imgtx.attention
 
     def __post_init__(self) -> None:
@@ -112,6 +114,7 @@ class STransDiscriminatorConfig:
             if grid > self.window and grid % self.window:
                 raise UserError(f"Swin window {self.window} does not divide the {grid}x{grid} "
                                 "grid")
+        check_policy(self.diffaug)
         choices = {"downsample": ("merge", "avgpool"), "residual": ("projection", "identity"),
                    "branch_activation": ("leaky_relu", "none")}
         for name, allowed in choices.items():

@@ -26,6 +26,7 @@ from imgtx.data import (  # noqa: E402
     photo_patches,
     to_rgb_uint8,
 )
+from imgtx.errors import UserError  # noqa: E402
 
 LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
 
@@ -324,6 +325,66 @@ def test_skip_in_streaming_drops_the_image(folder_with_corrupt_png):
     )
     assert isinstance(source, StreamingImageSource)
     assert len(list(source)) == 4 and source.skipped == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image", "empty-file"])
+def test_damaged_files_raise_one_actionable_line(tmp_path, damage):
+    folder = tmp_path / "images"
+    _save(folder / "good.png", _rgb(0))
+    encoded = (folder / "good.png").read_bytes()
+    bad = {"truncated": encoded[: len(encoded) // 2], "not-an-image": b"hello, world\n" * 9,
+           "empty-file": b""}[damage]
+    (folder / "bad.png").write_bytes(bad)
+    for streaming in (False, True):
+        source = load_images(str(folder), split="train", streaming=streaming)
+        with pytest.raises(ImageDataError) as info:
+            list(source) if streaming else [source[i] for i in range(len(source))]
+        message = str(info.value)
+        assert isinstance(info.value, UserError) and "\n" not in message
+        assert "bad.png" in message and "on_error='skip'" in message
+        assert " object at 0x" not in message
+
+
+@pytest.mark.parametrize("layout", ["empty", "only-text", "empty-split"])
+def test_a_folder_without_images_is_a_user_error(tmp_path, layout):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if layout == "only-text":
+        (folder / "README.txt").write_text("no images here")
+    if layout == "empty-split":
+        _save(folder / "train" / "a.png", _rgb(0))
+        (folder / "test").mkdir()
+    for streaming in (False, True):
+        with pytest.raises(ImageDataError, match="holds no image files.*point the spec at"):
+            load_images(str(folder), split="test", streaming=streaming)
+
+
+def test_an_empty_data_set_is_a_user_error():
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    one = datasets.Dataset.from_dict({"image": [PIL.Image.new("RGB", (8, 8))], "label": [1]},
+                                     features=features)
+    with pytest.raises(ImageDataError, match="'nothing' has no images"):
+        from_hf_dataset(one.select([]), name="nothing")
+    nothing = one.to_iterable_dataset().filter(lambda row: False)
+    streamed = from_hf_dataset(nothing, name="nothing")
+    with pytest.raises(ImageDataError, match="'nothing' streamed no images"):
+        list(streamed)
+    with pytest.raises(ImageDataError, match="limit must be None or an int >= 1"):
+        load_images("builtin:digits", limit=0)
+
+
+def test_nothing_readable_is_a_user_error_even_when_skipping(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / "bad" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "bad" / name).write_bytes(b"not a png")
+    source = load_images(str(tmp_path / "bad"), split="test", on_error="skip")
+    with pytest.raises(ImageDataError, match="none of the 2 images"):
+        source[0]
+    with pytest.raises(ImageDataError, match="none of the images"):
+        source.scan()
+    streamed = load_images(str(tmp_path / "bad"), split="test", on_error="skip", streaming=True)
+    with pytest.raises(ImageDataError, match="none of its 2 images could be decoded"):
+        list(streamed)
 
 
 # ---------------------------------------------------------------------------------------------

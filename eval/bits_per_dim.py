@@ -19,18 +19,20 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
-
 from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim
 from imgtx.eval.stats import mean_and_ci95
+from tqdm.auto import tqdm
+
 from imgtx.data import ImageDataError, image_loader, load_images
+from imgtx.errors import check_at_least
 from imgtx.model import ImageTransformer
 
-__all__ = ["evaluate_model", "evaluate_images"]
+__all__ = ["evaluate_model", "evaluate_images", "per_image_values", "mean_bits_per_dim"]
 
 LN2 = math.log(2.0)
 
@@ -59,12 +61,77 @@ def _size_error(error: ImageDataError, model_name: str, size: int, data: str,
 
 
 @torch.no_grad()
+def per_image_values(batches: Iterable[dict], score: Callable[[dict], dict[str, torch.Tensor]],
+                     *, accelerator=None, device: torch.device | str | None = None,
+                     limit: int | None = None, bar=None) -> dict[str, torch.Tensor]:
+    """The one evaluation loop under every bits/dim figure (training, ``eval-bpd``, ``sr eval``).
+
+    Calls ``score(batch)`` on each batch ``{"image": (B, 3, S, S) uint8, "label": (B,), ...}``
+    (moved to ``device``) and collects its per-image values ``{name: (B,)}`` in float64. With an
+    ``accelerator``, ``batches`` must be a loader it prepared (sharded across processes): each
+    batch's values are gathered with ``gather_for_metrics``, which drops the samples repeated to
+    even out the last batch, so every image counts exactly once; then every process returns the
+    same figures. ``limit`` keeps the first ``limit`` images. ``bar`` (tqdm) is advanced by
+    the images counted.
+
+    Returns ``{name: (N,) float64}`` on the CPU.
+    """
+    if accelerator is not None:
+        device = accelerator.device
+    columns: dict[str, list[torch.Tensor]] = {}
+    count = 0
+    for batch in batches:
+        if limit is not None and count >= limit:
+            if accelerator is None:
+                break
+            continue  # a prepared loader is run to its end, so that accelerate closes it
+        if accelerator is None and limit is not None:  # score no more images than needed
+            batch = {k: v[: limit - count] if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+        if device is not None:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+        values = {name: value.detach().double() for name, value in score(batch).items()}
+        if accelerator is not None:
+            values = accelerator.gather_for_metrics(values)
+            if limit is not None:
+                values = {name: value[: limit - count] for name, value in values.items()}
+        size = next(iter(values.values())).shape[0] if values else 0
+        for name, value in values.items():
+            columns.setdefault(name, []).append(value.cpu())
+        count += size
+        if bar is not None:
+            bar.update(size)
+    return {name: torch.cat(parts) for name, parts in columns.items()}
+
+
+def mean_bits_per_dim(model: torch.nn.Module, loader,
+                      bits: Callable[[torch.nn.Module, dict], torch.Tensor], *,
+                      accelerator=None, limit: int | None = None) -> float:
+    """Mean over images of ``bits(model, batch)`` ``(B,)`` (each image's bits/dim), with
+    ``model`` in eval mode, through :func:`per_image_values`: the held-out figure of training.
+    Every process gets the same value."""
+    was_training = model.training
+    model.eval()
+    try:
+        values = per_image_values(loader, lambda batch: {"bits": bits(model, batch)},
+                                  accelerator=accelerator, limit=limit,
+                                  device=None if accelerator else next(model.parameters()).device)
+    finally:
+        model.train(was_training)
+    if "bits" not in values or values["bits"].numel() == 0:
+        raise ImageDataError("no images to evaluate: the held-out data is empty")
+    return float(values["bits"].mean())
+
+
+@torch.no_grad()
 def evaluate_images(model: ImageTransformer, batches, *, num_classes_in_data: int | None = None,
                     limit: int | None = None, baselines: bool = True, progress: bool = True,
-                    total: int | None = None) -> dict[str, Any]:
+                    total: int | None = None, accelerator=None) -> dict[str, Any]:
     """Bits/dim of ``model`` over ``batches`` of ``{"image": (B, 3, S, S) uint8, "label": (B,)}``.
 
-    The core of :func:`evaluate_model`, for callers with their own loader. Returns the figures
+    The core of :func:`evaluate_model`, for callers with their own loader (with an
+    ``accelerator``: a loader it prepared; see :func:`per_image_values`). Returns the figures
     (``bits_per_dim``, ``ci95``, ``num_images``, ``png_bits_per_dim``, ``webp_bits_per_dim``,
     ``images_per_second``, ``model_seconds``) and ``per_image_bits_per_dim`` (a list).
     """
@@ -73,61 +140,54 @@ def evaluate_images(model: ImageTransformer, batches, *, num_classes_in_data: in
     dims_per_image = 3 * size * size
     device = next(model.parameters()).device
     conditional = bool(config.num_classes)
+    codecs = {"png": png_bits_per_dim, "webp": webp_bits_per_dim} if baselines else {}
+    codec_notes: dict[str, str] = {}
+    model_seconds = 0.0
+
+    def score(batch: dict) -> dict[str, torch.Tensor]:
+        nonlocal model_seconds
+        images, labels = batch["image"], batch.get("label")
+        if conditional and (labels is None or num_classes_in_data is None
+                            or bool((labels < 0).any())):
+            raise ImageDataError(
+                f"the model is class-conditional ({config.num_classes} classes) but the data "
+                "has no labels; evaluate it on labelled data (a ClassLabel column or class "
+                "subfolders)")
+        start = time.perf_counter()
+        nats = model.nll(images, labels if conditional else None)  # (B, positions)
+        values = {"nats": nats.double().sum(dim=1)}  # (B,)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        model_seconds += time.perf_counter() - start
+        for codec, fn in codecs.items():
+            per_image = torch.full((images.shape[0],), math.nan, dtype=torch.float64)
+            if codec not in codec_notes:
+                try:
+                    per_image = torch.from_numpy(fn(images.cpu(), per_image=True)).double()
+                except RuntimeError as error:  # e.g. Pillow without WebP
+                    codec_notes[codec] = str(error)
+            values[codec] = per_image.to(images.device)
+        return values
+
     was_training = model.training
     model.eval()
-    per_image: list[torch.Tensor] = []  # (B,) float64 nats per image, one entry per batch
-    codec_bits = {"png": 0.0, "webp": 0.0}
-    codec_notes: dict[str, str] = {}
-    model_seconds, count = 0.0, 0
-    bar = tqdm(total=total, desc="bits/dim", unit="img", file=sys.stderr, disable=not progress,
+    show = progress and (accelerator is None or accelerator.is_main_process)
+    bar = tqdm(total=total, desc="bits/dim", unit="img", file=sys.stderr, disable=not show,
                dynamic_ncols=True)
     try:
-        for batch in batches:
-            images, labels = batch["image"], batch.get("label")
-            if limit is not None:
-                images = images[: limit - count]
-                labels = None if labels is None else labels[: limit - count]
-            if images.shape[0] == 0:
-                break
-            if conditional:
-                if labels is None or num_classes_in_data is None or bool((labels < 0).any()):
-                    raise ImageDataError(
-                        f"the model is class-conditional ({config.num_classes} classes) but the "
-                        "data has no labels; evaluate it on labelled data (a ClassLabel column "
-                        "or class subfolders)")
-                labels = labels.to(device)
-            else:
-                labels = None
-            start = time.perf_counter()
-            nats = model.nll(images.to(device), labels)  # (B, positions)
-            per_image.append(nats.double().sum(dim=1).cpu())  # (B,)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            model_seconds += time.perf_counter() - start
-            if baselines:
-                for codec, fn in (("png", png_bits_per_dim), ("webp", webp_bits_per_dim)):
-                    if codec in codec_notes:
-                        continue
-                    try:
-                        codec_bits[codec] += float(fn(images.cpu(), per_image=True).sum()
-                                                   * dims_per_image)
-                    except RuntimeError as error:  # e.g. Pillow without WebP
-                        codec_notes[codec] = str(error)
-            count += images.shape[0]
-            bar.update(images.shape[0])
-            if limit is not None and count >= limit:
-                break
+        values = per_image_values(batches, score, accelerator=accelerator, device=device,
+                                  limit=limit, bar=bar)
     finally:
         bar.close()
         model.train(was_training)
+    count = values["nats"].numel() if values else 0
     if count == 0:
         raise ImageDataError("no images to evaluate: the data split is empty (or limit=0)")
-    nats_per_image = torch.cat(per_image)  # (N,) float64
-    total_bits = float(nats_per_image.sum()) / LN2
+    nats_per_image = values["nats"]  # (N,) float64
     bits_per_image = (nats_per_image / (dims_per_image * LN2)).tolist()
     _, half_width = mean_and_ci95(bits_per_image)
     result: dict[str, Any] = {
-        "bits_per_dim": total_bits / (count * dims_per_image),
+        "bits_per_dim": float(nats_per_image.sum()) / LN2 / (count * dims_per_image),
         "ci95": half_width,
         "num_images": count,
         "png_bits_per_dim": None,
@@ -136,12 +196,11 @@ def evaluate_images(model: ImageTransformer, batches, *, num_classes_in_data: in
         "model_seconds": model_seconds,
         "per_image_bits_per_dim": bits_per_image,
     }
-    if baselines:
-        for codec in ("png", "webp"):
-            if codec not in codec_notes:
-                result[f"{codec}_bits_per_dim"] = codec_bits[codec] / (count * dims_per_image)
-        if codec_notes:
-            result["baseline_notes"] = codec_notes
+    for codec in codecs:
+        if not bool(values[codec].isnan().any()):
+            result[f"{codec}_bits_per_dim"] = float(values[codec].mean())
+    if codec_notes:
+        result["baseline_notes"] = codec_notes
     return result
 
 
@@ -149,7 +208,8 @@ def evaluate_model(model: str | Path | ImageTransformer, data: str, split: str =
                    limit: int | None = None, batch_size: int = 16,
                    image_column: str | None = None, streaming: bool = False,
                    on_error: str = "raise", baselines: bool = True,
-                   device: str | None = None, *, progress: bool = True) -> dict[str, Any]:
+                   device: str | None = None, *, progress: bool = True,
+                   accelerator=None) -> dict[str, Any]:
     """Exact bits/dim of an Image Transformer on a data split, with codec baselines.
 
     Args:
@@ -166,6 +226,8 @@ def evaluate_model(model: str | Path | ImageTransformer, data: str, split: str =
         baselines: also compute PNG and lossless-WebP bits/dim of the same images.
         device: where to run (default: CUDA if available, else CPU; an instance stays put).
         progress: show a tqdm bar on stderr.
+        accelerator: an ``accelerate.Accelerator`` to share the images between processes (run
+            under ``torchrun`` / ``accelerate launch``); every process returns the same figures.
 
     Returns:
         A JSON-ready dict: ``model``, ``data``, ``split``, ``image_size``, ``num_images``,
@@ -179,8 +241,11 @@ def evaluate_model(model: str | Path | ImageTransformer, data: str, split: str =
             for a class-conditional model, or no images.
     """
     start = time.perf_counter()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_at_least("batch_size", batch_size, 1)
+    if limit is not None and limit < 1:
+        raise ImageDataError(f"no images to evaluate with limit={limit}; give a limit >= 1")
+    if accelerator is not None:
+        device = str(accelerator.device)
     model, model_name = _load_model(model, device)
     size = model.config.image_size
     source = load_images(data, split, size, image_column=image_column, streaming=streaming,
@@ -194,10 +259,12 @@ def evaluate_model(model: str | Path | ImageTransformer, data: str, split: str =
         raise ImageDataError(f"{data!r} (split {split!r}, limit={limit}) has no images to "
                              "evaluate; check the path, the split name and the limit")
     loader = image_loader(source, batch_size, shuffle=False)
+    if accelerator is not None:
+        loader = accelerator.prepare(loader)
     try:
         figures = evaluate_images(model, loader, num_classes_in_data=source.num_classes,
                                   limit=limit, baselines=baselines, progress=progress,
-                                  total=total)
+                                  total=total, accelerator=accelerator)
     except ImageDataError as error:
         # imgtx.data's resize="reject" message says "... image_size=S needs SxS ..."
         if f"needs {size}x{size}" in str(error):

@@ -4,10 +4,15 @@
     imgtx train --config NAME --data SPEC --out DIR [...]
     imgtx eval-bpd --model DIR_OR_HUB_ID --data SPEC --split test [--json]
     imgtx sample --model DIR_OR_HUB_ID --num N --out grid.png [...]
-    imgtx sr {train,upscale,eval} ...
+    imgtx <group> ...                      (a family's commands: sr, gan, ...)
 
-Subcommand groups of other packages (``sr``) are looked up by module name when first used, so the
-core package never imports them.
+The families register their command groups through the ``imgtx.commands`` entry points
+(``pyproject.toml``: ``sr = "imgtx.sr.cli:register"``), so the core names none of them; a group
+whose module fails to import is left out, with a note in ``--help``.
+
+Errors a user can act on (:class:`imgtx.errors.UserError`) print one line,
+``imgtx <command>: error: <message>``, and exit with status 2; anything else is a bug and shows
+its traceback. ``IMGTX_DEBUG=1`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -19,10 +24,63 @@ import os
 import sys
 from dataclasses import asdict
 
-__all__ = ["main"]
+from imgtx.errors import UserError, check_at_least, check_positive
 
-# Command groups that live outside the core: group name -> module with register(subparsers).
-GROUPS = {"sr": "imgtx.sr.cli"}
+__all__ = ["main", "build_parser", "apply_overrides", "train_settings", "add_train_arguments",
+           "add_device_arguments", "default_device", "launch_accelerator", "check_arguments"]
+
+COMMAND_GROUPS = "imgtx.commands"  # entry-point group: name -> module:register(subparsers)
+
+# Numeric options checked before any work, whatever the command: dest -> (minimum, inclusive).
+NUMBER_LIMITS = {
+    "batch_size": (1, True), "max_steps": (1, True), "minutes": (0, False), "limit": (1, True),
+    "temperature": (0, True), "threads": (1, True), "num": (1, True), "grad_accum": (1, True),
+    "eval_images": (1, True), "warmup": (0, True), "lr": (0, False), "scale": (1, True),
+    "eval_every": (0, True), "sample_every": (0, True), "checkpoint_every": (0, True),
+    "num_samples": (0, True), "num_workers": (0, True),
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise :class:`UserError` for a nonsensical number in ``args`` (a batch size of 0, a
+    negative temperature, ...), before any data or model is loaded."""
+    for dest, (minimum, inclusive) in NUMBER_LIMITS.items():
+        value = getattr(args, dest, None)
+        if value is None or isinstance(value, bool):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if inclusive:
+            check_at_least(flag, value, minimum)
+        elif minimum == 0:
+            check_positive(flag, value)
+
+
+def default_device(device: str | None) -> str:
+    """``device``, or CUDA when it is available, else the CPU."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def launch_accelerator(device: str | None = None):
+    """An ``accelerate.Accelerator`` when this process is one of several (``torchrun``,
+    ``accelerate launch``: ``WORLD_SIZE`` > 1), so that an evaluation shares its images between
+    them; else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu")
+
+
+def get_named_config(get_config, name: str, **overrides):
+    """``get_config(name)`` of a family's registry, an unknown name being a :class:`UserError`."""
+    try:
+        return get_config(name, **overrides)
+    except KeyError as error:
+        raise UserError(error.args[0] if error.args else f"unknown config {name!r}") from None
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -33,7 +91,7 @@ def _info(args: argparse.Namespace) -> int:
     names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
     for name in names:
-        config = get_config(name)
+        config = get_named_config(get_config, name)
         model = ImageTransformer(config)
         rows.append({"name": name, "parameters": parameter_count(model),
                      "sequence_length": config.sequence_length, "source": CONFIGS[name].source,
@@ -57,11 +115,14 @@ def apply_overrides(config, pairs: list[str] | None) -> None:
     a string; a list becomes a tuple for tuple fields. Types are checked against the current
     value so that typos fail loudly.
     """
+    from dataclasses import fields
+
+    names = [field.name for field in fields(config)]
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
-        if not sep or not hasattr(config, key):
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a field of "
-                             f"{type(config).__name__}")
+        if not sep or key not in names:
+            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
+                            f"{', '.join(names)}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -72,16 +133,19 @@ def apply_overrides(config, pairs: list[str] | None) -> None:
         elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if old is not None and value is not None and type(value) is not type(old):
-            raise SystemExit(f"--set {key}={raw}: expected a {type(old).__name__} like {old!r}")
+            raise UserError(f"--set {key}={raw}: expected a {type(old).__name__} like {old!r}")
         setattr(config, key, value)
     if pairs:
-        config.__post_init__()
+        try:
+            config.__post_init__()
+        except (ValueError, TypeError) as error:  # the config's own validation
+            raise UserError(f"--set {' '.join(pairs)}: {error}") from None
 
 
 def train_settings(args: argparse.Namespace, suggested: dict):
-    """``TrainSettings`` from the arguments of :func:`add_train_arguments`; ``suggested`` holds
-    the config's registry defaults for batch size, lr and warm-up."""
-    from imgtx.train import TrainSettings
+    """``TrainSettings`` from the arguments of :func:`add_train_arguments`, validated;
+    ``suggested`` holds the config's registry defaults for batch size, lr and warm-up."""
+    from imgtx.training.likelihood import TrainSettings
 
     settings = TrainSettings(
         data=args.data, out=args.out, eval_data=args.eval_data, max_steps=args.max_steps,
@@ -91,9 +155,10 @@ def train_settings(args: argparse.Namespace, suggested: dict):
         mixed_precision=args.mixed_precision, eval_every=args.eval_every,
         eval_images=args.eval_images, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-        threads=args.threads)
+        threads=args.threads, report_to=args.report_to, num_workers=args.num_workers)
     if settings.max_steps is None and settings.minutes is None:
-        raise SystemExit("give --max-steps or --minutes (or both) so training knows when to stop")
+        raise UserError("give --max-steps or --minutes (or both) so training knows when to stop")
+    settings.validate()
     return settings
 
 
@@ -101,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     from imgtx.configs import CONFIGS, get_config
     from imgtx.train import train
 
-    config = get_config(args.config)
+    config = get_named_config(get_config, args.config)
     apply_overrides(config, args.set)
     train(config, train_settings(args, CONFIGS[args.config].train))
     return 0
@@ -110,10 +175,16 @@ def _train(args: argparse.Namespace) -> int:
 def _eval_bpd(args: argparse.Namespace) -> int:
     from imgtx.eval.bits_per_dim import evaluate_model
 
+    accelerator = launch_accelerator(args.device)
     result = evaluate_model(args.model, args.data, split=args.split, limit=args.limit,
                             batch_size=args.batch_size, image_column=args.image_column,
                             streaming=args.streaming, on_error=args.on_error,
-                            baselines=not args.no_baselines, device=args.device)
+                            baselines=not args.no_baselines, device=args.device,
+                            accelerator=accelerator)
+    if accelerator is not None:
+        result["processes"] = accelerator.num_processes
+        if not accelerator.is_main_process:
+            return 0
     if not args.json:
         codecs = "".join(f", {name} {result[f'{name.lower()}_bits_per_dim']:.4f}"
                          for name in ("PNG", "WebP")
@@ -133,7 +204,7 @@ def _sample(args: argparse.Namespace) -> int:
     from imgtx.model import ImageTransformer
     from imgtx.sampling import sample
 
-    model = ImageTransformer.from_pretrained(args.model, device=args.device)
+    model = ImageTransformer.from_pretrained(args.model, device=default_device(args.device))
     start = time.time()
     images = sample(model, args.num, temperature=args.temperature, labels=args.class_label,
                     batch_size=args.batch_size, use_cache=not args.no_cache, seed=args.seed)
@@ -152,10 +223,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="builtin:photos32 | a folder of images | a Hub dataset id")
     p.add_argument("--eval-data", default=None, help="held-out data (default: --data's test split)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-steps", type=int, help="optimiser steps")
     p.add_argument("--minutes", type=float, help="wall-clock budget")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--batch-size", type=int,
+                   help="images per process and micro-batch (default: the config's suggestion)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int)
     p.add_argument("--schedule", default="noam", choices=["noam", "constant", "cosine"])
@@ -164,9 +236,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-images", type=int, default=128)
     p.add_argument("--sample-every", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb", "all"],
+                   help="also log to these accelerate trackers (OUT/logs)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set num_layers=2")
 
@@ -184,7 +259,7 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgtx", description="Transformer image generation: Image Transformer likelihood "
-        "models (bits/dim, sampling), super-resolution (imgtx sr ...).")
+        "models (bits/dim, sampling) and the command groups of the other model families.")
     from imgtx import __version__
 
     parser.add_argument("--version", action="version", version=f"imgtx {__version__}")
@@ -227,12 +302,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(p)
     p.set_defaults(func=_sample)
 
-    for group, module in GROUPS.items():
-        try:
-            importlib.import_module(module).register(sub)
-        except ImportError:  # pragma: no cover - the group's package is not installed
-            sub.add_parser(group, help=f"(unavailable: {module} is not installed)")
+    unavailable = _register_groups(sub)
+    if unavailable:
+        parser.epilog = "unavailable command groups: " + "; ".join(unavailable)
     return parser
+
+
+def _register_groups(sub) -> list[str]:
+    """Add each family's command group (entry points ``imgtx.commands``); returns a note for
+    each group whose module failed to import."""
+    from importlib.metadata import entry_points
+
+    notes = []
+    for entry in sorted(entry_points(group=COMMAND_GROUPS), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except Exception as error:  # noqa: BLE001 - a broken family must not break the others
+            notes.append(f"{entry.name} ({type(error).__name__}: {error})")
+            continue
+        register(sub)
+    return notes
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """:class:`UserError` and the error classes written for users that do not derive from it
+    yet (they are caught by name until they do)."""
+    classes: list[type[BaseException]] = [UserError]
+    for module, names in (("imgtx.data", ["ImageDataError"]),
+                          ("imgtx.hub", ["CheckpointMismatchError", "ConfigMismatchError",
+                                         "PickleCheckpointError", "CheckpointNotFoundError"]),
+                          ("imgtx.attention.backends", ["BackendUnavailable"])):
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:  # pragma: no cover
+            continue
+        classes += [getattr(loaded, name) for name in names if hasattr(loaded, name)]
+    return tuple(c for c in classes if c is UserError or not issubclass(c, UserError))
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    name = args.command
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{name} {sub}" if sub else name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,21 +353,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        check_arguments(args)
         threads = getattr(args, "threads", None)
         if threads is not None:
-            if threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {threads}")
             import torch
 
             torch.set_num_threads(threads)
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
-        # imgtx's own errors (ImageDataError, CheckpointMismatchError, BackendUnavailable, ...)
-        # are written for users: print the message, not a stack trace. IMGTX_DEBUG=1 re-raises.
+    except _user_errors() as error:
         if os.environ.get("IMGTX_DEBUG"):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"imgtx {args.command}: error: {message}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line
+        print(f"imgtx {_command_name(args)}: error: {message}", file=sys.stderr)
         return 2
 
 

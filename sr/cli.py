@@ -1,12 +1,13 @@
 """``imgtx sr``: train, upscale and evaluate super-resolution models.
 
-    imgtx sr train --config NAME --data SPEC --out DIR [...]          (same options as imgtx train)
+    imgtx sr train --config NAME --data SPEC --out DIR [--decoder-init DIR_OR_HUB_ID] [...]
+                                                  (and the other options of imgtx train)
     imgtx sr upscale --model DIR_OR_HUB_ID INPUT OUTPUT [--temperature T] [--seed S] [...]
     imgtx sr eval --model DIR_OR_HUB_ID --data SPEC --split test [--json]
     imgtx sr info --config NAME|all [--json]
 
-``imgtx.cli`` calls :func:`register`; errors a user can act on are printed without a traceback
-and exit with status 2.
+``imgtx.cli`` calls :func:`register` through the ``imgtx.commands`` entry point ``sr``; errors a
+user can act on are printed without a traceback and exit with status 2.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ __all__ = ["register"]
 
 
 def _info(args: argparse.Namespace) -> int:
-    from imgtx.hub import parameter_count
     from imgtx.sr.configs import CONFIGS, get_config
     from imgtx.sr.model import SuperResolutionTransformer
+
+    from imgtx.cli import get_named_config
+    from imgtx.hub import parameter_count
 
     names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
     for name in names:
-        config = get_config(name)
+        config = get_named_config(get_config, name)
         rows.append({"name": name,
                      "parameters": parameter_count(SuperResolutionTransformer(config)),
                      "input": config.input_size, "output": config.output_size,
@@ -42,27 +45,28 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from imgtx.cli import apply_overrides, train_settings
     from imgtx.sr.configs import CONFIGS, get_config
     from imgtx.sr.train import train
 
-    config = get_config(args.config)
+    from imgtx.cli import apply_overrides, get_named_config, train_settings
+
+    config = get_named_config(get_config, args.config)
     apply_overrides(config, args.set)
-    config.__post_init__()  # re-validate after --set
-    train(config, train_settings(args, CONFIGS[args.config].train))
+    train(config, train_settings(args, CONFIGS[args.config].train),
+          decoder_init=args.decoder_init)
     return 0
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    import torch
-
-    from imgtx.images import read_image
     from imgtx.sr.model import SuperResolutionTransformer
     from imgtx.sr.upscale import upscale_file
 
+    from imgtx.cli import default_device
+    from imgtx.images import read_image
+
     read_image(args.input)  # a missing or corrupt input fails before the model is loaded
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = SuperResolutionTransformer.from_pretrained(args.model, device=device)
+    model = SuperResolutionTransformer.from_pretrained(args.model,
+                                                       device=default_device(args.device))
     summary = upscale_file(model, args.input, args.output, temperature=args.temperature,
                            seed=args.seed, batch_size=args.batch_size,
                            progress=not args.no_progress, bicubic_path=args.bicubic,
@@ -74,11 +78,16 @@ def _upscale(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from imgtx.sr.evaluate import evaluate_model
 
+    from imgtx.cli import launch_accelerator
+
+    accelerator = launch_accelerator(args.device)
     result = evaluate_model(args.model, args.data, args.split, limit=args.limit,
                             batch_size=args.batch_size, temperature=args.temperature,
                             seed=args.seed, device=args.device, image_column=args.image_column,
                             on_error=args.on_error, unconditional_model=args.unconditional_model,
-                            grid_path=args.grid, progress=not args.json)
+                            grid_path=args.grid, progress=not args.json, accelerator=accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0
     if not args.json:
         for key, value in result.items():
             print(f"{key}: {value}", file=sys.stderr)
@@ -102,6 +111,10 @@ def register(subparsers) -> None:
                        "made on the fly by area-downscaling each image")
     p.add_argument("--config", required=True,
                    help="registry name, e.g. photos-8to32-small, celeba-8to32-1d")
+    p.add_argument("--decoder-init", metavar="DIR_OR_HUB_ID",
+                   help="warm-start the decoder from this unconditional Image Transformer of the "
+                   "output size (as the shipped sr-photos-8to32-small was, from "
+                   "checkpoints/imgtx-photos32-small)")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 

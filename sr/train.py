@@ -1,12 +1,13 @@
-"""Training of the super-resolution model (``imgtx sr train``) on the Image Transformer's loop.
+"""Training of the super-resolution model (``imgtx sr train``) on the shared likelihood loop.
 
-Everything but the model, the loss and the sample grids is :func:`imgtx.train.fit`: the data
-specs, accelerate, the noam schedule, progress in images seen, ``metrics.jsonl``, checkpoints
-(``--resume``) and the Hub-format ``final/`` export.
+Everything but the model, the loss and the sample grids is :func:`imgtx.training.likelihood.fit`
+on :class:`imgtx.training.Run`: the data specs, accelerate, the noam schedule, progress in images
+seen, ``metrics.jsonl``, checkpoints (``--resume``) and the Hub-format ``final/`` export.
 
 Pairs are made on the fly: the target is the data set's image brought to the output size (a
 centre crop to a square, then an area resize, as :mod:`imgtx.data` does) and the input is its area
-downscale (:func:`imgtx.sr.model.make_low_res`; DESIGN §4: crop, then area-resize to 8x8 and 32x32).
+downscale (:func:`imgtx.sr.model.make_low_res`; Parmar et al. 2018, "Image Transformer",
+super-resolution: 8x8 inputs area-downscaled from 32x32 targets).
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ import math
 from pathlib import Path
 
 import torch
-
 from imgtx.eval.image_metrics import upscale_nearest
-from imgtx.data import load_images
-from imgtx.images import make_grid
-from imgtx.likelihood import categorical_nll
-from imgtx.train import TrainSettings, fit
 from imgtx.sr.configs import SuperResolutionConfig, get_config
-from imgtx.sr.evaluate import held_out_bits_per_dim
+from imgtx.sr.evaluate import sr_bits
 from imgtx.sr.model import SuperResolutionTransformer, make_anchors, make_low_res
 from imgtx.sr.upscale import upscale_batch
 
-__all__ = ["train", "pair_loss", "init_decoder_from", "offset_log_prior"]
+from imgtx.data import load_images
+from imgtx.errors import UserError
+from imgtx.images import make_grid
+from imgtx.likelihood import categorical_nll
+from imgtx.training.likelihood import TrainSettings, fit
+
+__all__ = ["train", "pair_loss", "init_decoder_from", "offset_log_prior", "DecoderInitError"]
+
+class DecoderInitError(UserError, ValueError):
+    """``--decoder-init`` names a model whose weights do not fit the decoder."""
+
 
 PRIOR_IMAGES = 2048  # training images whose target - anchor histogram sets the offset prior
 
@@ -76,13 +82,15 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
 
     source = ImageTransformer.from_pretrained(image_transformer).state_dict()
     target = model.decoder.state_dict()
+    # An anchored decoder has an offset head (older versions also said so in `anchored`).
+    anchored = bool(getattr(model.decoder, "anchored", hasattr(model.decoder, "offset_head")))
     copied = {}
     for name, tensor in source.items():
-        if model.decoder.anchored and name.startswith("head."):
+        if anchored and name.startswith("head."):
             continue
         mapped = name.replace(".norms.1.", ".norms.2.") if ".norms.1." in name else name
         if mapped not in target or target[mapped].shape != tensor.shape:
-            raise ValueError(f"cannot warm-start the decoder from {image_transformer}: "
+            raise DecoderInitError(f"cannot warm-start the decoder from {image_transformer}: "
                              f"{name} has no counterpart of shape {tuple(tensor.shape)}")
         copied[mapped] = tensor
     model.decoder.load_state_dict(copied, strict=False)
@@ -101,6 +109,7 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
     """
     if isinstance(config, str):
         config = get_config(config)
+    settings.validate()
     size = config.output_size
     train_source = load_images(settings.data, "train", size)
     eval_source = load_images(settings.eval_data or settings.data, "test", size,
@@ -125,10 +134,12 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
         model = SuperResolutionTransformer(config)
         if decoder_init:
             count = init_decoder_from(model, decoder_init)
-            print(f"decoder warm-started from {decoder_init} ({count} tensors)")
+            from accelerate import PartialState
+
+            PartialState().print(f"decoder warm-started from {decoder_init} ({count} tensors)")
         if prior is not None:
             model.decoder.set_offset_prior(prior)
         return model
 
-    return fit(build, settings, train_source, eval_source, loss=loss,
-               held_out=held_out_bits_per_dim, samples=samples)
+    return fit(build, settings, train_source, eval_source, loss=loss, bits=sr_bits,
+               samples=samples)

@@ -1,0 +1,424 @@
+"""The training run every family shares: :class:`Run` (see :mod:`imgtx.training` for a guide)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from imgtx.errors import UserError
+from imgtx.training.checkpoints import (
+    RunState,
+    batch_images,
+    export_model,
+    find_checkpoint,
+    save_checkpoint,
+)
+from imgtx.training.curves import append_record, plot_curves, read_records
+from imgtx.training.ema import EMA, EMASettings
+from imgtx.training.settings import RunSettings
+
+__all__ = ["Run", "TrainingDiverged"]
+
+StepFunction = Callable[["Run", Any], "dict[str, Any] | None"]
+
+
+class TrainingDiverged(UserError):
+    """A training figure became NaN or infinite; the last checkpoint is left as it was."""
+
+
+class Run:
+    """One training run: accelerator, run directory, budget, checkpoints, EMA, metrics, export.
+
+    Construct it first (it seeds every random generator), then build the models, then
+    :meth:`prepare` them; or pass everything to the constructor. ``schedules`` maps optimiser
+    names to ``LambdaLR`` multipliers; ``ema`` maps model names to :class:`EMASettings`;
+    ``data`` is the training ``DataLoader`` (sharded across processes by accelerate).
+    """
+
+    def __init__(self, settings: RunSettings, models: dict[str, nn.Module] | None = None,
+                 optimizers: dict[str, torch.optim.Optimizer] | None = None,
+                 schedules: dict[str, Callable[[int], float]] | None = None,
+                 ema: dict[str, EMASettings] | None = None, data=None) -> None:
+        from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+
+        settings.validate()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.settings = settings
+        self.out = Path(settings.out)
+        self.accelerator = Accelerator(
+            # Our loop ends an optimiser step every grad_accum micro-batches, epoch ends included.
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=settings.grad_accum, sync_with_dataloader=False),
+            mixed_precision=settings.mixed_precision,
+            log_with=self._trackers(settings.report_to),
+            project_config=ProjectConfiguration(project_dir=str(self.out),
+                                                logging_dir=str(self.out / "logs")),
+            # The shuffle order of epoch e is a function of (seed, e): resumable, and the same on
+            # every process, each of which takes its own share of every global batch.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                      data_seed=settings.seed))
+        set_seed(settings.seed)
+        self.state = RunState()
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
+        self.emas: dict[str, EMA] = {}
+        self.data = None
+        self.running: dict[str, float] = {}  # smoothed training figures (0.98 per step)
+        self._stepped: set[str] = set()
+        self._start, self._hours_before = time.time(), 0.0
+        if models is not None:
+            self.prepare(models, optimizers or {}, schedules, ema, data)
+
+    @staticmethod
+    def _trackers(report_to: str) -> str | None:
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        if report_to == "none":
+            return None
+        if report_to == "tensorboard" and not is_tensorboard_available():
+            raise UserError("--report-to tensorboard needs TensorBoard: pip install tensorboard")
+        if report_to == "wandb" and not is_wandb_available():
+            raise UserError("--report-to wandb needs Weights & Biases: pip install wandb")
+        return report_to
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def prepare(self, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                schedules: dict[str, Callable[[int], float]] | None = None,
+                ema: dict[str, EMASettings] | None = None, data=None) -> None:
+        """Wrap models, optimisers and the training loader for the processes (DDP, device,
+        mixed precision, sharding), make the LR schedulers and EMA copies, register everything
+        for checkpointing and, with ``settings.resume``, load the last checkpoint."""
+        schedules, ema = schedules or {}, ema or {}
+        for kind, names, known in (("optimizer", optimizers, models), ("schedule", schedules,
+                                   optimizers), ("ema", ema, models)):
+            missing = set(names) - set(known)
+            if missing:
+                raise ValueError(f"{kind} names {sorted(missing)} match no entry of {list(known)}")
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(optimizers[name], schedule)
+                           for name, schedule in schedules.items()}
+        objects = [*models.values(), *optimizers.values()] + ([data] if data is not None else [])
+        prepared = self.accelerator.prepare(*objects)
+        prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
+        self.models = dict(zip(models, prepared[: len(models)]))
+        self.optimizers = dict(zip(optimizers, prepared[len(models):][: len(optimizers)]))
+        self.data = prepared[-1] if data is not None else None
+        self.emas = {name: EMA(self.unwrap(name), settings) for name, settings in ema.items()}
+        # Registration order is the order of custom_checkpoint_<i>.pkl: keep it fixed.
+        self.accelerator.register_for_checkpointing(
+            self.state, *self.schedulers.values(), *self.emas.values())
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if self.settings.resume:
+            self._resume()
+        elif self.accelerator.is_main_process:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, a fresh curve
+        if self.settings.report_to != "none":
+            config = {k: v for k, v in asdict(self.settings).items()
+                      if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers(self.out.name or "imgtx", config=config)
+        self.accelerator.wait_for_everyone()
+
+    def prepare_loader(self, loader):
+        """An evaluation ``DataLoader`` sharded across processes (pair it with
+        :func:`imgtx.eval.bits_per_dim.per_image_values` or ``gather_for_metrics``)."""
+        return self.accelerator.prepare(loader)
+
+    def _resume(self) -> None:
+        checkpoint = find_checkpoint(self.out)
+        if checkpoint is None:
+            self.print(f"--resume: nothing to resume in {self.out / 'checkpoint'}; starting fresh")
+            return
+        self.accelerator.load_state(str(checkpoint))
+        self._hours_before = self.state.hours
+        if self.accelerator.is_main_process:  # figures logged after the checkpoint come again
+            records = [r for r in read_records(self.out / "metrics.jsonl")
+                       if r["step"] <= self.state.step]
+            (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        self.print(f"resumed from {checkpoint} at step {self.state.step} "
+                   f"({self.state.images_seen} images)")
+
+    # -- what a step function uses -----------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The model ``name`` without its distributed / mixed-precision wrapper."""
+        return self.accelerator.unwrap_model(self.models[name])
+
+    def ema_model(self, name: str) -> nn.Module:
+        """The EMA copy of model ``name``."""
+        return self.emas[name].model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` with loss scaling and the 1/grad_accum factor of accumulation."""
+        self.accelerator.backward(loss)
+
+    def optimizer_step(self, name: str = "model", max_grad_norm: float | None = None) -> None:
+        """Step optimiser ``name`` (a no-op on micro-batches that only accumulate), then its LR
+        schedule exactly once per real step, then zero its gradients. ``max_grad_norm`` clips
+        the model's gradient norm first."""
+        optimizer = self.optimizers[name]
+        sync = self.accelerator.sync_gradients
+        if max_grad_norm is not None and sync:
+            self.accelerator.clip_grad_norm_(self.models[name].parameters(), max_grad_norm)
+        optimizer.step()
+        if sync and not optimizer.step_was_skipped:  # fp16 skips steps with inf gradients
+            if name in self.schedulers:
+                self.schedulers[name].step()
+            self._stepped.add(name)
+        optimizer.zero_grad(set_to_none=True)
+
+    @contextmanager
+    def frozen(self, name: str):
+        """Model ``name`` without gradients for the block (a GAN's D during the G step); yields
+        the unwrapped model, which the block should call: a forward through the distributed
+        wrapper would wait for gradients that never come."""
+        model = self.unwrap(name)
+        flags = [p.requires_grad for p in model.parameters()]
+        model.requires_grad_(False)
+        try:
+            yield model
+        finally:
+            for parameter, flag in zip(model.parameters(), flags):
+                parameter.requires_grad_(flag)
+
+    def this_process(self, values: torch.Tensor) -> torch.Tensor:
+        """This process's share of a tensor made for the global batch (dim 0 split evenly):
+        draw noise for ``batch x processes`` with the shared seed and keep a share, and N
+        processes see the noise one process with N times the batch would."""
+        return values.chunk(self.num_processes)[self.process_index]
+
+    def learning_rates(self) -> dict[str, float]:
+        """``{"lr": ...}`` for one optimiser, else ``{"lr_<name>": ...}`` per optimiser."""
+        rates = {name: optimizer.param_groups[0]["lr"]
+                 for name, optimizer in self.optimizers.items()}
+        if len(rates) == 1:
+            return {"lr": next(iter(rates.values()))}
+        return {f"lr_{name}": rate for name, rate in rates.items()}
+
+    def hours(self) -> float:
+        return self._hours_before + (time.time() - self._start) / 3600
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[Any]:
+        """The training batches forever, from the saved position (epoch, batches consumed)."""
+        if self.data is None:
+            while True:
+                yield None
+        while True:
+            self.data.set_epoch(self.state.epoch)
+            skip = self.state.batches_in_epoch
+            for index, batch in enumerate(self.data):
+                if index < skip:
+                    continue  # consumed before the checkpoint this run resumed from
+                self.state.batches_in_epoch = index + 1
+                yield batch
+            if self.state.batches_in_epoch == 0:
+                raise UserError("the training data gave no batch: it has fewer images than "
+                                "batch size x processes")
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    def _time_is_up(self, deadline: float | None) -> bool:
+        if deadline is None:
+            return False
+        flag = torch.tensor(float(time.time() >= deadline), device=self.device)
+        if self.num_processes > 1:  # every process must stop at the same step
+            flag = self.accelerator.reduce(flag, "max")
+        return bool(flag.item())
+
+    def fit(self, step: StepFunction, *, evaluate: Callable[[Run], dict] | None = None,
+            samples: Callable[[Run], torch.Tensor] | None = None) -> dict:
+        """Train until ``max_steps`` or ``minutes`` runs out; returns the last metrics record.
+
+        Each optimiser step calls ``step(run, batch)`` once per micro-batch inside one
+        ``accelerator.accumulate(*models)``; it returns training figures to log
+        (``{name: float or scalar tensor}``). Every ``eval_every`` steps and at the end,
+        ``evaluate(run)`` (on every process) adds figures and a line goes to ``metrics.jsonl``;
+        every ``sample_every`` steps ``samples(run)`` (main process only) gives images
+        ``(N, 3, H, W)`` uint8 for ``samples/step_<step>.png``; every ``checkpoint_every`` steps
+        and at the end the state is saved to ``checkpoint/``.
+        """
+        settings, accelerator = self.settings, self.accelerator
+        self._start = time.time()
+        deadline = self._start + 60 * settings.minutes if settings.minutes else None
+        bar = tqdm(total=settings.max_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not accelerator.is_main_process)
+        batches = self._batches()
+        record, logged_at = {}, None
+        for model in self.models.values():
+            model.train()
+        while settings.max_steps is None or self.state.step < settings.max_steps:
+            if self._time_is_up(deadline):
+                bar.write(f"time budget of {settings.minutes} min used up at step "
+                          f"{self.state.step}")
+                break
+            self._one_step(step, batches)
+            bar.update(1)
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in self.running.items()},
+                             "img": self.state.images_seen})
+            current = self.state.step
+            if settings.eval_every and current % settings.eval_every == 0:
+                record, logged_at = self.log_evaluation(evaluate, bar.write), current
+            if settings.sample_every and current % settings.sample_every == 0:
+                self.save_samples(samples)
+            if settings.checkpoint_every and current % settings.checkpoint_every == 0:
+                self.checkpoint()
+        bar.close()
+        if logged_at != self.state.step:
+            record = self.log_evaluation(evaluate, self.print)
+        self.checkpoint()
+        return record
+
+    def _one_step(self, step: StepFunction, batches: Iterator[Any]) -> None:
+        settings = self.settings
+        self._stepped.clear()
+        sums: dict[str, float] = {}
+        images = 0
+        for _ in range(settings.grad_accum):
+            batch = next(batches)
+            with self.accelerator.accumulate(*self.models.values()):
+                figures = step(self, batch) or {}
+            for key, value in figures.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            images += (batch_images(batch) or settings.batch_size) * self.num_processes
+        figures = {key: value / settings.grad_accum for key, value in sums.items()}
+        for key, value in figures.items():
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training stopped at step {self.state.step + 1}: {key} is {value}. The "
+                    f"last checkpoint in {self.out / 'checkpoint'} is intact; resume from it "
+                    "with --resume and a lower learning rate")
+        for name, ema in self.emas.items():
+            if name in self._stepped or name not in self.optimizers:
+                ema.update(self.unwrap(name), self.state.images_seen, images)
+        self.state.images_seen += images
+        self.state.step += 1
+        for key, value in figures.items():
+            old = self.running.get(key)
+            self.running[key] = value if old is None else 0.98 * old + 0.02 * value
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def print(self, *args, **kwargs) -> None:
+        """``print`` on the main process only."""
+        self.accelerator.print(*args, **kwargs)
+
+    def write_json(self, name: str, value: Any) -> None:
+        """Write ``value`` as ``<out>/<name>`` (main process only)."""
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / name).write_text(json.dumps(value, indent=2))
+
+    def _running_over_processes(self) -> dict[str, float]:
+        if self.num_processes == 1 or not self.running:
+            return dict(self.running)
+        values = torch.tensor(list(self.running.values()), dtype=torch.float64,
+                              device=self.device)
+        values = self.accelerator.reduce(values, "mean")
+        return dict(zip(self.running, values.tolist()))
+
+    def log(self, figures: dict[str, Any]) -> dict:
+        """Append ``{step, images_seen, hours, **figures}`` to ``metrics.jsonl``, redraw
+        ``metrics.png`` and send the numbers to the trackers (main process); returns it."""
+        record = {"step": self.state.step, "images_seen": self.state.images_seen,
+                  "hours": round(self.hours(), 4), **figures}
+        if self.accelerator.is_main_process:
+            append_record(self.out / "metrics.jsonl", record)
+            plot_curves(read_records(self.out / "metrics.jsonl"), self.out / "metrics.png")
+        numbers = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        if self.accelerator.trackers:
+            self.accelerator.log(numbers, step=self.state.step)
+        return record
+
+    def log_evaluation(self, evaluate: Callable[[Run], dict] | None,
+                       write: Callable[[str], None] | None = None) -> dict:
+        """Evaluate (every process), then :meth:`log` the running training figures, the
+        evaluation's figures and the learning rates."""
+        figures = evaluate(self) if evaluate is not None else {}
+        for model in self.models.values():
+            model.train()
+        record = self.log({**self._running_over_processes(), **figures,
+                           **self.learning_rates()})
+        if write is not None and self.accelerator.is_main_process:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items()
+                              if isinstance(v, float))
+            write(f"step {self.state.step} ({self.state.images_seen} images seen)"
+                  + (f": {shown}" if shown else ""))
+        return record
+
+    def save_samples(self, samples: Callable[[Run], torch.Tensor] | None) -> Path | None:
+        """``samples(run)`` -> ``samples/step_<step>.png`` on the main process only."""
+        if samples is None or not self.accelerator.is_main_process:
+            return None
+        from imgtx.images import save_grid
+
+        images = samples(self)
+        path = save_grid(images, self.out / "samples" / f"step_{self.state.step:07d}.png")
+        for model in self.models.values():
+            model.train()
+        return path
+
+    def checkpoint(self) -> Path:
+        """Save the accelerate state (models, optimisers, schedulers, EMA copies, counters,
+        every process's RNG states) to ``checkpoint/``: written as ``checkpoint.partial/`` and
+        renamed, so a kill during the save leaves the previous checkpoint whole."""
+        self.state.hours = self.hours()
+        return save_checkpoint(self.accelerator, self.out, self.state)
+
+    def export(self, name: str | None = None, *, ema: bool = False, path: str | Path | None = None,
+               metrics: dict | None = None) -> Path:
+        """Write model ``name`` (or its EMA copy) with ``save_pretrained`` (main process).
+
+        The default path is ``final/`` for a run of one model, else ``final/<name>`` (and
+        ``final/<name>_ema``). The export is written beside the path and renamed into place.
+        ``metrics`` go into an imgtx model card. A model without ``save_pretrained`` is saved
+        as ``model.safetensors``.
+        """
+        name = name or next(iter(self.models))
+        model = self.emas[name].model if ema else self.unwrap(name)
+        if path is None:
+            single = len(self.models) == 1 and not ema
+            path = self.out / "final" if single else self.out / "final" / (
+                name + ("_ema" if ema else ""))
+        if self.accelerator.is_main_process:
+            export_model(model, Path(path), metrics)
+            self.print(f"exported {path}")
+        self.accelerator.wait_for_everyone()
+        return Path(path)
+
+    def end(self) -> None:
+        """Close the trackers and wait for every process."""
+        if self.accelerator.trackers:
+            self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()

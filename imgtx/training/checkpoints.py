@@ -20,7 +20,8 @@ __all__ = ["RunState", "save_checkpoint", "find_checkpoint", "export_model", "ex
 
 class RunState:
     """The counters of a run, saved with every checkpoint: optimiser steps, images seen over all
-    processes, training hours, and the position in the data (epoch, batches of it consumed)."""
+    processes, training hours, the position in the data (epoch, batches of it consumed) and the
+    smoothed training figures (an exponential average over steps, factor 0.98)."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -28,6 +29,7 @@ class RunState:
         self.hours = 0.0
         self.epoch = 0
         self.batches_in_epoch = 0
+        self.running: dict[str, float] = {}
 
     def state_dict(self) -> dict:
         return dict(vars(self))

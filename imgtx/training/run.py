@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -76,7 +77,6 @@ class Run:
         self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
         self.emas: dict[str, EMA] = {}
         self.data = None
-        self.running: dict[str, float] = {}  # smoothed training figures (0.98 per step)
         self._stepped: set[str] = set()
         self._start, self._hours_before = time.time(), 0.0
         if models is not None:
@@ -237,14 +237,20 @@ class Run:
         while True:
             self.data.set_epoch(self.state.epoch)
             skip = self.state.batches_in_epoch
-            for index, batch in enumerate(self.data):
+            iterator = iter(self.data)
+            # Starting an epoch draws a worker seed from torch's global generator: keep that
+            # draw out of the training's random stream, or a resumed run (which starts an
+            # epoch where the uninterrupted one did not) would see other noise.
+            with torch.random.fork_rng(devices=[]):
+                first = next(iterator, None)
+            if first is None:
+                raise UserError("the training data gave no batch: it has fewer images than "
+                                "batch size x processes")
+            for index, batch in enumerate(itertools.chain([first], iterator)):
                 if index < skip:
                     continue  # consumed before the checkpoint this run resumed from
                 self.state.batches_in_epoch = index + 1
                 yield batch
-            if self.state.batches_in_epoch == 0:
-                raise UserError("the training data gave no batch: it has fewer images than "
-                                "batch size x processes")
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
 
@@ -284,7 +290,7 @@ class Run:
                 break
             self._one_step(step, batches)
             bar.update(1)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in self.running.items()},
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in self.state.running.items()},
                              "img": self.state.images_seen})
             current = self.state.step
             if settings.eval_every and current % settings.eval_every == 0:
@@ -324,8 +330,8 @@ class Run:
         self.state.images_seen += images
         self.state.step += 1
         for key, value in figures.items():
-            old = self.running.get(key)
-            self.running[key] = value if old is None else 0.98 * old + 0.02 * value
+            old = self.state.running.get(key)
+            self.state.running[key] = value if old is None else 0.98 * old + 0.02 * value
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -340,12 +346,12 @@ class Run:
             (self.out / name).write_text(json.dumps(value, indent=2))
 
     def _running_over_processes(self) -> dict[str, float]:
-        if self.num_processes == 1 or not self.running:
-            return dict(self.running)
-        values = torch.tensor(list(self.running.values()), dtype=torch.float64,
+        if self.num_processes == 1 or not self.state.running:
+            return dict(self.state.running)
+        values = torch.tensor(list(self.state.running.values()), dtype=torch.float64,
                               device=self.device)
         values = self.accelerator.reduce(values, "mean")
-        return dict(zip(self.running, values.tolist()))
+        return dict(zip(self.state.running, values.tolist()))
 
     def log(self, figures: dict[str, Any]) -> dict:
         """Append ``{step, images_seen, hours, **figures}`` to ``metrics.jsonl``, redraw

@@ -1,0 +1,235 @@
+"""Spec for the shared training run (imgtx.training) with a toy GAN: two tiny MLPs, G and D, on
+random 8-dimensional "images", two optimisers with their own schedules, and an EMA of G.
+
+Every run is in-process, one CPU process; the multi-process behaviour is tests/test_distributed.py.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file
+from torch import nn
+
+from imgtx.errors import UserError
+from imgtx.training import EMA, EMASettings, Run, RunSettings, Schedule, TrainingDiverged, noam
+from imgtx.training.curves import plot_curves, read_records
+
+LATENT, WIDTH, DATA = 4, 8, 20  # latent size, "image" size, training examples
+LR_G, LR_D = 2e-3, 1e-3
+
+
+class ToyGenerator(nn.Module, PyTorchModelHubMixin):
+    def __init__(self, latent: int = LATENT, width: int = WIDTH) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent, 16), nn.ReLU(), nn.Linear(16, width))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, latent) -> (B, width)
+        return self.net(z)
+
+
+def toy_discriminator() -> nn.Module:
+    return nn.Sequential(nn.Linear(WIDTH, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+class Vectors(torch.utils.data.Dataset):
+    """``{"image": (WIDTH,)}`` examples, fixed by a seed."""
+
+    def __init__(self) -> None:
+        self.images = torch.randn(DATA, WIDTH, generator=torch.Generator().manual_seed(1)) + 2
+
+    def __len__(self) -> int:
+        return DATA
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i]}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each Run makes its own Accelerator; start every test from accelerate's blank state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def gan_step(run: Run, batch: dict) -> dict:
+    """Non-saturating GAN losses (Goodfellow et al. 2014, sec. 3): D on real and fake in one
+    forward, then G against the frozen D."""
+    G, D = run.models["G"], run.models["D"]
+    real = batch["image"]
+    z = run.this_process(torch.randn(len(real) * run.num_processes, LATENT, device=run.device))
+    fake = G(z)
+    scores = D(torch.cat([real, fake.detach()]))  # (2B, 1)
+    d_loss = (nn.functional.softplus(-scores[: len(real)]).mean()
+              + nn.functional.softplus(scores[len(real):]).mean())
+    run.backward(d_loss)
+    run.optimizer_step("D")
+    with run.frozen("D") as plain_d:
+        g_loss = nn.functional.softplus(-plain_d(fake)).mean()
+        run.backward(g_loss)
+    run.optimizer_step("G")
+    return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+
+def make_run(tmp_path, ema: EMASettings | None = None, **overrides) -> Run:
+    settings = RunSettings(**{"out": str(tmp_path / "run"), "max_steps": 6, "batch_size": 4,
+                              "eval_every": 1, "checkpoint_every": 0, **overrides})
+    run = Run(settings)
+    G, D = ToyGenerator(), toy_discriminator()
+    loader = torch.utils.data.DataLoader(Vectors(), batch_size=settings.batch_size,
+                                         shuffle=True, drop_last=True)
+    run.prepare(models={"G": G, "D": D},
+                optimizers={"G": torch.optim.Adam(G.parameters(), LR_G, betas=(0.0, 0.99)),
+                            "D": torch.optim.Adam(D.parameters(), LR_D, betas=(0.0, 0.99))},
+                schedules={"G": Schedule(3, "noam"), "D": Schedule(2, "constant")},
+                ema={"G": ema or EMASettings(half_life_images=16, warmup_ratio=0.5)},
+                data=loader)
+    return run
+
+
+def flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().double().flatten() for p in model.parameters()])
+
+
+def test_ema_matches_a_hand_computed_reference(tmp_path):
+    settings = EMASettings(half_life_images=16, warmup_ratio=0.5)
+    run = make_run(tmp_path, ema=settings, max_steps=7)
+    weights, averages = [], []
+
+    def snapshot(run: Run) -> dict:  # called after every step, after the EMA update
+        weights.append(flat(run.unwrap("G")))
+        averages.append(flat(run.ema_model("G")))
+        return {}
+
+    run.fit(gan_step, evaluate=snapshot)
+    batch = 4  # images per optimiser step
+    reference = None
+    for k, current in enumerate(weights):
+        seen = k * batch  # images seen before step k + 1
+        half_life = min(settings.half_life_images, seen * settings.warmup_ratio)
+        beta = 0.5 ** (batch / max(half_life, 1e-8))
+        reference = current if reference is None else beta * reference + (1 - beta) * current
+        assert torch.allclose(averages[k], reference, atol=1e-6, rtol=0), k
+    assert torch.equal(averages[0], weights[0])  # beta is 0 at the first step
+    assert not torch.allclose(averages[-1], weights[-1], atol=1e-4)  # and it lags behind later
+    assert run.emas["G"].updates == 7
+
+
+def test_ema_forgets_half_in_one_half_life():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    ema = EMA(model, EMASettings(half_life_images=100, warmup_ratio=None))
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(10):  # 10 steps of 10 images = one half-life
+        ema.update(model, images_seen=10_000, batch_images=10)
+    assert ema.model.weight.item() == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_each_schedule_steps_once_per_optimizer_step(tmp_path, grad_accum):
+    run = make_run(tmp_path, max_steps=5, grad_accum=grad_accum)
+    run.fit(gan_step)
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    for r in records:  # the rate logged after step k is the one of step k + 1
+        assert r["lr_G"] == pytest.approx(LR_G * noam(r["step"] + 1, 3, "noam"), rel=1e-12)
+        assert r["lr_D"] == pytest.approx(LR_D * noam(r["step"] + 1, 2, "constant"), rel=1e-12)
+        assert r["images_seen"] == r["step"] * 4 * grad_accum
+        assert math.isfinite(r["d_loss"]) and math.isfinite(r["g_loss"])
+    assert run.optimizers["G"].state_dict()["state"][0]["step"] == 5  # Adam's own count
+
+
+def test_the_frozen_model_gets_no_gradient_and_is_restored(tmp_path):
+    run = make_run(tmp_path)
+    with run.frozen("D") as plain_d:
+        assert not any(p.requires_grad for p in plain_d.parameters())
+        fake = torch.randn(2, WIDTH, requires_grad=True)  # as if from G
+        plain_d(fake).sum().backward()
+        assert fake.grad is not None  # the gradient reaches G ...
+        assert all(p.grad is None for p in plain_d.parameters())  # ... and not D
+    assert all(p.requires_grad for p in run.unwrap("D").parameters())
+
+
+def test_resume_continues_exactly_and_export_loads(tmp_path):
+    straight = make_run(tmp_path / "a", max_steps=7)  # crosses an epoch end (5 batches each)
+    straight.fit(gan_step)
+    reference = {name: flat(straight.unwrap(name)) for name in ("G", "D")}
+    reference_ema = flat(straight.ema_model("G"))
+
+    first = make_run(tmp_path / "b", max_steps=3, checkpoint_every=2)
+    first.fit(gan_step)
+    progress = json.loads((tmp_path / "b" / "run" / "progress.json").read_text())
+    assert progress["step"] == 3 and progress["images_seen"] == 12
+    resumed = make_run(tmp_path / "b", max_steps=7, resume=True)
+    assert resumed.state.step == 3 and resumed.state.batches_in_epoch == 3
+    resumed.fit(gan_step)
+    for name in ("G", "D"):
+        assert torch.equal(flat(resumed.unwrap(name)), reference[name]), name
+    assert torch.equal(flat(resumed.ema_model("G")), reference_ema)
+    steps = [r["step"] for r in read_records(tmp_path / "b" / "run" / "metrics.jsonl")]
+    assert steps == list(range(1, 8))  # no line twice, none missing
+
+    path = resumed.export("G", ema=True)
+    assert path == tmp_path / "b" / "run" / "final" / "G_ema"
+    loaded = ToyGenerator.from_pretrained(path)
+    assert torch.equal(flat(loaded), reference_ema)
+    d_path = resumed.export("D")
+    weights = load_file(d_path / "model.safetensors")
+    assert torch.equal(weights["2.weight"], resumed.unwrap("D")[2].weight.detach())
+    assert not list((tmp_path / "b" / "run").rglob("*.partial"))
+
+
+def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path):
+    def diverging(run: Run, batch: dict) -> dict:
+        figures = gan_step(run, batch)
+        if run.state.step == 2:  # the third step
+            figures["g_loss"] = torch.tensor(float("nan"))
+        return figures
+
+    run = make_run(tmp_path, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="step 3: g_loss is nan"):
+        run.fit(diverging)
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 2
+    assert issubclass(TrainingDiverged, UserError)
+
+
+def test_the_learning_curve_is_drawn_next_to_the_metrics(tmp_path):
+    run = make_run(tmp_path, max_steps=3)
+    record = run.fit(gan_step)
+    assert set(record) >= {"step", "images_seen", "hours", "d_loss", "g_loss", "lr_G", "lr_D"}
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "metrics.png") as image:
+        assert image.format == "PNG" and image.size[0] >= 400
+    assert plot_curves([{"step": 1, "images_seen": 4}], tmp_path / "none.png") is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 0}, "batch size must be >= 1"),
+    ({"max_steps": None, "minutes": None}, "max_steps or minutes"),
+    ({"minutes": -1.0}, "minutes must be > 0"),
+    ({"report_to": "nowhere"}, "report_to"),
+])
+def test_unusable_settings_are_user_errors(tmp_path, overrides, message):
+    settings = RunSettings(out=str(tmp_path / "run"), max_steps=1, **{
+        k: v for k, v in overrides.items() if k != "max_steps"})
+    if "max_steps" in overrides:
+        settings.max_steps = overrides["max_steps"]
+    with pytest.raises(UserError, match=message):
+        Run(settings)
+    assert not (tmp_path / "run").exists()
+
+
+def test_names_must_match(tmp_path):
+    run = Run(RunSettings(out=str(tmp_path / "run"), max_steps=1))
+    G = ToyGenerator()
+    with pytest.raises(ValueError, match=r"optimizer names \['D'\]"):
+        run.prepare({"G": G}, {"D": torch.optim.SGD(G.parameters(), 0.1)})

@@ -1,14 +1,16 @@
 """Named Image Transformer configurations: one registry, one dataclass.
 
-Paper settings come from tensor2tensor ``models/image_transformer.py`` hparams (DESIGN §3); each
-entry names its source. The small ones are sized for CPU training.
+Paper settings come from tensor2tensor ``models/image_transformer.py`` hparams and Parmar et al.
+2018 (Tables 1-2); each entry names its source. The small ones are sized for CPU training; the
+training settings suggested for ``small`` are the recipe of the shipped checkpoint
+(``scripts/train_photos32_small.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["ImageTransformerConfig", "CONFIGS", "get_config", "config_names", "RegistryEntry",
            "lookup"]
@@ -16,7 +18,14 @@ __all__ = ["ImageTransformerConfig", "CONFIGS", "get_config", "config_names", "R
 
 @dataclass
 class ImageTransformerConfig:
-    """Hyperparameters of :class:`imgtx.ImageTransformer` (serialised to ``config.json``)."""
+    """Hyperparameters of :class:`imgtx.ImageTransformer` (serialised to ``config.json``).
+
+    The attention backend is not a hyperparameter: pick it at run time
+    (``ImageTransformer(config, backend=...)`` or ``model.set_backend(...)``).
+    """
+
+    #: Keys older config.json files may hold that no longer change the model; loaders drop them.
+    IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
 
     image_size: int = 32  # side of the square RGB image, in pixels
     likelihood: str = "cat"  # "cat": 256-way softmax per subpixel | "dmol": logistic mixture/pixel
@@ -36,7 +45,6 @@ class ImageTransformerConfig:
     positions: str = "sinusoid"  # "sinusoid": half rows / half columns | "learned": per axis
     num_classes: int = 0  # > 0: class-conditional (a class embedding added at every position)
     layer_norm_eps: float = 1e-6
-    backend: str = "auto"  # attention backend, see imgtx.attention
     init_gain: float = 0.2 ** 0.5  # xavier_uniform gain (T2T uniform_unit_scaling 0.2)
 
     def __post_init__(self) -> None:
@@ -84,9 +92,12 @@ def lookup(registry: dict[str, RegistryEntry], name: str, what: str = "config", 
     return dataclasses.replace(registry[name].config, **overrides)
 
 
-
 def _cfg(**kwargs) -> ImageTransformerConfig:
     return ImageTransformerConfig(**kwargs)
+
+
+# scripts/train_photos32_small.py, which trained checkpoints/imgtx-photos32-small.
+SMALL_RECIPE = {"batch_size": 8, "lr": 2e-3, "warmup": 200, "schedule": "noam"}
 
 
 CONFIGS: dict[str, RegistryEntry] = {
@@ -106,7 +117,8 @@ CONFIGS: dict[str, RegistryEntry] = {
     "imagenet64-cat-1d": RegistryEntry(
         _cfg(image_size=64, num_layers=12, hidden_size=512, ffn_size=2048, num_heads=8,
              block_length=512, dropout=0.1),
-        "t2t imagenet64 1D settings (DESIGN §3)", train={"batch_size": 1, "warmup": 4000}),
+        "t2t imagetransformer_base_imagenet_tpu (block 512, 8 heads; 64x64)",
+        train={"batch_size": 1, "warmup": 4000}),
     # T2T imagetransformerpp_base_14l_8h_big_uncond_dr03_dan_p: DMOL, learned positions
     "cifar10-dmol": RegistryEntry(
         _cfg(likelihood="dmol", num_layers=14, hidden_size=256, attention_size=512, ffn_size=512,
@@ -117,17 +129,19 @@ CONFIGS: dict[str, RegistryEntry] = {
     "cifar10-cat-2d": RegistryEntry(
         _cfg(attention="local2d", num_layers=8, hidden_size=512, ffn_size=2048, num_heads=8,
              query_shape=(16, 16), memory_flange=(16, 32), dropout=0.1),
-        "t2t imagetransformer2d_base (DESIGN §3)", train={"batch_size": 4, "warmup": 4000}),
+        "t2t imagetransformer2d_base (image_transformer_2d.py)",
+        train={"batch_size": 4, "warmup": 4000}),
     # CPU-sized: used by tests and the shipped photos32 checkpoint.
     "tiny": RegistryEntry(
         _cfg(image_size=8, num_layers=2, hidden_size=32, ffn_size=64, num_heads=2,
              block_length=16, dropout=0.0, norm="pre"),
         "imgtx: test-sized", train={"batch_size": 8, "warmup": 50}),
+    # The shipped checkpoint imgtx-photos32-small: train= is scripts/train_photos32_small.py's.
     "small": RegistryEntry(
         _cfg(num_layers=4, hidden_size=128, ffn_size=384, num_heads=4, block_length=96,
              dropout=0.0, norm="pre"),
         "imgtx: CPU-sized 1D model (block = one image row of 32x3 subpixels)",
-        train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
+        train=dict(SMALL_RECIPE)),
     "small-2d": RegistryEntry(
         _cfg(attention="local2d", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
              query_shape=(4, 24), memory_flange=(4, 12), dropout=0.0, norm="pre"),

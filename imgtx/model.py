@@ -1,10 +1,15 @@
 """The Image Transformer (Parmar et al. 2018): a decoder-only autoregressive image model.
 
-Sequence layout (DESIGN §3): every colour channel of every pixel is a position, raster order with
-the channel innermost - r,g,b of pixel (0,0), then of (0,1), ... - i.e. a grid of H x 3W subpixels.
-DMOL models use one position per pixel (a grid of H x W). Local 2D attention runs the whole model
-in *block-raster* order of that grid (training shift, loss and sampling alike); inputs and outputs
-of the public methods are always in raster order.
+Sequence layout (Parmar et al. 2018, Sec. 3.1; T2T ``image_transformer.py``): every colour channel
+of every pixel is a position, raster order with the channel innermost - r,g,b of pixel (0,0), then
+of (0,1), ... - i.e. a grid of H x 3W subpixels. DMOL models use one position per pixel (a grid of
+H x W). Local 2D attention runs the whole model in *block-raster* order of that grid (training
+shift, loss and sampling alike); inputs and outputs of the public methods are always in raster
+order.
+
+Generation belongs to the model: :meth:`ImageTransformer.incremental_decoder` returns an
+:class:`IncrementalDecoder` that runs the same embedding, layers and head one position at a time
+with each layer's KV cache; :mod:`imgtx.sampling` only draws values and feeds them back.
 
 Shapes: B batch, H/W image rows/cols, N = number of positions, D model width.
 """
@@ -23,16 +28,16 @@ from imgtx.attention import (
     Pattern,
     block_raster_to_raster,
     raster_to_block_raster,
+    set_backend,
 )
 from imgtx.configs import ImageTransformerConfig
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
-__all__ = ["ImageTransformer", "check_images", "pattern_for"]
+__all__ = ["ImageTransformer", "IncrementalDecoder", "check_images", "pattern_for"]
 
 LN2 = math.log(2.0)
-DEFAULT_OFFSET_SCALE = 8.0  # Laplace scale of a fresh anchored model's offset prior, in levels
 
 
 def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = None) -> Pattern:
@@ -58,40 +63,30 @@ class ImageTransformer(HubModel):
     """Decoder-only Image Transformer with a categorical or DMOL likelihood.
 
     ``forward(images, labels)`` returns the head's outputs for every position given the previous
-    ones; :meth:`nll` returns exact negative log-likelihoods; :mod:`imgtx.sampling` samples with
-    the KV cache.
+    ones; :meth:`nll` returns exact negative log-likelihoods; :meth:`incremental_decoder` decodes
+    one position at a time with the KV cache (:mod:`imgtx.sampling` samples with it).
 
     With ``context_dim`` every layer also cross-attends to a ``context`` ``(B, Nc, context_dim)``
-    (an encoder's output) passed to ``forward``/``nll``/``bits_per_dim`` and to
-    :func:`imgtx.sampling.decode`: the decoder of :class:`imgtx.sr.SuperResolutionTransformer`. Such a
-    decoder is saved as part of its encoder-decoder model, not on its own.
+    (an encoder's output) passed to ``forward``/``nll``/``bits_per_dim`` and to the decoder: the
+    decoder of :class:`imgtx.sr.SuperResolutionTransformer`. Such a decoder is saved as part of its
+    encoder-decoder model, not on its own.
 
-    With ``anchored=True`` (categorical only) every position also gets an *anchor* ``a``: a guess
-    of its value known before decoding starts (super-resolution: the bicubic upscale of the
-    input). The anchor enters twice:
+    Subclasses may give every position *side information* known before decoding starts (passed
+    as ``side`` wherever ``context`` goes) by overriding :meth:`side_values`,
+    :meth:`input_embeddings`, :meth:`position_inputs` and :meth:`head_outputs`; training, scoring
+    and decoding all go through those four. This base model takes none.
 
-    * inputs: position t adds an embedding of its own anchor ``a_t`` and of the previous
-      subpixel's residual ``x_{t-1} - a_{t-1}`` (both functions of known values, so causality
-      holds);
-    * output: ``logits[v] = head(h)[v] + offset_head(h)[v - a_t + 255]``, a 511-way table over
-      the offset from the anchor added to the usual 256-way one. The softmax is still over the
-      256 values, so the likelihood stays an exact categorical.
-
-    ``anchors`` is then passed to ``forward``/``nll``/``bits_per_dim`` and to ``decode`` as an
-    image ``(B, 3, H, W)`` uint8.
+    ``backend`` is the attention backend (see :func:`imgtx.attention.attend`); it is a run-time
+    choice, not part of the config: change it with :meth:`set_backend`.
     """
 
     model_card_tags = ("image-transformer", "autoregressive", "likelihood")
     model_card_description = ("Image Transformer (Parmar et al. 2018), autoregressive over "
                               "subpixels with local self-attention; trained with imgtx.")
 
-    def __init__(self, config: ImageTransformerConfig, context_dim: int | None = None,
-                 anchored: bool = False) -> None:
+    def __init__(self, config: ImageTransformerConfig, context_dim: int | None = None, *,
+                 backend: str = "auto") -> None:
         super().__init__(config)
-        if anchored and config.likelihood != "cat":
-            raise ValueError("anchored=True needs the categorical likelihood, got "
-                             f"likelihood={config.likelihood!r}")
-        self.anchored = anchored
         c = config
         d = c.hidden_size
         self.rows, self.cols = c.sequence_grid
@@ -104,10 +99,6 @@ class ImageTransformer(HubModel):
         else:
             self.embed = nn.Linear(3, d)  # a pixel's 3 values in [-1, 1] -> one position
             self.head = nn.Linear(d, 10 * c.num_mixtures)
-        if anchored:
-            self.anchor_embed = nn.Embedding(256 * 3, d)  # a_t + 256*channel
-            self.residual_embed = nn.Embedding(511 * 3, d)  # x - a + 255 + 511*channel
-            self.offset_head = nn.Linear(d, 511)  # logit of offset v - a, at index v - a + 255
         if c.positions == "learned":
             self.learned_positions = LearnedPositions2D(self.rows, self.cols, d)
         else:
@@ -119,13 +110,18 @@ class ImageTransformer(HubModel):
             TransformerLayer(d, c.num_heads, c.ffn_size, self.pattern,
                              attention_size=c.attention_size, dropout=c.dropout,
                              attention_dropout=c.attention_dropout, norm=c.norm,
-                             eps=c.layer_norm_eps, backend=c.backend, context_dim=context_dim)
+                             eps=c.layer_norm_eps, backend=backend, context_dim=context_dim)
             for _ in range(c.num_layers))
         self.final_norm = nn.LayerNorm(d, eps=c.layer_norm_eps) if c.norm == "pre" else None
         # Channel index of every sequence position (categorical embedding offset).
         channel = torch.arange(self.rows * self.cols) % 3
         self.register_buffer("channel", self.to_sequence(channel[None])[0], persistent=False)
         self.reset_parameters()
+
+    def set_backend(self, backend: str) -> ImageTransformer:
+        """Compute every attention layer with ``backend`` from now on; returns the model."""
+        set_backend(self, backend)
+        return self
 
     # -- layout helpers ------------------------------------------------------------------------
 
@@ -152,6 +148,8 @@ class ImageTransformer(HubModel):
     # -- model ---------------------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
+        """T2T initialisation: xavier-uniform with ``config.init_gain`` on every Linear, zero
+        biases; embeddings N(0, 1/d), later scaled by sqrt(d)."""
         gain = self.config.init_gain
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -163,28 +161,6 @@ class ImageTransformer(HubModel):
             nn.init.normal_(self.embed.weight, std=d**-0.5)  # then scaled by sqrt(d), as T2T
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=d**-0.5)
-        if self.anchored:
-            nn.init.normal_(self.anchor_embed.weight, std=d**-0.5)
-            nn.init.normal_(self.residual_embed.weight, std=d**-0.5)
-            # A fresh anchored model predicts a discrete Laplace around the anchor whatever its
-            # hidden state: the value head starts at zero and the offset head at a prior
-            # (see set_offset_prior), so temperature 0 returns the anchors until trained.
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
-            nn.init.zeros_(self.offset_head.weight)
-            self.set_offset_prior(-torch.arange(-255, 256).abs().float() / DEFAULT_OFFSET_SCALE)
-
-    @torch.no_grad()
-    def set_offset_prior(self, log_probs: torch.Tensor) -> None:
-        """Set the offset head's bias to ``log_probs`` ``(511,)`` over offsets -255..255 (e.g.
-        the log histogram of ``target - anchor`` on training data), normalised. Initialising an
-        output bias to the log marginal is the usual way to start a classifier calibrated."""
-        if not self.anchored:
-            raise ValueError("set_offset_prior needs a model built with anchored=True")
-        log_probs = torch.as_tensor(log_probs, dtype=torch.float32)
-        if log_probs.shape != (511,) or not torch.isfinite(log_probs).all():
-            raise ValueError(f"expected 511 finite log-probabilities, got {tuple(log_probs.shape)}")
-        self.offset_head.bias.copy_(torch.log_softmax(log_probs, dim=0))
 
     def positions(self) -> torch.Tensor:
         """Position encodings in model order, ``(N, D)``."""
@@ -197,36 +173,6 @@ class ImageTransformer(HubModel):
         if self.config.likelihood == "cat":
             return self.embed(values + 256 * channel) * math.sqrt(self.config.hidden_size)
         return self.embed(values.float() / 127.5 - 1.0)
-
-    def anchor_values(self, anchors: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """Model-order anchor subpixels ``(B, N)`` long of an anchored model's ``anchors``
-        ``(B, 3, H, W)`` uint8; None for a model without anchors (which must get none)."""
-        if not self.anchored:
-            if anchors is not None:
-                raise ValueError("this model was built without anchors; pass anchors=None")
-            return None
-        if anchors is None:
-            raise ValueError("this model is anchored: pass anchors (B, 3, H, W) uint8, e.g. the "
-                             "bicubic upscale of the low-resolution input")
-        values = self.to_sequence(self.targets(anchors)).to(self.channel.device)
-        if values.shape[0] != batch:
-            raise ValueError(f"anchors have batch {values.shape[0]}, expected {batch}")
-        return values
-
-    def input_embeddings(self, values: torch.Tensor, channel: torch.Tensor,
-                         anchors: torch.Tensor | None) -> torch.Tensor:
-        """What a value contributes to the *next* position's input: its embedding, plus for
-        anchored models the embedding of its residual from its own anchor. ``values`` and
-        ``anchors`` ``(B, n)`` long with their ``channel`` ``(n,)`` -> ``(B, n, D)``."""
-        x = self.embed_values(values, channel)
-        if anchors is not None:
-            offsets = values - anchors + 255 + 511 * channel
-            x = x + self.residual_embed(offsets) * math.sqrt(self.config.hidden_size)
-        return x
-
-    def anchor_inputs(self, anchors: torch.Tensor, channel: torch.Tensor) -> torch.Tensor:
-        """What a position's own anchor adds to its input: ``(B, n)`` -> ``(B, n, D)``."""
-        return self.anchor_embed(anchors + 256 * channel) * math.sqrt(self.config.hidden_size)
 
     def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The class embedding ``(B, 1, D)`` added at every position, or None."""
@@ -243,18 +189,33 @@ class ImageTransformer(HubModel):
                              f"{self.config.num_classes}), got {labels.tolist()[:8]}")
         return self.class_embed(labels)[:, None, :]
 
-    def head_outputs(self, x: torch.Tensor, anchors: torch.Tensor | None = None) -> torch.Tensor:
-        """Final norm (pre-norm models) and output head: ``(B, n, D)`` -> ``(B, n, 256 | 10K)``.
-        Anchored models add the offset head's logit of ``v - anchor`` to each value ``v``
-        (``anchors`` ``(B, n)`` long)."""
+    # -- side information (none in this model; see the class docstring) -----------------------
+
+    def side_values(self, side, batch: int) -> torch.Tensor | None:
+        """The ``side`` argument as per-position values in model order ``(B, N, ...)``, or None.
+        This model takes no side information."""
+        if side is not None:
+            raise ValueError("this model was built without side inputs; pass side=None")
+        return None
+
+    def input_embeddings(self, values: torch.Tensor, channel: torch.Tensor,
+                         side: torch.Tensor | None = None) -> torch.Tensor:
+        """What a value contributes to the *next* position's input: ``values`` ``(B, n)`` (or
+        ``(B, n, 3)``) with their ``channel`` ``(n,)`` and side values -> ``(B, n, D)``."""
+        return self.embed_values(values, channel)
+
+    def position_inputs(self, channel: torch.Tensor,
+                        side: torch.Tensor | None) -> torch.Tensor | None:
+        """What a position's own side value adds to its input, ``(B, n, D)``, or None."""
+        return None
+
+    def head_outputs(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm (pre-norm models) and output head: ``(B, n, D)`` -> ``(B, n, 256 | 10K)``."""
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.head(x)
-        if anchors is None:
-            return logits
-        offsets = self.offset_head(x)  # (B, n, 511): offset -255..255 at index 0..510
-        index = torch.arange(256, device=x.device) + 255 - anchors[..., None]  # (B, n, 256)
-        return logits + offsets.gather(-1, index)
+        return self.head(x)
+
+    # -- forward, likelihood, decoding ---------------------------------------------------------
 
     def context_kv(self, context: torch.Tensor | None) -> list:
         """Each layer's cross-attention keys/values for ``context`` ``(B, Nc, Dc)``, computed once
@@ -265,42 +226,41 @@ class ImageTransformer(HubModel):
         return [tuple(t.contiguous() for t in layer.context_kv(context)) for layer in self.layers]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                context: torch.Tensor | None = None,
-                anchors: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, side=None) -> torch.Tensor:
         """Head outputs for every position given all earlier ones, in raster order.
 
         Args:
             images: ``(B, 3, H, W)`` uint8.
             labels: ``(B,)`` class ids for class-conditional models.
             context: ``(B, Nc, context_dim)`` for models built with ``context_dim``.
-            anchors: ``(B, 3, H, W)`` uint8 for models built with ``anchored=True``.
+            side: side information, for subclasses that take it.
 
         Returns:
             categorical: logits ``(B, H*W*3, 256)``; DMOL: parameters ``(B, H*W, 10K)``.
         """
         values = self.to_sequence(self.targets(images))  # (B, N) | (B, N, 3), model order
-        b, n = values.shape[:2]
-        anchor_values = self.anchor_values(anchors, b)  # (B, N) | None
-        x = self.input_embeddings(values, self.channel, anchor_values)  # (B, N, D)
+        b = values.shape[0]
+        side = self.side_values(side, b)
+        x = self.input_embeddings(values, self.channel, side)  # (B, N, D)
         # Shift right by one position (zero start): position t sees values < t only.
         x = nn.functional.pad(x[:, :-1], (0, 0, 1, 0))
         x = x + self.positions()
-        if anchor_values is not None:
-            x = x + self.anchor_inputs(anchor_values, self.channel)
+        own = self.position_inputs(self.channel, side)
+        if own is not None:
+            x = x + own
         cond = self.condition(labels, b)
         if cond is not None:
             x = x + cond
         x = self.dropout(x)
         for layer, context_kv in zip(self.layers, self.context_kv(context)):
             x = layer(x, context_kv)  # (B, N, D)
-        return self.to_raster(self.head_outputs(x, anchor_values))
+        return self.to_raster(self.head_outputs(x, side))
 
     def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-            context: torch.Tensor | None = None,
-            anchors: torch.Tensor | None = None) -> torch.Tensor:
+            context: torch.Tensor | None = None, side=None) -> torch.Tensor:
         """Exact negative log-likelihood in nats, raster order: ``(B, H*W*3)`` per subpixel
         (categorical) or ``(B, H*W)`` per pixel (DMOL; one pixel = 3 subpixels)."""
-        return self.nll_of_outputs(self(images, labels, context, anchors), images)
+        return self.nll_of_outputs(self(images, labels, context, side), images)
 
     def nll_of_outputs(self, outputs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """:meth:`nll` from head outputs already computed by ``forward`` (lets a training loop
@@ -311,8 +271,74 @@ class ImageTransformer(HubModel):
         return dmol_nll_per_pixel(outputs, targets)
 
     def bits_per_dim(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                     context: torch.Tensor | None = None,
-                     anchors: torch.Tensor | None = None) -> torch.Tensor:
+                     context: torch.Tensor | None = None, side=None) -> torch.Tensor:
         """Bits per subpixel of each image, ``(B,)``: total nats / (3*H*W * ln 2)."""
-        nats = self.nll(images, labels, context, anchors).sum(dim=1)
+        nats = self.nll(images, labels, context, side).sum(dim=1)
         return nats / (3 * self.config.image_size**2 * LN2)
+
+    def incremental_decoder(self, batch: int, *, labels: torch.Tensor | None = None,
+                            context: torch.Tensor | None = None,
+                            side=None) -> IncrementalDecoder:
+        """A :class:`IncrementalDecoder` for ``batch`` sequences (same arguments as forward)."""
+        return IncrementalDecoder(self, batch, labels=labels, context=context, side=side)
+
+
+class IncrementalDecoder:
+    """Runs an :class:`ImageTransformer` one position at a time, in model order, with each
+    layer's KV cache: ``outputs()`` gives the head outputs at the next position and ``feed(value)``
+    appends the value chosen there. The same hooks as :meth:`ImageTransformer.forward` make the
+    inputs, so the outputs equal the full forward pass on the finished sequence. Call under
+    ``torch.no_grad()`` with the model in eval mode.
+
+    Cost per position: one query against each layer's cache (O(b) for local 1D blocks of b).
+    """
+
+    def __init__(self, model: ImageTransformer, batch: int, *,
+                 labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                 side=None) -> None:
+        parameter = next(model.parameters())
+        self.model, self.length, self.position = model, model.config.sequence_length, 0
+        self.caches = [layer.attn.new_cache(batch, self.length, parameter.device,
+                                            parameter.dtype) for layer in model.layers]
+        self.context_kvs = model.context_kv(context)
+        self.cond = model.condition(labels, batch)  # (B, 1, D) | None
+        self.side = model.side_values(side, batch)  # (B, N, ...) | None
+        self.positions = model.positions()  # (N, D)
+        # The input contribution of the previous value: zero before the first position.
+        self.previous = torch.zeros(batch, 1, model.config.hidden_size, device=parameter.device,
+                                    dtype=parameter.dtype)
+        self.waiting_for_value = False
+
+    def _here(self) -> tuple[slice, torch.Tensor | None]:
+        here = slice(self.position, self.position + 1)
+        return here, None if self.side is None else self.side[:, here]
+
+    def outputs(self) -> torch.Tensor:
+        """Head outputs at position ``self.position``: ``(B, 256 | 10K)``."""
+        if self.waiting_for_value:
+            raise RuntimeError("feed() the value chosen at this position before the next outputs()")
+        if self.position >= self.length:
+            raise IndexError(f"all {self.length} positions were decoded")
+        model = self.model
+        here, side = self._here()
+        x = self.previous + self.positions[here]  # (B, 1, D)
+        own = model.position_inputs(model.channel[here], side)
+        if own is not None:
+            x = x + own
+        if self.cond is not None:
+            x = x + self.cond
+        for layer, cache, context_kv in zip(model.layers, self.caches, self.context_kvs):
+            x = layer.step(x, cache, context_kv)  # (B, 1, D)
+        self.waiting_for_value = True
+        return model.head_outputs(x, side)[:, 0]
+
+    def feed(self, value: torch.Tensor) -> None:
+        """The value chosen at position ``self.position``: ``(B,)`` long subpixels, or ``(B, 3)``
+        long pixels (DMOL). Moves to the next position."""
+        if not self.waiting_for_value:
+            raise RuntimeError("call outputs() for this position before feed()")
+        here, side = self._here()
+        self.previous = self.model.input_embeddings(value[:, None], self.model.channel[here],
+                                                    side)
+        self.position += 1
+        self.waiting_for_value = False

@@ -1,9 +1,11 @@
-"""Sampling from an :class:`~imgtx.model.ImageTransformer`.
+"""Sampling from an :class:`~imgtx.model.ImageTransformer`: draw a value, feed it back.
 
-The default path decodes one position at a time with each layer's KV cache, so a local-1D model
-costs O(N*b) per image instead of O(N^2) (T2T re-ran the whole model for every subpixel). The
-``use_cache=False`` path does exactly that full recompute; it exists to check the cache against
-and to measure the speed-up. Both walk the model's order: raster for 1D, block-raster for 2D.
+The model computes; this module only draws. The default path asks the model's
+:class:`~imgtx.model.IncrementalDecoder` for one position at a time (each layer's KV cache), so a
+local-1D model costs O(N*b) per image instead of O(N^2) (T2T re-ran the whole model for every
+subpixel). The ``use_cache=False`` path does exactly that full recompute; it exists to check the
+cache against and to measure the speed-up. Both walk the model's order: raster for 1D,
+block-raster for 2D.
 """
 
 from __future__ import annotations
@@ -44,13 +46,12 @@ def _images_from_values(model: ImageTransformer, values: torch.Tensor) -> torch.
 def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
            labels: torch.Tensor | None = None, use_cache: bool = True,
            generator: torch.Generator | None = None, return_outputs: bool = False,
-           progress: bool = False, context: torch.Tensor | None = None,
-           anchors: torch.Tensor | None = None):
+           progress: bool = False, context: torch.Tensor | None = None, side=None):
     """Sample ``batch`` images in one batch.
 
     ``context`` ``(B, Nc, Dc)`` is the encoder output for a decoder built with ``context_dim``
-    (super-resolution); each layer's cross-attention keys/values are computed from it once.
-    ``anchors`` ``(B, 3, H, W)`` uint8 are the anchors of a decoder built with ``anchored=True``.
+    (super-resolution); ``side`` is the side information of a model that takes it (an anchored
+    super-resolution decoder's anchors, :class:`imgtx.sr.anchor.AnchoredDecoder`).
 
     Returns images ``(B, 3, H, W)`` uint8, and with ``return_outputs`` also the head outputs used
     at every step, in model order ``(B, N, 256 | 10K)`` (for checking cache against recompute).
@@ -62,38 +63,21 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     n = config.sequence_length
     dmol = config.likelihood == "dmol"
     values = torch.zeros((batch, n, 3) if dmol else (batch, n), dtype=torch.long, device=device)
-    outputs_seen = [] if return_outputs else None
-    cond = model.condition(labels, batch)
-    anchor_values = model.anchor_values(anchors, batch)  # (B, N) model order | None
-    steps = tqdm(range(n), desc="sampling", unit="pos", disable=not progress, leave=False)
+    outputs_seen = []
+    decoder = None
     if use_cache:
-        dtype = next(model.parameters()).dtype
-        caches = [layer.attn.new_cache(batch, n, device, dtype) for layer in model.layers]
-        context_kvs = model.context_kv(context)
-        positions = model.positions()  # (N, D)
-        x_prev = torch.zeros(batch, 1, config.hidden_size, device=device, dtype=dtype)
-        for t in steps:
-            here = slice(t, t + 1)
-            anchor = None if anchor_values is None else anchor_values[:, here]  # (B, 1)
-            x = x_prev + positions[t]
-            if cond is not None:
-                x = x + cond
-            if anchor is not None:
-                x = x + model.anchor_inputs(anchor, model.channel[here])
-            for layer, cache, context_kv in zip(model.layers, caches, context_kvs):
-                x = layer.step(x, cache, context_kv)  # (B, 1, D)
-            out = model.head_outputs(x, anchor)[:, 0]  # (B, 256 | 10K)
-            values[:, t] = draw(out, config.likelihood, temperature, generator)
-            if outputs_seen is not None:
-                outputs_seen.append(out)
-            x_prev = model.input_embeddings(values[:, here], model.channel[here], anchor)
-    else:
-        for t in steps:
+        decoder = model.incremental_decoder(batch, labels=labels, context=context, side=side)
+    for t in tqdm(range(n), desc="sampling", unit="pos", disable=not progress, leave=False):
+        if decoder is not None:
+            out = decoder.outputs()  # (B, 256 | 10K)
+        else:
             images = _images_from_values(model, values)
-            out = model.to_sequence(model(images, labels, context, anchors))[:, t]
-            values[:, t] = draw(out, config.likelihood, temperature, generator)
-            if outputs_seen is not None:
-                outputs_seen.append(out)
+            out = model.to_sequence(model(images, labels, context, side))[:, t]
+        values[:, t] = draw(out, config.likelihood, temperature, generator)
+        if decoder is not None:
+            decoder.feed(values[:, t])
+        if return_outputs:
+            outputs_seen.append(out)
     model.train(was_training)
     images = _images_from_values(model, values)
     if return_outputs:

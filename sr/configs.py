@@ -1,12 +1,16 @@
 """Named super-resolution configurations: one registry, one dataclass.
 
 Paper settings come from tensor2tensor ``models/image_transformer_2d.py`` (``Img2imgTransformer``
-and its hparams, DESIGN §4); each entry names its source. The small ones are sized for CPU.
+and its ``img2img_transformer*`` hparams) and Parmar et al. 2018, Sec. 5.2 (CelebA 8x8 -> 32x32);
+each entry names its source. The small ones are sized for CPU; the training settings suggested
+for ``photos-8to32-small`` are the recipe of the shipped checkpoint
+(``scripts/train_sr_photos.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from imgtx.configs import ImageTransformerConfig, RegistryEntry, lookup
 
@@ -17,11 +21,16 @@ ANCHORS = ("none", "bicubic", "nearest")  # see SuperResolutionConfig.anchor and
 
 @dataclass
 class SuperResolutionConfig:
-    """Hyperparameters of :class:`imgtx.sr.SuperResolutionTransformer` (serialised to ``config.json``).
+    """Hyperparameters of :class:`imgtx.sr.SuperResolutionTransformer` (serialised to
+    ``config.json``).
 
     The encoder reads the ``input_size``-square low-resolution image; the decoder generates the
-    ``input_size * scale``-square high-resolution image one subpixel at a time.
+    ``input_size * scale``-square high-resolution image one subpixel at a time. The attention
+    backend is a run-time choice, not a field (``SuperResolutionTransformer.set_backend``).
     """
+
+    #: Keys older config.json files may hold that no longer change the model; loaders drop them.
+    IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
 
     input_size: int = 8  # side of the low-resolution input, in pixels
     scale: int = 4  # upscaling factor: the output side is input_size * scale
@@ -40,7 +49,6 @@ class SuperResolutionConfig:
     norm: str = "post"  # "post": T2T "dan" (dropout, add, LayerNorm) | "pre": pre-norm
     positions: str = "sinusoid"  # "sinusoid": half rows / half columns | "learned": per axis
     layer_norm_eps: float = 1e-6
-    backend: str = "auto"  # attention backend, see imgtx.attention
     init_gain: float = 0.2 ** 0.5  # xavier_uniform gain (T2T uniform_unit_scaling 0.2)
     area_rounding: str = "nearest"  # how training/eval inputs round the area mean: "nearest" |
     #                                 "floor" (T2T resize_by_area); see imgtx.eval.image_metrics
@@ -85,25 +93,29 @@ class SuperResolutionConfig:
             hidden_size=self.hidden_size, attention_size=self.attention_size,
             ffn_size=self.ffn_size, num_heads=self.num_heads, dropout=self.dropout,
             attention_dropout=self.attention_dropout, norm=self.norm, positions=self.positions,
-            num_classes=0, layer_norm_eps=self.layer_norm_eps, backend=self.backend,
-            init_gain=self.init_gain)
+            num_classes=0, layer_norm_eps=self.layer_norm_eps, init_gain=self.init_gain)
 
 
 def _cfg(**kwargs) -> SuperResolutionConfig:
     return SuperResolutionConfig(**kwargs)
 
 
-# T2T img2img hparams: lr 0.2, warmup 12000, noam. With T2T's extra 0.002*5000 constant (DESIGN §3)
-# the peak is 0.2 * 10 * 512^-0.5 * 12000^-0.5 = 8.1e-4.
+# T2T img2img hparams: lr 0.2, warmup 12000, noam. With the extra 0.002*5000 constant of T2T's
+# noam decay (utils/learning_rate.py) the peak is 0.2 * 10 * 512^-0.5 * 12000^-0.5 = 8.1e-4.
 _T2T_TRAIN = {"batch_size": 2, "warmup": 12000, "lr": 8.1e-4}
 _SMALL = dict(encoder_layers=2, decoder_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
               dropout=0.0, norm="pre", sampling_temperature=0.5, anchor="bicubic")
 _SMALL_TRAIN = {"batch_size": 8, "warmup": 200, "lr": 2e-3}
+# scripts/train_sr_photos.py, which trained checkpoints/sr-photos-8to32-small: a lower peak rate
+# and a shorter warm-up than from scratch, as the decoder is warm-started from the shipped Image
+# Transformer (a path relative to the repository root).
+PHOTOS_RECIPE = {"batch_size": 8, "lr": 1e-3, "warmup": 100, "schedule": "noam",
+                 "decoder_init": "checkpoints/imgtx-photos32-small"}
 
 CONFIGS: dict[str, RegistryEntry] = {
     # T2T img2img_transformer_b3 ("current best hparams for local 1d"): img2img_transformer_base
     # (4 encoder / 8 decoder layers, d 512, ffn 2048, 8 heads, dropout 0.1) with post-norm "dan",
-    # block_length 128, sampling_temp 0.9, batch 2. CelebA 8x8 -> 32x32 (DESIGN §4).
+    # block_length 128, sampling_temp 0.9, batch 2. CelebA 8x8 -> 32x32 (Parmar et al. Sec. 5.2).
     "celeba-8to32-1d": RegistryEntry(
         _cfg(attention="local1d", block_length=128, encoder_layers=4, decoder_layers=8,
              hidden_size=512, ffn_size=2048, num_heads=8, dropout=0.1, norm="post",
@@ -123,7 +135,7 @@ CONFIGS: dict[str, RegistryEntry] = {
     # 32x3 subpixels, as the `small` Image Transformer).
     "photos-8to32-small": RegistryEntry(
         _cfg(attention="local1d", block_length=96, **_SMALL),
-        "imgtx: CPU-sized 4x model for builtin:photos32", train=dict(_SMALL_TRAIN)),
+        "imgtx: CPU-sized 4x model for builtin:photos32", train=dict(PHOTOS_RECIPE)),
     "photos-8to32-small-2d": RegistryEntry(
         _cfg(attention="local2d", query_shape=(4, 24), memory_flange=(4, 12), **_SMALL),
         "imgtx: CPU-sized 4x model, local 2D decoder", train=dict(_SMALL_TRAIN)),

@@ -1,5 +1,5 @@
-"""The super-resolution Image Transformer: an encoder-decoder (Parmar et al. 2018; T2T
-``Img2imgTransformer``, DESIGN §4).
+"""The super-resolution Image Transformer: an encoder-decoder (Parmar et al. 2018, Sec. 5.2; T2T
+``image_transformer_2d.Img2imgTransformer``).
 
 * **Encoder.** The low-resolution image as a sequence of subpixels (an ``h x 3w`` grid: r,g,b of
   pixel (0,0), then of (0,1), ...), embedded with the Image Transformer's channel embeddings
@@ -7,13 +7,10 @@
 * **Decoder.** An :class:`imgtx.ImageTransformer` on the high-resolution image (same subpixel
   order, local 1D or local 2D self-attention, categorical head) whose every layer also
   cross-attends, in full, to the encoder output: self-attention, cross-attention, FFN.
-* **Anchor** (``config.anchor``; an imgtx extension, off in the paper configs). The decoder also
-  gets a fixed upscale of the input (PIL bicubic, or nearest) as each output subpixel's anchor:
-  an input embedding, and a second output table over ``value - anchor`` (see
-  :class:`imgtx.ImageTransformer`). This is residual learning over bicubic (as in VDSR), in
-  likelihood form: the distribution is still an exact categorical over 256 values, but
-  "stay near the interpolation" no longer has to be learned through cross-attention, which a
-  CPU-sized model did not manage within its training budget (docs/super_resolution.md).
+* **Anchor** (``config.anchor``; an imgtx extension, off in the paper configs). The decoder is
+  then an :class:`imgtx.sr.anchor.AnchoredDecoder`: a fixed upscale of the input (PIL bicubic, or
+  nearest) is each output subpixel's anchor, an input embedding and a second output table over
+  ``value - anchor``; see :mod:`imgtx.sr.anchor`.
 
 Shapes: B batch, h/w input rows/cols, H/W output rows/cols, Nin = 3hw, N = 3HW, D model width.
 """
@@ -23,16 +20,18 @@ from __future__ import annotations
 import math
 
 import torch
+from imgtx.sr.anchor import AnchoredDecoder, make_anchors
+from imgtx.sr.configs import SuperResolutionConfig
 from torch import nn
 
-from imgtx.eval.image_metrics import downscale_area, upscale_bicubic, upscale_nearest
-from imgtx.attention import Full
+from imgtx.attention import Full, set_backend
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll
 from imgtx.model import ImageTransformer, check_images
+from imgtx.resample import downscale_area
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
-from imgtx.sr.configs import SuperResolutionConfig
 
+# make_anchors lives in imgtx.sr.anchor; it is re-exported here, where it used to be.
 __all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
 
 LN2 = math.log(2.0)
@@ -40,18 +39,9 @@ LN2 = math.log(2.0)
 
 def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor:
     """The model's input for a high-resolution image: area downscaling by ``config.scale``
-    (DESIGN §4: "area-resized"). ``(B, 3, H, W)`` uint8 -> ``(B, 3, H/s, W/s)`` uint8."""
+    (T2T ``image_utils.resize_by_area``, as in its CelebA 8x8 -> 32x32 problem):
+    ``(B, 3, H, W)`` uint8 -> ``(B, 3, H/s, W/s)`` uint8."""
     return downscale_area(high_res.to(torch.uint8), config.scale, config.area_rounding)
-
-
-def make_anchors(low_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor | None:
-    """The decoder's anchors for an input: its ``config.anchor`` upscale, ``(B, 3, h, w)`` ->
-    ``(B, 3, H, W)`` uint8 on ``low_res``'s device, or None for ``anchor="none"``. Bicubic is
-    PIL's, the same resampler as the ``bicubic_psnr`` baseline of ``imgtx sr eval``."""
-    if config.anchor == "none":
-        return None
-    upscale = upscale_bicubic if config.anchor == "bicubic" else upscale_nearest
-    return upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
 
 
 class ImageEncoder(nn.Module):
@@ -60,7 +50,7 @@ class ImageEncoder(nn.Module):
     ``forward(low_res)``: ``(B, 3, h, w)`` uint8 -> ``(B, Nin, D)``, positions in raster order.
     """
 
-    def __init__(self, config: SuperResolutionConfig) -> None:
+    def __init__(self, config: SuperResolutionConfig, *, backend: str = "auto") -> None:
         super().__init__()
         c, d = config, config.hidden_size
         self.config = config
@@ -76,7 +66,7 @@ class ImageEncoder(nn.Module):
         self.layers = nn.ModuleList(
             TransformerLayer(d, c.num_heads, c.ffn_size, Full(), attention_size=c.attention_size,
                              dropout=c.dropout, attention_dropout=c.attention_dropout,
-                             norm=c.norm, eps=c.layer_norm_eps, backend=c.backend)
+                             norm=c.norm, eps=c.layer_norm_eps, backend=backend)
             for _ in range(c.encoder_layers))
         self.final_norm = nn.LayerNorm(d, eps=c.layer_norm_eps) if c.norm == "pre" else None
 
@@ -110,12 +100,19 @@ class SuperResolutionTransformer(HubModel):
         "categorical output per subpixel; trained with imgtx. Upscale any image with "
         "`imgtx sr upscale --model DIR input.png output.png`.")
 
-    def __init__(self, config: SuperResolutionConfig) -> None:
+    def __init__(self, config: SuperResolutionConfig, *, backend: str = "auto") -> None:
         super().__init__(config)
-        self.encoder = ImageEncoder(config)
-        self.decoder = ImageTransformer(config.decoder_config(), context_dim=config.hidden_size,
-                                        anchored=config.anchor != "none")
+        self.encoder = ImageEncoder(config, backend=backend)
+        decoder = ImageTransformer if config.anchor == "none" else AnchoredDecoder
+        self.decoder = decoder(config.decoder_config(), context_dim=config.hidden_size,
+                               backend=backend)
         self.reset_parameters()
+
+    def set_backend(self, backend: str) -> SuperResolutionTransformer:
+        """Compute every attention layer (encoder and decoder) with ``backend`` from now on
+        (see :func:`imgtx.attention.attend`); returns the model."""
+        set_backend(self, backend)
+        return self
 
     def reset_parameters(self) -> None:
         """T2T initialisation (xavier-uniform with the config's gain; embeddings N(0, 1/d)),
@@ -151,8 +148,7 @@ class SuperResolutionTransformer(HubModel):
         if low_res.shape[0] != high_res.shape[0]:
             raise ValueError(f"low_res and high_res batches differ: {low_res.shape[0]} vs "
                              f"{high_res.shape[0]}")
-        return self.decoder(high_res, context=self.encode(low_res),
-                            anchors=self.anchors(low_res))
+        return self.decoder(high_res, context=self.encode(low_res), side=self.anchors(low_res))
 
     def nll(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
         """Exact negative log-likelihood ``-log p(high_res | low_res)`` in nats per output

@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 import torch
+from imgtx.sr.anchor import make_anchors
+from imgtx.sr.model import SuperResolutionTransformer
 from tqdm.auto import tqdm
 
-from imgtx.eval.image_metrics import upscale_bicubic
 from imgtx.images import make_grid, read_image, save_image
+from imgtx.resample import upscale_bicubic
 from imgtx.sampling import decode
-from imgtx.sr.model import SuperResolutionTransformer, make_anchors
 
 __all__ = ["upscale_batch", "upscale_tiles", "split_tiles", "pad_to_tiles", "stitch_tiles",
            "upscale_image", "upscale_file"]
@@ -52,7 +53,7 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     Args:
         low_res: ``(B, 3, h, w)`` uint8 with ``h = w = config.input_size``.
         anchors: ``(B, 3, H, W)`` uint8 anchors for an anchored model (None: made from
-            ``low_res`` as in training, :func:`imgtx.sr.model.make_anchors`).
+            ``low_res`` as in training, :func:`imgtx.sr.anchor.make_anchors`).
         temperature: softmax temperature; 0 takes the most likely value of each subpixel in
             decoding order; None uses ``config.sampling_temperature``.
         generator: random generator for the draws.
@@ -75,7 +76,7 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     context = model.encode(low_res)  # (B, Nin, D), once per batch
     result = decode(model.decoder, low_res.shape[0], temperature=temperature,
                     use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                    progress=progress, context=context, anchors=anchors)
+                    progress=progress, context=context, side=anchors)
     model.train(was_training)
     return result
 

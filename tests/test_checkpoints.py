@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from imgtx.eval.image_metrics import psnr, upscale_bicubic
-from imgtx import ImageTransformer
-from imgtx.data import load_images
+from imgtx.eval.image_metrics import psnr
 from imgtx.sr import SuperResolutionTransformer
 from imgtx.sr.model import make_low_res
 from imgtx.sr.upscale import upscale_batch
+
+from imgtx import ImageTransformer
+from imgtx.data import load_images
+from imgtx.resample import upscale_bicubic
 
 torch.set_num_threads(1)
 
@@ -25,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE_TRANSFORMER = ROOT / "checkpoints" / "imgtx-photos32-small"
 SUPER_RESOLUTION = ROOT / "checkpoints" / "sr-photos-8to32-small"
 SUBSET = range(0, 395, 25)  # 16 test images spread over both photos
+REGRESSION_SUBSET = range(0, 384, 6)  # 64 test images spread over both photos
+
+# Mean bits/dim of the shipped checkpoints on REGRESSION_SUBSET, computed with the code of commit
+# bab5406 (before TransformerLayer got named sub-layers, the SR anchor moved to imgtx.sr.anchor
+# and the attention patterns took over their dispatch): in a `git worktree add /tmp/ref bab5406`
+# copied into one `imgtx` package (sr/, eval/ and gan/ as imgtx/sr, imgtx/eval, imgtx/gan) and
+# imported with PYTHONPATH pointing there, `model.bits_per_dim(targets).mean()` under no_grad,
+# one CPU thread, float32, printed as float64.
+REFERENCE_BITS_PER_DIM = {"imgtx-photos32-small": 4.468289562501013,
+                          "sr-photos-8to32-small": 3.893828598316759}
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +70,16 @@ def test_greedy_upscale_stays_within_1_db_of_bicubic(models, targets):
     output = upscale_batch(model, low_res, temperature=0)
     bicubic = psnr(upscale_bicubic(low_res, 4), targets)
     assert psnr(output, targets) > bicubic - 1.0  # here: 25.52 vs 25.97 dB
+
+
+@torch.no_grad()
+def test_bits_per_dim_are_those_of_the_code_that_trained_the_checkpoints(models):
+    """Refactoring the core must not move the shipped models' likelihoods (<= 1e-6 bits/dim)."""
+    source = load_images("builtin:photos32", "test", 32)
+    targets = torch.stack([source[i]["image"] for i in REGRESSION_SUBSET])  # (64, 3, 32, 32)
+    image_transformer, super_resolution = models
+    unconditional = image_transformer.bits_per_dim(targets).double().mean().item()
+    low_res = make_low_res(targets, super_resolution.config)
+    conditional = super_resolution.bits_per_dim(low_res, targets).double().mean().item()
+    assert abs(unconditional - REFERENCE_BITS_PER_DIM["imgtx-photos32-small"]) <= 1e-6
+    assert abs(conditional - REFERENCE_BITS_PER_DIM["sr-photos-8to32-small"]) <= 1e-6

@@ -8,9 +8,10 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hub_cache import write_offline_hub_cache  # noqa: E402 (tests/hub_cache.py)
 
 from imgtx import ImageTransformer, get_config  # noqa: E402
-from imgtx.hub import CheckpointMismatchError, write_offline_hub_cache  # noqa: E402
+from imgtx.hub import CheckpointMismatchError  # noqa: E402
 from imgtx.sampling import decode, sample  # noqa: E402
 
 VARIANTS = {

@@ -14,14 +14,15 @@ import math
 
 import pytest
 import torch
-
-from imgtx.eval.image_metrics import upscale_bicubic, upscale_nearest
-from imgtx import ImageTransformer
-from imgtx.configs import get_config as imgtx_config
 from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
+from imgtx.sr.anchor import AnchoredDecoder
 from imgtx.sr.model import make_low_res
 from imgtx.sr.train import init_decoder_from, offset_log_prior
 from imgtx.sr.upscale import pad_to_tiles, upscale_batch, upscale_image
+
+from imgtx import ImageTransformer
+from imgtx.configs import get_config as imgtx_config
+from imgtx.resample import upscale_bicubic, upscale_nearest
 
 torch.set_num_threads(1)
 
@@ -121,8 +122,10 @@ def test_set_offset_prior_normalises_and_rejects_bad_input():
     assert torch.allclose(model.decoder.offset_head.bias, torch.full((511,), -math.log(511)))
     with pytest.raises(ValueError, match="511"):
         model.decoder.set_offset_prior(torch.zeros(256))
-    with pytest.raises(ValueError, match="anchored=True"):
-        SuperResolutionTransformer(get_config("tiny")).decoder.set_offset_prior(torch.zeros(511))
+    plain = SuperResolutionTransformer(get_config("tiny")).decoder
+    assert not isinstance(plain, AnchoredDecoder)
+    with pytest.raises(AttributeError, match="set_offset_prior"):
+        plain.set_offset_prior(torch.zeros(511))
 
 
 def test_anchors_are_required_exactly_when_the_decoder_is_anchored():
@@ -131,12 +134,12 @@ def test_anchors_are_required_exactly_when_the_decoder_is_anchored():
     with pytest.raises(ValueError, match="anchored: pass anchors"):
         decoder(images)
     with pytest.raises(ValueError, match="batch 2, expected 1"):
-        decoder(images, anchors=random_images(2, 16))
+        decoder(images, side=random_images(2, 16))
     plain = ImageTransformer(imgtx_config("tiny"))
-    with pytest.raises(ValueError, match="without anchors"):
-        plain(random_images(1, plain.config.image_size), anchors=random_images(1, 8))
+    with pytest.raises(ValueError, match="without side inputs"):
+        plain(random_images(1, plain.config.image_size), side=random_images(1, 8))
     with pytest.raises(ValueError, match="categorical"):
-        ImageTransformer(imgtx_config("tiny", likelihood="dmol"), anchored=True)
+        AnchoredDecoder(imgtx_config("tiny", likelihood="dmol"))
     with pytest.raises(ValueError, match="anchor="):
         SuperResolutionConfig(anchor="lanczos")
 

@@ -2,6 +2,10 @@
 
 >>> from imgtx.attention import attend, Local1D
 >>> out = attend(q, k, v, Local1D(block=256))          # (B, H, N, E)
+
+Each pattern owns its dense mask, its blocked layout and its cache kind
+(:mod:`imgtx.attention.patterns`); the backends (:mod:`imgtx.attention.backends`) only run kernels
+on blocks; :func:`set_backend` picks the backend of a whole model at run time.
 """
 
 from imgtx.attention.backends import (
@@ -13,7 +17,7 @@ from imgtx.attention.backends import (
     resolve_backend,
 )
 from imgtx.attention.cache import KVCache, make_cache
-from imgtx.attention.layers import MultiHeadAttention, RelativePositionBias
+from imgtx.attention.layers import MultiHeadAttention, RelativePositionBias, set_backend
 from imgtx.attention.patterns import (
     Causal,
     Full,
@@ -45,5 +49,6 @@ __all__ = [
     "raster_to_block_raster",
     "reference_attention",
     "resolve_backend",
+    "set_backend",
     "shifted_window",
 ]

@@ -3,10 +3,11 @@
 Every backend computes ``softmax(q k^T * scale + bias, masked by the pattern) v`` for the same
 patterns and must agree with :func:`reference_attention` (dense, float64).
 
-The fast backends share one step, :func:`to_blocks`: a local pattern is rewritten as many small
-dense problems - each query block against only its own memory - so that the cost is linear in the
-sequence length. The kernel applied to those blocks is then SDPA (``"blocked"``), xformers'
-``memory_efficient_attention`` (``"xformers"``, CUDA) or FlexAttention (``"flex"``).
+The fast backends share one step, :func:`to_blocks`: the pattern rewrites itself as many small
+dense problems (``Pattern.blocks``) - each query block against only its own memory - so that the
+cost is linear in the sequence length. The kernel applied to those blocks is then SDPA
+(``"blocked"``), xformers' ``memory_efficient_attention`` (``"xformers"``, CUDA) or FlexAttention
+(``"flex"``). No function here depends on which pattern it computes.
 
 Shapes (einstein names used in comments):
     B batch, H heads, N sequence length, E head dim,
@@ -15,15 +16,13 @@ Shapes (einstein names used in comments):
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from imgtx.attention.patterns import Causal, Full, Local1D, Local2D, Pattern, Window
+from imgtx.attention.blocks import Blocks, causal_mask
+from imgtx.attention.patterns import Pattern
 
 __all__ = [
     "BACKENDS",
@@ -47,16 +46,6 @@ class BackendUnavailable(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def dense_bias(pattern: Pattern, bias: torch.Tensor | None, num_queries: int,
-               num_keys: int) -> torch.Tensor | None:
-    """The additive bias in the dense ``(..., Nq, Nk)`` layout (window biases are expanded)."""
-    if bias is None:
-        return None
-    if isinstance(pattern, Window):
-        return pattern.dense_bias(bias)
-    return bias
-
-
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
                         bias: torch.Tensor | None = None,
                         scale: float | None = None) -> torch.Tensor:
@@ -69,9 +58,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patte
     pattern.check_length(nq, nk)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q.double() @ k.double().transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
-    full_bias = dense_bias(pattern, bias, nq, nk)
-    if full_bias is not None:
-        scores = scores + full_bias.double()
+    if bias is not None:
+        scores = scores + pattern.dense_bias(bias).double()
     mask = pattern.dense_mask(nq, nk).to(q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v.double()
@@ -82,145 +70,18 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patte
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Blocks:
-    """A pattern rewritten as dense attention over small blocks.
-
-    q ``(G, nb, Q, E)``, k/v ``(G, nb, M, E)``; ``mask`` bool broadcastable to
-    ``(G, nb, Q, M)`` or None; ``bias`` float broadcastable likewise or None; ``causal`` means
-    plain lower-triangular (only with nb=1, Q=M). ``head``, if set, is a leading block computed
-    separately by the same kernel (Local1D's first block, which has no previous block); its
-    output is prepended along the block dim. ``restore`` maps the ``(G, nb, Q, E)`` output
-    (head included) back to ``(B, H, N, E)``.
-    """
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    mask: torch.Tensor | None
-    bias: torch.Tensor | None
-    causal: bool
-    restore: Callable[[torch.Tensor], torch.Tensor]
-    head: Blocks | None = None
-
-
 def to_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
               bias: torch.Tensor | None = None) -> Blocks:
-    """Rewrite ``attention(q, k, v, pattern, bias)`` as dense attention over blocks.
+    """Rewrite ``attention(q, k, v, pattern, bias)`` as dense attention over blocks
+    (``pattern.blocks`` after checking the lengths and the bias).
 
     Never builds an N x N tensor for a local pattern (unless the caller passed a dense bias).
     """
-    b, h, nq, e = q.shape
-    nk = k.shape[-2]
-    pattern.check_length(nq, nk)
-    g = b * h
-
-    def fold_bias(bias_blocks: torch.Tensor) -> torch.Tensor:
-        # (..., nb, Q, M) with leading dims broadcastable to (B, H) -> (G, nb, Q, M)
-        lead = bias_blocks.shape[:-3]
-        full = bias_blocks.reshape((1,) * (2 - len(lead)) + tuple(lead) + bias_blocks.shape[-3:])
-        return full.expand(b, h, *full.shape[-3:]).reshape(g, *full.shape[-3:])
-
-    def whole(out: torch.Tensor) -> torch.Tensor:
-        return out.reshape(b, h, nq, e)
-
+    pattern.check_length(q.shape[-2], k.shape[-2])
     if bias is not None and bias.dim() < 2:
         raise ValueError(f"attention bias must have at least 2 dims (..., Nq, Nk), got shape "
                          f"{tuple(bias.shape)}")
-    if isinstance(pattern, Full) or (isinstance(pattern, Local1D) and nq <= 2 * pattern.block):
-        # A Local1D sequence of at most two blocks is plain causal attention.
-        causal = not isinstance(pattern, Full)
-        bias4 = None if bias is None else fold_bias(bias.unsqueeze(-3))
-        mask = None
-        if causal and bias is not None:
-            mask = Causal().dense_mask(nq, nk).to(q.device)
-            causal = False
-        return Blocks(q.reshape(g, 1, nq, e), k.reshape(g, 1, nk, e), v.reshape(g, 1, nk, e),
-                      mask, bias4, causal, whole)
-
-    if isinstance(pattern, Causal):
-        bias4 = None if bias is None else fold_bias(bias.unsqueeze(-3))
-        mask = None if bias is None else pattern.dense_mask(nq, nk).to(q.device)
-        return Blocks(q.reshape(g, 1, nq, e), k.reshape(g, 1, nk, e), v.reshape(g, 1, nk, e),
-                      mask, bias4, bias is None, whole)
-
-    if isinstance(pattern, Local1D):
-        blk = pattern.block
-        nb = math.ceil(nq / blk)  # >= 3 here
-        pad = nb * blk - nq
-
-        def padded(t: torch.Tensor) -> torch.Tensor:
-            # (B, H, nb*blk, E); copies only for a ragged last block or a non-contiguous input.
-            return F.pad(t, (0, 0, 0, pad)) if pad else t.contiguous()
-
-        qp, kp, vp = padded(q), padded(k), padded(v)
-        qb = qp.view(g, nb, blk, e)
-
-        # Blocks 1.. attend to [previous | current] block: overlapping windows, a view of k (no
-        # copy), and one (b, 2b) mask shared by every block (a 2-D mask keeps SDPA on its fused
-        # CPU kernel). Block 0 has no previous block: it is plain causal attention, the head.
-        def windows(t: torch.Tensor) -> torch.Tensor:
-            return t.unfold(2, 2 * blk, blk).transpose(-1, -2).reshape(g, nb - 1, 2 * blk, e)
-
-        def first(t: torch.Tensor) -> torch.Tensor:
-            return t[:, :, :blk].reshape(g, 1, blk, e)
-
-        mask = pattern.block_mask().to(q.device)  # (b, 2b)
-        bias_blocks = head_bias = head_mask = None
-        if bias is not None:
-            qi = torch.arange(blk, nb * blk, device=q.device).view(nb - 1, blk).clamp(max=nq - 1)
-            kj = (torch.arange(nb - 1, device=q.device)[:, None] * blk
-                  + torch.arange(2 * blk, device=q.device)[None, :]).clamp(max=nk - 1)
-            bias_blocks = fold_bias(bias[..., qi[:, :, None], kj[:, None, :]])
-            head_bias = fold_bias(bias[..., :blk, :blk].unsqueeze(-3))
-            head_mask = Causal().dense_mask(blk, blk).to(q.device)
-        head = Blocks(qb[:, :1], first(kp), first(vp), head_mask, head_bias, bias is None,
-                      lambda out: out)
-
-        def restore_1d(out: torch.Tensor) -> torch.Tensor:
-            return out.reshape(b, h, nb * blk, e)[:, :, :nq]
-
-        return Blocks(qb[:, 1:], windows(kp), windows(vp), mask, bias_blocks, False, restore_1d,
-                      head)
-
-    if isinstance(pattern, Local2D):
-        index, mask = pattern.block_tables()
-        index, mask = index.to(q.device), mask.to(q.device)
-        nb, m = index.shape
-        qn = nq // nb
-        qb = q.reshape(g, nb, qn, e)
-        kb = k.reshape(g, nk, e)[:, index.view(-1)].view(g, nb, m, e)
-        vb = v.reshape(g, nk, e)[:, index.view(-1)].view(g, nb, m, e)
-        bias_blocks = None
-        if bias is not None:
-            qi = torch.arange(nq, device=q.device).view(nb, qn)
-            bias_blocks = fold_bias(bias[..., qi[:, :, None], index[:, None, :]])
-        return Blocks(qb, kb, vb, mask, bias_blocks, False, whole)
-
-    if isinstance(pattern, Window):
-        w, s = pattern.window, pattern.shift
-        gh, gw = pattern.height // w, pattern.width // w
-
-        def partition(t: torch.Tensor) -> torch.Tensor:
-            grid = t.reshape(b, h, pattern.height, pattern.width, e)
-            if s:
-                grid = torch.roll(grid, shifts=(-s, -s), dims=(2, 3))
-            grid = grid.reshape(b, h, gh, w, gw, w, e).permute(0, 1, 2, 4, 3, 5, 6)
-            return grid.reshape(g, gh * gw, w * w, e)
-
-        def merge(out: torch.Tensor) -> torch.Tensor:
-            grid = out.reshape(b, h, gh, gw, w, w, e).permute(0, 1, 2, 4, 3, 5, 6)
-            grid = grid.reshape(b, h, pattern.height, pattern.width, e)
-            if s:
-                grid = torch.roll(grid, shifts=(s, s), dims=(2, 3))
-            return grid.reshape(b, h, nq, e)
-
-        window_mask = pattern.window_mask()
-        mask = None if window_mask is None else window_mask.to(q.device)
-        bias4 = None if bias is None else fold_bias(bias.unsqueeze(-3))
-        return Blocks(partition(q), partition(k), partition(v), mask, bias4, False, merge)
-
-    raise TypeError(f"unknown attention pattern {pattern!r}")
+    return pattern.blocks(q, k, v, bias)
 
 
 def combined_bias(blocks: Blocks, dtype: torch.dtype) -> torch.Tensor | None:
@@ -309,7 +170,7 @@ def _flex(blocks: Blocks, dropout_p: float, scale: float) -> torch.Tensor:
     additive = combined_bias(blocks, blocks.q.dtype)
     if blocks.causal:
         qn = blocks.q.shape[2]
-        additive = Causal().dense_mask(qn, qn).to(blocks.q.device)
+        additive = causal_mask(qn, qn, blocks.q.device)
         additive = torch.zeros((), dtype=blocks.q.dtype, device=blocks.q.device).masked_fill(
             ~additive, float("-inf"))
     score_mod = None

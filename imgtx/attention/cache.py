@@ -10,15 +10,19 @@ equal to the full forward at that position. Each pattern keeps only what it can 
 * ``Local2D``: keys indexed by block-raster position; each step gathers only its block's memory
   window (``(qh+fh)*(qw+2fw)`` slots) - O(M) work per step.
 
-Shapes: q, k, v ``(B, H, 1, E)``; buffers ``(B, H, slots, E)``.
+Each pattern picks its cache (``Pattern.new_cache``). Shapes: q, k, v ``(B, H, 1, E)``; buffers
+``(B, H, slots, E)``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-from imgtx.attention.patterns import Causal, Local1D, Local2D, Pattern
+if TYPE_CHECKING:
+    from imgtx.attention.patterns import Local2D, Pattern
 
 __all__ = ["KVCache", "CausalCache", "Local1DCache", "Local2DCache", "make_cache"]
 
@@ -123,15 +127,5 @@ class Local2DCache(KVCache):
 def make_cache(pattern: Pattern, batch: int, heads: int, head_dim: int, length: int,
                device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.float32) -> KVCache:
-    """The right cache for ``pattern`` (Causal, Local1D or Local2D) and a ``length``-long decode."""
-    if isinstance(pattern, Local1D):
-        return Local1DCache(pattern.block, batch, heads, head_dim, length, device, dtype)
-    if isinstance(pattern, Local2D):
-        if length != pattern.length:
-            raise ValueError(f"a Local2D cache decodes the whole {pattern.length}-position grid, "
-                             f"got length {length}")
-        return Local2DCache(pattern, batch, heads, head_dim, device, dtype)
-    if isinstance(pattern, Causal):
-        return CausalCache(batch, heads, head_dim, length, device, dtype)
-    raise ValueError(f"incremental decoding needs a causal pattern (Causal, Local1D, Local2D); "
-                     f"{type(pattern).__name__} sees future positions")
+    """The right cache for ``pattern`` and a ``length``-long decode: ``pattern.new_cache``."""
+    return pattern.new_cache(batch, heads, head_dim, length, device, dtype)

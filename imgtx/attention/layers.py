@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgtx.attention.backends import attend
-from imgtx.attention.cache import KVCache, make_cache
+from imgtx.attention.backends import BACKENDS, attend
+from imgtx.attention.cache import KVCache
 from imgtx.attention.patterns import Pattern
 
-__all__ = ["MultiHeadAttention", "RelativePositionBias"]
+__all__ = ["MultiHeadAttention", "RelativePositionBias", "set_backend"]
 
 
 class MultiHeadAttention(nn.Module):
@@ -76,7 +76,7 @@ class MultiHeadAttention(nn.Module):
     def new_cache(self, batch: int, length: int, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> KVCache:
         """An empty KV cache for decoding ``length`` positions of this layer's pattern."""
-        return make_cache(self.pattern, batch, self.heads, self.head_dim, length, device, dtype)
+        return self.pattern.new_cache(batch, self.heads, self.head_dim, length, device, dtype)
 
     def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Self-attention output for the next position only: ``x`` ``(B, 1, D)`` -> ``(B, 1, D)``.
@@ -86,6 +86,18 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.to_q(x))
         k, v = (self._split(t) for t in self.to_kv(x).chunk(2, dim=-1))
         return self._merge(cache.step(q, k, v))
+
+
+def set_backend(module: nn.Module, backend: str) -> int:
+    """Compute every :class:`MultiHeadAttention` inside ``module`` with ``backend`` (``auto`` |
+    ``blocked`` | ``xformers`` | ``flex`` | ``reference``). The backend is a run-time choice,
+    never part of a saved config. Returns the number of attention modules changed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    layers = [m for m in module.modules() if isinstance(m, MultiHeadAttention)]
+    for layer in layers:
+        layer.backend = backend
+    return len(layers)
 
 
 class RelativePositionBias(nn.Module):

@@ -1,11 +1,16 @@
 """Attention patterns: *what* each query may attend to.
 
-A pattern is a small frozen dataclass. It knows two things:
+A pattern is a small frozen dataclass that owns everything the core does differently for it, so
+adding a pattern touches this file only:
 
 * ``dense_mask(num_queries, num_keys)`` - the obviously-correct definition as an ``(Nq, Nk)``
   boolean matrix (True = visible). Only the reference backend and the tests build it.
-* the block tables the fast backends use (``Local1D`` / ``Local2D`` / ``Window``), so no backend
-  ever builds an N x N mask for a local pattern.
+* ``dense_bias(bias)`` - an additive bias in that dense layout (window patterns take a
+  window-local bias and expand it here).
+* ``blocks(q, k, v, bias)`` - the pattern as small dense blocks
+  (:class:`imgtx.attention.blocks.Blocks`) for the fast backends, so that no backend ever builds
+  an N x N mask for a local pattern.
+* ``new_cache(...)`` - the KV cache for incremental decoding (causal patterns only).
 
 Sequence layouts:
 
@@ -18,10 +23,20 @@ Sequence layouts:
 
 from __future__ import annotations
 
-import functools
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from imgtx.attention.blocks import Blocks, causal_mask, fold_bias, one_block
+from imgtx.attention.cache import CausalCache, KVCache, Local1DCache, Local2DCache
+from imgtx.attention.grid import (
+    block_raster_coords,
+    block_raster_to_raster,
+    local2d_tables,
+    raster_to_block_raster,
+)
 
 __all__ = [
     "Pattern",
@@ -31,7 +46,7 @@ __all__ = [
     "Local2D",
     "Window",
     "shifted_window",
-    "raster_to_block_raster",
+    "raster_to_block_raster",  # re-exported from imgtx.attention.grid
     "block_raster_to_raster",
 ]
 
@@ -54,6 +69,23 @@ class Pattern:
                 f"{num_queries} queries and {num_keys} keys; use Full() for cross-attention"
             )
 
+    def dense_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """An additive bias in the dense ``(..., Nq, Nk)`` layout (here: as given)."""
+        return bias
+
+    def blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: torch.Tensor | None = None) -> Blocks:
+        """This pattern as dense attention over small blocks: q ``(B, H, Nq, E)``, k/v
+        ``(B, H, Nk, E)``, bias as for :func:`imgtx.attention.attend`. Lengths are checked."""
+        raise NotImplementedError(f"{type(self).__name__} has no blocked layout")
+
+    def new_cache(self, batch: int, heads: int, head_dim: int, length: int,
+                  device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> KVCache:
+        """An empty KV cache for decoding ``length`` positions one at a time."""
+        raise ValueError(f"incremental decoding needs a causal pattern (Causal, Local1D, "
+                         f"Local2D); {type(self).__name__} sees future positions")
+
 
 @dataclass(frozen=True)
 class Full(Pattern):
@@ -64,6 +96,9 @@ class Full(Pattern):
 
     def check_length(self, num_queries: int, num_keys: int) -> None:
         pass
+
+    def blocks(self, q, k, v, bias=None):
+        return one_block(q, k, v, bias, causal=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,12 @@ class Causal(Pattern):
         i = torch.arange(num_queries)[:, None]
         j = torch.arange(num_keys)[None, :]
         return j <= i
+
+    def blocks(self, q, k, v, bias=None):
+        return one_block(q, k, v, bias, causal=True)
+
+    def new_cache(self, batch, heads, head_dim, length, device="cpu", dtype=torch.float32):
+        return CausalCache(batch, heads, head_dim, length, device, dtype)
 
 
 @dataclass(frozen=True)
@@ -105,6 +146,51 @@ class Local1D(Pattern):
         r = torch.arange(b)[:, None]
         c = torch.arange(2 * b)[None, :]
         return (c < b) | (c - b <= r)
+
+    def blocks(self, q, k, v, bias=None):
+        b, h, n, e = q.shape
+        blk, g = self.block, b * h
+        if n <= 2 * blk:  # at most two blocks: plain causal attention
+            return one_block(q, k, v, bias, causal=True)
+        nb = math.ceil(n / blk)  # >= 3 here
+        pad = nb * blk - n
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            # (B, H, nb*blk, E); copies only for a ragged last block or a non-contiguous input.
+            return F.pad(t, (0, 0, 0, pad)) if pad else t.contiguous()
+
+        qp, kp, vp = padded(q), padded(k), padded(v)
+        qb = qp.view(g, nb, blk, e)
+
+        # Blocks 1.. attend to [previous | current] block: overlapping windows, a view of k (no
+        # copy), and one (b, 2b) mask shared by every block (a 2-D mask keeps SDPA on its fused
+        # CPU kernel). Block 0 has no previous block: it is plain causal attention, the head.
+        def windows(t: torch.Tensor) -> torch.Tensor:
+            return t.unfold(2, 2 * blk, blk).transpose(-1, -2).reshape(g, nb - 1, 2 * blk, e)
+
+        def first(t: torch.Tensor) -> torch.Tensor:
+            return t[:, :, :blk].reshape(g, 1, blk, e)
+
+        mask = self.block_mask().to(q.device)  # (b, 2b)
+        bias_blocks = head_bias = head_mask = None
+        if bias is not None:
+            qi = torch.arange(blk, nb * blk, device=q.device).view(nb - 1, blk).clamp(max=n - 1)
+            kj = (torch.arange(nb - 1, device=q.device)[:, None] * blk
+                  + torch.arange(2 * blk, device=q.device)[None, :]).clamp(max=n - 1)
+            bias_blocks = fold_bias(bias[..., qi[:, :, None], kj[:, None, :]], b, h)
+            head_bias = fold_bias(bias[..., :blk, :blk].unsqueeze(-3), b, h)
+            head_mask = causal_mask(blk, blk, q.device)
+        head = Blocks(qb[:, :1], first(kp), first(vp), head_mask, head_bias, bias is None,
+                      lambda out: out)
+
+        def restore(out: torch.Tensor) -> torch.Tensor:
+            return out.reshape(b, h, nb * blk, e)[:, :, :n]
+
+        return Blocks(qb[:, 1:], windows(kp), windows(vp), mask, bias_blocks, False, restore,
+                      head)
+
+    def new_cache(self, batch, heads, head_dim, length, device="cpu", dtype=torch.float32):
+        return Local1DCache(self.block, batch, heads, head_dim, length, device, dtype)
 
 
 @dataclass(frozen=True)
@@ -142,7 +228,7 @@ class Local2D(Pattern):
         return self.height * self.width
 
     @property
-    def blocks(self) -> tuple[int, int]:
+    def block_grid(self) -> tuple[int, int]:
         """Number of query blocks along (rows, columns)."""
         return self.height // self.query_shape[0], self.width // self.query_shape[1]
 
@@ -164,7 +250,7 @@ class Local2D(Pattern):
         self.check_length(num_queries, num_keys)
         qh, qw = self.query_shape
         fh, fw = self.memory_flange
-        y, x = _block_raster_coords(self.height, self.width, self.query_shape)
+        y, x = block_raster_coords(self.height, self.width, self.query_shape)
         yq, xq = y[:, None], x[:, None]
         yk, xk = y[None, :], x[None, :]
         top = (yq // qh) * qh  # first row of the query's block
@@ -179,50 +265,31 @@ class Local2D(Pattern):
         return in_top_flange | in_left_flange | causal_in_block
 
     def block_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather tables for the blocked backends.
-
-        Returns ``index`` ``(num_blocks, M)`` long - the sequence position of each memory slot
-        (``M = (qh+fh)*(qw+2fw)``, slots in raster order over the memory window; out-of-image
-        slots point at 0) - and ``mask`` ``(num_blocks, qh*qw, M)`` bool.
+        """Gather tables for the blocked backends and the cache: ``index`` ``(num_blocks, M)``
+        and ``mask`` ``(num_blocks, qh*qw, M)``, see :func:`imgtx.attention.grid.local2d_tables`.
         """
-        return _local2d_tables(self.height, self.width, self.query_shape, self.memory_flange)
+        return local2d_tables(self.height, self.width, self.query_shape, self.memory_flange)
 
+    def blocks(self, q, k, v, bias=None):
+        b, h, n, e = q.shape
+        g = b * h
+        index, mask = (t.to(q.device) for t in self.block_tables())
+        nb, m = index.shape
+        qn = n // nb
+        qb = q.reshape(g, nb, qn, e)
+        kb = k.reshape(g, n, e)[:, index.view(-1)].view(g, nb, m, e)
+        vb = v.reshape(g, n, e)[:, index.view(-1)].view(g, nb, m, e)
+        bias_blocks = None
+        if bias is not None:
+            qi = torch.arange(n, device=q.device).view(nb, qn)
+            bias_blocks = fold_bias(bias[..., qi[:, :, None], index[:, None, :]], b, h)
+        return Blocks(qb, kb, vb, mask, bias_blocks, False, lambda out: out.reshape(b, h, n, e))
 
-@functools.lru_cache(maxsize=64)
-def _local2d_tables(height: int, width: int, query_shape: tuple[int, int],
-                    memory_flange: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    qh, qw = query_shape
-    fh, fw = memory_flange
-    blocks_y, blocks_x = height // qh, width // qw
-    mh, mw = qh + fh, qw + 2 * fw
-    # Sequence position of every grid cell.
-    position = raster_to_block_raster(torch.arange(height * width).view(1, height * width),
-                                      height, width, query_shape)
-    seq_of_cell = torch.empty(height * width, dtype=torch.long)
-    seq_of_cell[position.view(-1)] = torch.arange(height * width)
-    seq_of_cell = seq_of_cell.view(height, width)
-
-    by = torch.arange(blocks_y).repeat_interleave(blocks_x)  # (nb,)
-    bx = torch.arange(blocks_x).repeat(blocks_y)
-    my = torch.arange(mh).repeat_interleave(mw)  # (M,) memory-window rows
-    mx = torch.arange(mw).repeat(mh)
-    ky = by[:, None] * qh - fh + my[None, :]  # (nb, M) grid rows of memory slots
-    kx = bx[:, None] * qw - fw + mx[None, :]
-    inside = (ky >= 0) & (ky < height) & (kx >= 0) & (kx < width)
-    index = seq_of_cell[ky.clamp(0, height - 1), kx.clamp(0, width - 1)]
-    index = torch.where(inside, index, torch.zeros_like(index))
-
-    # The visibility inside a memory window is the same for every block (T2T's block raster mask).
-    qy = torch.arange(qh).repeat_interleave(qw)  # (Q,) query row inside its block
-    qx = torch.arange(qw).repeat(qh)
-    top_flange = my[None, :] < fh
-    left_flange = (my[None, :] >= fh) & (mx[None, :] < fw)
-    in_block = (my[None, :] >= fh) & (mx[None, :] >= fw) & (mx[None, :] < fw + qw)
-    key_raster = (my[None, :] - fh) * qw + (mx[None, :] - fw)
-    query_raster = (qy * qw + qx)[:, None]
-    window = top_flange | left_flange | (in_block & (key_raster <= query_raster))  # (Q, M)
-    mask = window[None, :, :] & inside[:, None, :]
-    return index, mask
+    def new_cache(self, batch, heads, head_dim, length, device="cpu", dtype=torch.float32):
+        if length != self.length:
+            raise ValueError(f"a Local2D cache decodes the whole {self.length}-position grid, "
+                             f"got length {length}")
+        return Local2DCache(self, batch, heads, head_dim, device, dtype)
 
 
 @dataclass(frozen=True)
@@ -308,40 +375,31 @@ class Window(Pattern):
         same = window_id[:, None] == window_id[None, :]
         return dense.masked_fill(~same, 0.0)
 
+    def blocks(self, q, k, v, bias=None):
+        b, h, n, e = q.shape
+        w, s = self.window, self.shift
+        gh, gw = self.height // w, self.width // w
+
+        def partition(t: torch.Tensor) -> torch.Tensor:
+            grid = t.reshape(b, h, self.height, self.width, e)
+            if s:
+                grid = torch.roll(grid, shifts=(-s, -s), dims=(2, 3))
+            grid = grid.reshape(b, h, gh, w, gw, w, e).permute(0, 1, 2, 4, 3, 5, 6)
+            return grid.reshape(b * h, gh * gw, w * w, e)  # (G, windows, w*w, E)
+
+        def merge(out: torch.Tensor) -> torch.Tensor:
+            grid = out.reshape(b, h, gh, gw, w, w, e).permute(0, 1, 2, 4, 3, 5, 6)
+            grid = grid.reshape(b, h, self.height, self.width, e)
+            if s:
+                grid = torch.roll(grid, shifts=(s, s), dims=(2, 3))
+            return grid.reshape(b, h, n, e)
+
+        window_mask = self.window_mask()
+        mask = None if window_mask is None else window_mask.to(q.device)
+        bias4 = None if bias is None else fold_bias(bias.unsqueeze(-3), b, h)
+        return Blocks(partition(q), partition(k), partition(v), mask, bias4, False, merge)
+
 
 def shifted_window(height: int, width: int, window: int) -> Window:
     """The Swin shifted-window pattern: a half-window cyclic shift."""
     return Window(height, width, window, shift=window // 2)
-
-
-# --------------------------------------------------------------------------------------------
-# Raster <-> block-raster order for Local2D
-# --------------------------------------------------------------------------------------------
-
-
-def _block_raster_coords(height: int, width: int, query_shape: tuple[int, int]
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid (row, column) of each block-raster sequence position."""
-    qh, qw = query_shape
-    blocks_x = width // qw
-    p = torch.arange(height * width)
-    block, inner = p // (qh * qw), p % (qh * qw)
-    y = (block // blocks_x) * qh + inner // qw
-    x = (block % blocks_x) * qw + inner % qw
-    return y, x
-
-
-def raster_to_block_raster(x: torch.Tensor, height: int, width: int,
-                           query_shape: tuple[int, int]) -> torch.Tensor:
-    """Reorder dim 1 of ``x`` ``(B, H*W, ...)`` from raster to block-raster order."""
-    y_idx, x_idx = _block_raster_coords(height, width, query_shape)
-    return x[:, (y_idx * width + x_idx).to(x.device)]
-
-
-def block_raster_to_raster(x: torch.Tensor, height: int, width: int,
-                           query_shape: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`raster_to_block_raster`."""
-    y_idx, x_idx = _block_raster_coords(height, width, query_shape)
-    out = torch.empty_like(x)
-    out[:, (y_idx * width + x_idx).to(x.device)] = x
-    return out

@@ -1,0 +1,125 @@
+"""Anchored super-resolution decoders (``SuperResolutionConfig.anchor``; an imgtx extension, off
+in the paper configs).
+
+The decoder gets a fixed upscale of the input (PIL bicubic, or nearest) as every output subpixel's
+*anchor* ``a``: a guess of its value known before decoding starts. This is residual learning over
+bicubic (as in VDSR, Kim et al. 2016) in likelihood form. The anchor enters twice:
+
+* inputs: position t adds an embedding of its own anchor ``a_t`` and of the previous subpixel's
+  residual ``x_{t-1} - a_{t-1}`` (both functions of known values, so causality holds);
+* output: ``logits[v] = head(h)[v] + offset_head(h)[v - a_t + 255]``, a 511-way table over the
+  offset from the anchor added to the usual 256-way one. The softmax is still over the 256
+  values, so the likelihood stays an exact categorical.
+
+"Stay near the interpolation" then need not be learned through cross-attention, which a CPU-sized
+model did not manage within its training budget (docs/super_resolution.md).
+
+Shapes: B batch, h/w input rows/cols, H/W output rows/cols, n positions, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from imgtx.sr.configs import SuperResolutionConfig
+from torch import nn
+
+from imgtx.configs import ImageTransformerConfig
+from imgtx.model import ImageTransformer
+from imgtx.resample import upscale_bicubic, upscale_nearest
+
+__all__ = ["AnchoredDecoder", "make_anchors", "DEFAULT_OFFSET_SCALE"]
+
+DEFAULT_OFFSET_SCALE = 8.0  # Laplace scale of a fresh anchored model's offset prior, in levels
+
+
+def make_anchors(low_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor | None:
+    """The decoder's anchors for an input: its ``config.anchor`` upscale, ``(B, 3, h, w)`` ->
+    ``(B, 3, H, W)`` uint8 on ``low_res``'s device, or None for ``anchor="none"``. Bicubic is
+    PIL's, the same resampler as the ``bicubic_psnr`` baseline of ``imgtx sr eval``."""
+    if config.anchor == "none":
+        return None
+    upscale = upscale_bicubic if config.anchor == "bicubic" else upscale_nearest
+    return upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
+
+
+class AnchoredDecoder(ImageTransformer):
+    """An Image Transformer decoder whose side information is the anchor image.
+
+    ``side`` (in ``forward``/``nll``/``bits_per_dim`` and :func:`imgtx.sampling.decode`) is the
+    anchor image ``(B, 3, H, W)`` uint8, e.g. :func:`make_anchors` of the input. Categorical
+    likelihood only. A fresh model predicts a discrete Laplace around the anchor whatever its
+    hidden state: the value head starts at zero and the offset head at a prior
+    (:meth:`set_offset_prior`), so temperature 0 returns the anchors until trained.
+    """
+
+    def __init__(self, config: ImageTransformerConfig, context_dim: int | None = None, *,
+                 backend: str = "auto") -> None:
+        if config.likelihood != "cat":
+            raise ValueError("an anchored decoder needs the categorical likelihood, got "
+                             f"likelihood={config.likelihood!r}")
+        super().__init__(config, context_dim, backend=backend)
+        d = config.hidden_size
+        self.anchor_embed = nn.Embedding(256 * 3, d)  # a_t + 256*channel
+        self.residual_embed = nn.Embedding(511 * 3, d)  # x - a + 255 + 511*channel
+        self.offset_head = nn.Linear(d, 511)  # logit of offset v - a, at index v - a + 255
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The Image Transformer's initialisation, then a zero value head and the default
+        offset prior."""
+        super().reset_parameters()
+        if not hasattr(self, "offset_head"):  # called by ImageTransformer.__init__: not built yet
+            return
+        d = self.config.hidden_size
+        nn.init.normal_(self.anchor_embed.weight, std=d**-0.5)
+        nn.init.normal_(self.residual_embed.weight, std=d**-0.5)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        nn.init.zeros_(self.offset_head.weight)
+        self.set_offset_prior(-torch.arange(-255, 256).abs().float() / DEFAULT_OFFSET_SCALE)
+
+    @torch.no_grad()
+    def set_offset_prior(self, log_probs: torch.Tensor) -> None:
+        """Set the offset head's bias to ``log_probs`` ``(511,)`` over offsets -255..255 (e.g.
+        the log histogram of ``target - anchor`` on training data), normalised. Initialising an
+        output bias to the log marginal is the usual way to start a classifier calibrated."""
+        log_probs = torch.as_tensor(log_probs, dtype=torch.float32)
+        if log_probs.shape != (511,) or not torch.isfinite(log_probs).all():
+            raise ValueError(f"expected 511 finite log-probabilities, got {tuple(log_probs.shape)}")
+        self.offset_head.bias.copy_(torch.log_softmax(log_probs, dim=0))
+
+    # -- the side-information hooks of ImageTransformer ----------------------------------------
+
+    def side_values(self, side: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Model-order anchor subpixels ``(B, N)`` long of the anchor image ``side``
+        ``(B, 3, H, W)`` uint8."""
+        if side is None:
+            raise ValueError("this decoder is anchored: pass anchors (B, 3, H, W) uint8 as side=, "
+                             "e.g. the bicubic upscale of the low-resolution input")
+        values = self.to_sequence(self.targets(side)).to(self.channel.device)
+        if values.shape[0] != batch:
+            raise ValueError(f"anchors have batch {values.shape[0]}, expected {batch}")
+        return values
+
+    def input_embeddings(self, values: torch.Tensor, channel: torch.Tensor,
+                         side: torch.Tensor | None = None) -> torch.Tensor:
+        """The value's embedding plus that of its residual from its own anchor ``side``
+        ``(B, n)`` long: ``(B, n)`` -> ``(B, n, D)``."""
+        x = self.embed_values(values, channel)
+        offsets = values - side + 255 + 511 * channel
+        return x + self.residual_embed(offsets) * math.sqrt(self.config.hidden_size)
+
+    def position_inputs(self, channel: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """The embedding of each position's own anchor: ``(B, n)`` -> ``(B, n, D)``."""
+        return self.anchor_embed(side + 256 * channel) * math.sqrt(self.config.hidden_size)
+
+    def head_outputs(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """Value logits plus the offset head's logit of ``v - anchor`` for each value ``v``:
+        ``(B, n, D)`` with anchors ``side`` ``(B, n)`` -> ``(B, n, 256)``."""
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        offsets = self.offset_head(x)  # (B, n, 511): offset -255..255 at index 0..510
+        index = torch.arange(256, device=x.device) + 255 - side[..., None]  # (B, n, 256)
+        return self.head(x) + offsets.gather(-1, index)

@@ -145,8 +145,10 @@ class TransGANGenerator(HubModel):
                  seed: int = 0, batch_size: int = 64) -> torch.Tensor:
         """``num`` images as ``(N, 3, H, W)`` uint8 on the CPU, deterministic for a ``seed``.
 
-        Latents come from ``torch.Generator().manual_seed(seed)`` on the CPU; the model runs in
-        eval mode (restored afterwards) under no_grad, ``batch_size`` latents at a time.
+        Latents come from ``torch.Generator().manual_seed(seed)`` on the CPU, and the injected
+        noise (if any) from the global generator seeded with ``seed`` inside a forked RNG state;
+        the model runs in eval mode (restored afterwards) under no_grad, ``batch_size`` latents
+        at a time.
         ``labels``: one class id for all, ``num`` ids, or None (a conditional model then cycles
         through the classes 0, 1, ...).
         """
@@ -156,13 +158,18 @@ class TransGANGenerator(HubModel):
         labels = _labels_for(num, labels, c.num_classes)
         was_training = self.training
         self.eval()
-        try:
-            chunks = []
-            for start in range(0, num, batch_size):
-                part = None if labels is None else labels[start:start + batch_size].to(device)
-                chunks.append(images_to_uint8(self(z[start:start + batch_size].to(device), part)))
-        finally:
-            self.train(was_training)
+        # Noise injection draws from the global generator: seed it too, without disturbing the
+        # caller's random state.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            try:
+                chunks = []
+                for start in range(0, num, batch_size):
+                    part = None if labels is None else labels[start:start + batch_size].to(device)
+                    chunks.append(images_to_uint8(self(z[start:start + batch_size].to(device),
+                                                       part)))
+            finally:
+                self.train(was_training)
         if not chunks:
             return torch.zeros(0, 3, c.image_size, c.image_size, dtype=torch.uint8)
         return torch.cat(chunks)

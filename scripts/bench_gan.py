@@ -1,0 +1,243 @@
+"""Benchmark TransGAN training steps on the CPU: step time, achieved GFLOP/s and peak memory.
+
+    python scripts/bench_gan.py --json                       # everything, prints one JSON line
+    python scripts/bench_gan.py --json --skip-memory --skip-window
+
+* Step time at ``--config`` (default ``transgan-cifar10``), ``--batch`` 8, ``--threads`` 2,
+  fp32, median of ``--iters`` after one warm-up:
+  - G step: G forward, D forward (D frozen), WGAN generator loss, backward;
+  - D step: D on real images, G forward (no grad) and D on the fakes, the gradient penalty
+    (through D's forward, DiffAugment included), backward.
+  FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
+  attention; elementwise ops are not counted), so GFLOP/s is a lower bound of the work done.
+  Anchor (DESIGN: the official VITA-Group/TransGAN code on this machine kind, same config, batch
+  and threads): 5.4 s per G step, 4.0 s per D step.
+* Peak memory of one full training step (D step then G step, no optimizer) at ``--memory-batch``
+  32, without and with activation checkpointing (``checkpoint_blocks``), each in a fresh
+  subprocess: ``ru_maxrss`` after the step minus ``ru_maxrss`` after building the models.
+* Window against global attention: peak memory of a generator forward+backward at 256^2
+  output for the church layout (bicubic 8->16->32, PixelShuffle to 256) at reduced width
+  (``--window-dim``, one block per stage, batch 1), with 16x16 windows from 64^2 tokens up
+  against global attention there; global attention is measured at the largest output sizes
+  where it fits (``--global-sizes``). CPU only; each case in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ANCHOR = {"g_step_seconds": 5.4, "d_step_seconds": 4.0}
+
+
+def build(config: str, **overrides):
+    from imgtx.gan.cli import build_gan
+
+    generator, discriminator = build_gan(config, **overrides)
+    return generator.train(), discriminator.train()
+
+
+def make_steps(generator, discriminator, batch: int):
+    from imgtx.gan.losses import WGANGPLoss
+
+    loss = WGANGPLoss()
+    size = generator.config.image_size
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1
+    z = torch.randn(batch, generator.config.latent_dim, generator=gen)
+
+    def g_step() -> None:
+        discriminator.requires_grad_(False)
+        generator.zero_grad(set_to_none=True)
+        loss.generator(discriminator, generator(z)).backward()
+        discriminator.requires_grad_(True)
+
+    def d_step() -> None:
+        discriminator.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            fake = generator(z)
+        d_loss, _ = loss.discriminator(discriminator, real, fake)
+        d_loss.backward()
+
+    return g_step, d_step
+
+
+def median_seconds(fn, iters: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker, whose backward hooks break
+    ``torch.autograd.grad`` (the gradient penalty); we only need the global total."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        pass
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def step_times(args) -> dict:
+    torch.manual_seed(0)
+    generator, discriminator = build(args.config)
+    g_step, d_step = make_steps(generator, discriminator, args.batch)
+    g_seconds = median_seconds(g_step, args.iters)
+    d_seconds = median_seconds(d_step, args.iters)
+    g_flops, d_flops = count_flops(g_step), count_flops(d_step)
+    return {"g_step_seconds": round(g_seconds, 3), "d_step_seconds": round(d_seconds, 3),
+            "g_step_gflop": round(g_flops / 1e9, 1), "d_step_gflop": round(d_flops / 1e9, 1),
+            "g_gflop_per_s": round(g_flops / 1e9 / g_seconds, 1),
+            "d_gflop_per_s": round(d_flops / 1e9 / d_seconds, 1),
+            "g_vs_anchor": round(g_seconds / ANCHOR["g_step_seconds"], 3),
+            "d_vs_anchor": round(d_seconds / ANCHOR["d_step_seconds"], 3)}
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child_train_step(args) -> dict:
+    """One D step and one G step; peak RSS above the freshly built models."""
+    torch.manual_seed(0)
+    generator, discriminator = build(args.config, checkpoint_blocks=args.checkpoint)
+    g_step, d_step = make_steps(generator, discriminator, args.batch)
+    base = max_rss_mb()
+    start = time.perf_counter()
+    d_step()
+    g_step()
+    return {"peak_mb_above_models": round(max_rss_mb() - base, 1),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def child_window(args) -> dict:
+    """Generator forward+backward at reduced width; peak RSS above the built model."""
+    from imgtx.gan.configs import TransGANGeneratorConfig
+    from imgtx.gan.transgan import TransGANGenerator
+
+    stages = {64: 4, 128: 5, 256: 6}[args.size]
+    upsample = ("bicubic", "bicubic") + ("pixel_shuffle",) * (stages - 3)
+    window = 16 if args.window else 0
+    config = TransGANGeneratorConfig(
+        image_size=args.size, latent_dim=64, dim=args.window_dim, depths=(1,) * stages,
+        upsample=upsample, windows=(0, 0, 0) + (window,) * (stages - 3), norm="pn",
+        relative_bias=True, heads=args.heads)
+    torch.manual_seed(0)
+    generator = TransGANGenerator(config).train()
+    z = torch.randn(1, 64)
+    base = max_rss_mb()
+    start = time.perf_counter()
+    generator(z).square().mean().backward()
+    return {"peak_mb_above_model": round(max_rss_mb() - base, 1),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def run_child(argv: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, __file__, *argv]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"exit {done.returncode}: {tail}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory(args) -> dict:
+    common = ["--config", args.config, "--batch", str(args.memory_batch), "--threads",
+              str(args.threads)]
+    plain = run_child(["--child", "train-step", *common], args.child_timeout)
+    checkpointed = run_child(["--child", "train-step", "--checkpoint", *common],
+                             args.child_timeout)
+    out = {"batch": args.memory_batch, "without_checkpointing": plain,
+           "with_checkpointing": checkpointed}
+    if "error" not in plain and "error" not in checkpointed:
+        out["ratio"] = round(checkpointed["peak_mb_above_models"]
+                             / plain["peak_mb_above_models"], 3)
+    return out
+
+
+def window_vs_global(args) -> dict:
+    common = ["--window-dim", str(args.window_dim), "--heads", str(args.heads), "--threads",
+              str(args.threads)]
+    out = {"device": "cpu", "width": args.window_dim, "heads": args.heads, "batch": 1,
+           "note": "church layout at reduced width, one block per stage, relative bias on"}
+    out["window_256"] = run_child(["--child", "window", "--size", "256", "--window", *common],
+                                  args.child_timeout)
+    for size in args.global_sizes:
+        out[f"window_{size}"] = out["window_256"] if size == 256 else run_child(
+            ["--child", "window", "--size", str(size), "--window", *common], args.child_timeout)
+        out[f"global_{size}"] = run_child(["--child", "window", "--size", str(size), *common],
+                                          args.child_timeout)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="transgan-cifar10")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--memory-batch", type=int, default=32)
+    parser.add_argument("--window-dim", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--global-sizes", type=int, nargs="*", default=[64, 128])
+    parser.add_argument("--child-timeout", type=float, default=1800)
+    parser.add_argument("--skip-steps", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-window", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print only the final JSON line")
+    # internal: one measurement in a fresh process
+    parser.add_argument("--child", choices=["train-step", "window"], help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--window", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        fn = child_train_step if args.child == "train-step" else child_window
+        print(json.dumps(fn(args)))
+        return
+
+    result = {"config": args.config, "batch": args.batch, "threads": args.threads,
+              "dtype": "float32", "torch": torch.__version__, "anchor": ANCHOR}
+    if not args.skip_steps:
+        result.update(step_times(args))
+        if not args.json:
+            print(f"G step {result['g_step_seconds']} s, D step {result['d_step_seconds']} s")
+    if not args.skip_memory:
+        result["memory"] = memory(args)
+        if not args.json:
+            print("memory:", result["memory"])
+    if not args.skip_window:
+        result["window_vs_global"] = window_vs_global(args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

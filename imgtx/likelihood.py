@@ -1,6 +1,6 @@
 """Output distributions of the Image Transformer: categorical and DMOL.
 
-Two heads (DESIGN §3):
+Two heads (Parmar et al. 2018, Sec. 3.1; T2T ``image_transformer.py``, ``modalities.py``):
 
 * **Categorical.** One position per subpixel; a 256-way softmax over the subpixel's value.
   ``categorical_nll`` gives nats per subpixel.
@@ -263,7 +263,8 @@ def dmol_nll_per_pixel(params: Tensor, pixels: Tensor) -> Tensor:
     """Negative log-likelihood in nats of each pixel under the DMOL head.
 
     The mixture is over the joint of the three channels, so the NLL cannot be split by channel;
-    "nats per subpixel" is this value divided by 3 (DESIGN §3).
+    "nats per subpixel" is this value divided by 3 (bits/dim counts every subpixel as a dimension,
+    as in PixelCNN++).
 
     Args:
         params: ``(..., 10K)`` raw DMOL outputs (bf16/fp16 are upcast to float32).

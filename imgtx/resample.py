@@ -1,8 +1,8 @@
 """Resampling of uint8 image batches: the fixed up- and downscalers of super-resolution.
 
-Nearest and bicubic upscaling use PIL (the interpolation baselines of Parmar et al. 2018,
-Sec. 5.2, and of ``imgtx sr eval``); area (box) downscaling, which makes the low-resolution
-inputs (T2T ``image_utils.resize_by_area``), is computed exactly in integers.
+Nearest and bicubic upscaling use PIL (the interpolation baselines of the super-resolution
+experiments of Parmar et al. 2018, and of ``imgtx sr eval``); area (box) downscaling, which makes
+the low-resolution inputs (T2T ``image_utils.resize_by_area``), is computed exactly in integers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Named super-resolution configurations: one registry, one dataclass.
 
 Paper settings come from tensor2tensor ``models/image_transformer_2d.py`` (``Img2imgTransformer``
-and its ``img2img_transformer*`` hparams) and Parmar et al. 2018, Sec. 5.2 (CelebA 8x8 -> 32x32);
+and its ``img2img_transformer*`` hparams) and Parmar et al. 2018 (CelebA 8x8 -> 32x32);
 each entry names its source. The small ones are sized for CPU; the training settings suggested
 for ``photos-8to32-small`` are the recipe of the shipped checkpoint
 (``scripts/train_sr_photos.py``).
@@ -115,7 +115,7 @@ PHOTOS_RECIPE = {"batch_size": 8, "lr": 1e-3, "warmup": 100, "schedule": "noam",
 CONFIGS: dict[str, RegistryEntry] = {
     # T2T img2img_transformer_b3 ("current best hparams for local 1d"): img2img_transformer_base
     # (4 encoder / 8 decoder layers, d 512, ffn 2048, 8 heads, dropout 0.1) with post-norm "dan",
-    # block_length 128, sampling_temp 0.9, batch 2. CelebA 8x8 -> 32x32 (Parmar et al. Sec. 5.2).
+    # block_length 128, sampling_temp 0.9, batch 2. CelebA 8x8 -> 32x32 (Parmar et al. 2018).
     "celeba-8to32-1d": RegistryEntry(
         _cfg(attention="local1d", block_length=128, encoder_layers=4, decoder_layers=8,
              hidden_size=512, ffn_size=2048, num_heads=8, dropout=0.1, norm="post",

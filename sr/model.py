@@ -1,4 +1,4 @@
-"""The super-resolution Image Transformer: an encoder-decoder (Parmar et al. 2018, Sec. 5.2; T2T
+"""The super-resolution Image Transformer: an encoder-decoder (Parmar et al. 2018; T2T
 ``image_transformer_2d.Img2imgTransformer``).
 
 * **Encoder.** The low-resolution image as a sequence of subpixels (an ``h x 3w`` grid: r,g,b of

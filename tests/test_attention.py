@@ -35,9 +35,12 @@ from imgtx.attention import (
     raster_to_block_raster,
     reference_attention,
     resolve_backend,
+    set_backend,
     shifted_window,
 )
 from imgtx.attention.backends import to_blocks
+from imgtx.attention.blocks import Blocks
+from imgtx.attention.patterns import Pattern
 
 TOL = 1e-5  # max abs error of float32 against the float64 reference
 HEAD_DIM = 16  # FlexAttention on CUDA needs E >= 16
@@ -163,7 +166,8 @@ BATCH_HEADS = [pytest.param((1, 2), id="B1H2"), pytest.param((2, 3), id="B2H3")]
 
 
 def loop_local1d_mask(length: int, block: int) -> torch.Tensor:
-    """DESIGN.md: query i in block k = i // b sees key j iff (k-1)*b <= j <= i."""
+    """T2T masked_local_attention_1d: query i in block k = i // b sees key j iff
+    (k-1)*b <= j <= i."""
     mask = torch.zeros(length, length, dtype=torch.bool)
     for i in range(length):
         k = i // block
@@ -178,7 +182,7 @@ def test_local1d_dense_mask_is_the_definition(block):
                           20}):
         mask = Local1D(block).dense_mask(length, length)
         assert torch.equal(mask, loop_local1d_mask(length, block)), length
-        if length <= 2 * block:  # DESIGN.md: shorter than two blocks is plain causal attention
+        if length <= 2 * block:  # two blocks or fewer: plain causal attention
             assert torch.equal(mask, Causal().dense_mask(length, length))
 
 
@@ -590,3 +594,63 @@ def test_local1d_blocked_cost_is_linear():
     with LargestTensor() as largest:
         attend(q, k, v, Local1D(block)).sum().backward()
     assert largest.numel <= 2 * n * head_dim * g < n * n
+
+
+# --------------------------------------------------------------------------------------------
+# 5. A pattern owns its dispatch; the backend is chosen at run time
+# --------------------------------------------------------------------------------------------
+
+
+class Strided(Pattern):
+    """A pattern written in this test only: key j is visible to query i iff i - j is a multiple
+    of ``stride``. Defining its mask, blocks and (no) cache here is all it takes."""
+
+    def __init__(self, stride: int) -> None:
+        self.stride = stride
+
+    def dense_mask(self, num_queries, num_keys):
+        i, j = torch.arange(num_queries)[:, None], torch.arange(num_keys)[None, :]
+        return (i - j) % self.stride == 0
+
+    def blocks(self, q, k, v, bias=None):
+        b, h, n, e = q.shape
+        mask = self.dense_mask(n, n).to(q.device)  # one dense block, explicit mask
+        bias4 = None if bias is None else bias.expand(b, h, n, n).reshape(b * h, 1, n, n)
+        return Blocks(q.reshape(b * h, 1, n, e), k.reshape(b * h, 1, n, e),
+                      v.reshape(b * h, 1, n, e), mask, bias4, False,
+                      lambda out: out.reshape(b, h, n, e))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_a_new_pattern_needs_only_its_own_class(with_bias):
+    q, k, v = random_qkv(2, 3, 10, 10, seed=7)
+    bias = torch.randn(3, 10, 10) if with_bias else None
+    assert_matches_reference(Strided(3), "blocked", q, k, v, bias)
+    mha = MultiHeadAttention(24, 3, Strided(2)).eval()
+    x = torch.randn(2, 9, 24)
+    with torch.no_grad():
+        assert max_error(mha(x), reference_module_output(mha, x, x, Strided(2))) <= TOL
+    with pytest.raises(ValueError, match="causal pattern"):
+        mha.new_cache(2, 9)
+
+
+@pytest.mark.parametrize("pattern", [Causal(), Local1D(4), Local2D(4, 6, (2, 3), (1, 1))],
+                         ids=["causal", "local1d", "local2d"])
+def test_each_causal_pattern_makes_its_own_cache(pattern):
+    cache = pattern.new_cache(1, 2, HEAD_DIM, 24)
+    assert cache.length == 24 and cache.position == 0
+    assert type(make_cache(pattern, 1, 2, HEAD_DIM, 24)) is type(cache)
+
+
+def test_set_backend_reaches_every_attention_module_and_checks_the_name():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(MultiHeadAttention(16, 2, Local1D(3)),
+                                MultiHeadAttention(16, 2, Full(), context_dim=8))
+    x = torch.randn(2, 11, 16)
+    with torch.no_grad():
+        blocked = model[0](x)
+        assert set_backend(model, "reference") == 2
+        assert [m.backend for m in model] == ["reference", "reference"]
+        assert max_error(model[0](x), blocked) <= TOL
+    with pytest.raises(ValueError, match="unknown attention backend 'fastest'"):
+        set_backend(model, "fastest")

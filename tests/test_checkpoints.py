@@ -3,6 +3,7 @@ small fixed subset of the builtin:photos32 test split (the full figures take min
 
 from __future__ import annotations
 
+import ast
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
@@ -13,10 +14,11 @@ import pytest
 import torch
 from imgtx.eval.image_metrics import psnr
 from imgtx.sr import SuperResolutionTransformer
+from imgtx.sr.configs import CONFIGS as SR_CONFIGS
 from imgtx.sr.model import make_low_res
 from imgtx.sr.upscale import upscale_batch
 
-from imgtx import ImageTransformer
+from imgtx import CONFIGS, ImageTransformer
 from imgtx.data import load_images
 from imgtx.resample import upscale_bicubic
 
@@ -83,3 +85,38 @@ def test_bits_per_dim_are_those_of_the_code_that_trained_the_checkpoints(models)
     conditional = super_resolution.bits_per_dim(low_res, targets).double().mean().item()
     assert abs(unconditional - REFERENCE_BITS_PER_DIM["imgtx-photos32-small"]) <= 1e-6
     assert abs(conditional - REFERENCE_BITS_PER_DIM["sr-photos-8to32-small"]) <= 1e-6
+
+
+def script_recipe(path: Path) -> dict:
+    """The ``TrainSettings(...)`` keywords and the ``train(..., decoder_init=...)`` of a training
+    script, with ``args.x`` replaced by the default of its ``--x`` option (read with ast)."""
+    tree = ast.parse(path.read_text())
+    defaults, recipe = {}, {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, (ast.Name, ast.Attribute)):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+        keywords = {k.arg: k.value for k in node.keywords}
+        if name == "add_argument" and "default" in keywords:
+            option = node.args[0].value.lstrip("-").replace("-", "_")
+            defaults[option] = ast.literal_eval(keywords["default"])
+        if name in ("TrainSettings", "train"):
+            recipe.update(keywords)
+
+    def value(node):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            return defaults[node.attr]
+        return ast.literal_eval(node)
+
+    return {key: value(node) for key, node in recipe.items()
+            if key in ("batch_size", "lr", "warmup", "schedule", "decoder_init")}
+
+
+@pytest.mark.parametrize("script, entry", [
+    ("train_photos32_small.py", CONFIGS["small"]),
+    ("train_sr_photos.py", SR_CONFIGS["photos-8to32-small"]),
+], ids=["imgtx-small", "sr-photos-8to32-small"])
+def test_registry_suggests_the_recipe_of_the_shipped_checkpoint(script, entry):
+    recipe = script_recipe(ROOT / "scripts" / script)
+    assert {"batch_size", "lr", "warmup", "schedule"} <= set(recipe)
+    assert entry.train == recipe

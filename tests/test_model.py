@@ -188,3 +188,42 @@ def test_registry_configs_build_with_paper_sizes():
         12, 512, 2048, 256)
     assert get_config("cifar10-dmol").sequence_length == 1024
     assert get_config("cifar10-cat-2d").sequence_grid == (32, 96)
+
+
+def test_backend_is_a_run_time_choice_not_a_config_field(tmp_path):
+    import dataclasses
+    import json
+
+    assert "backend" not in {f.name for f in dataclasses.fields(get_config("tiny"))}
+    model = make_model()
+    images = random_images(2)
+    blocked = model.bits_per_dim(images)
+    assert model.set_backend("reference") is model
+    assert {layer.attn.backend for layer in model.layers} == {"reference"}
+    assert torch.allclose(model.bits_per_dim(images), blocked, atol=1e-5)
+    torch.manual_seed(0)
+    built = ImageTransformer(get_config("tiny"), backend="reference")
+    assert {layer.attn.backend for layer in built.layers} == {"reference"}
+    # A config.json saved when the backend was a field still loads (the field is dropped).
+    make_model().save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "backend": "xformers"}))
+    loaded = ImageTransformer.from_pretrained(tmp_path / "m")
+    assert loaded.config == get_config("tiny")
+    assert {layer.attn.backend for layer in loaded.layers} == {"auto"}
+
+
+def test_incremental_decoder_alternates_outputs_and_feed():
+    model = make_model()
+    with torch.no_grad():
+        decoder = model.incremental_decoder(2)
+        with pytest.raises(RuntimeError, match=r"outputs\(\) for this position"):
+            decoder.feed(torch.zeros(2, dtype=torch.long))
+        first = decoder.outputs()
+        assert first.shape == (2, 256) and decoder.position == 0
+        with pytest.raises(RuntimeError, match=r"feed\(\) the value"):
+            decoder.outputs()
+        decoder.feed(first.argmax(-1))
+        assert decoder.position == 1
+        # position 0 sees nothing: its outputs equal the full forward's on any image
+        assert torch.allclose(first, model(random_images(2))[:, 0], atol=1e-5)

@@ -10,22 +10,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
 
 import json
 
+import imgtx.eval.image_metrics
+import imgtx.sr.model
+import imgtx.sr.upscale
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-
-import imgtx.sr.upscale
 from imgtx.eval.image_metrics import downscale_area, upscale_nearest
+from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
+from imgtx.sr.model import make_low_res
+from imgtx.sr.train import pair_loss
+from imgtx.sr.upscale import split_tiles, stitch_tiles, upscale_batch, upscale_file, upscale_image
+
+import imgtx.resample
 from imgtx import ImageTransformer
 from imgtx.cli import main
 from imgtx.configs import get_config as imgtx_config
 from imgtx.data import ImageDataError
 from imgtx.hub import CheckpointMismatchError
-from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
-from imgtx.sr.model import make_low_res
-from imgtx.sr.train import pair_loss
-from imgtx.sr.upscale import split_tiles, stitch_tiles, upscale_batch, upscale_file, upscale_image
 
 torch.set_num_threads(1)  # the tests share the machine with training runs
 
@@ -102,6 +105,25 @@ def test_low_res_is_the_area_mean():
     expected = high.double().view(2, 3, 4, 4, 4, 4).mean(dim=(3, 5))
     assert (make_low_res(high, config).double() - expected).abs().max() <= 0.5
     assert torch.equal(make_low_res(high, config), downscale_area(high, 4))
+
+
+def test_resamplers_live_in_imgtx_resample_and_keep_their_old_homes():
+    for name in ("downscale_area", "upscale_bicubic", "upscale_nearest"):
+        assert getattr(imgtx.eval.image_metrics, name) is getattr(imgtx.resample, name)
+    assert imgtx.sr.model.make_anchors is imgtx.sr.anchor.make_anchors
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny+bicubic"])
+def test_backend_is_chosen_at_run_time_for_encoder_and_decoder(name):
+    model = tiny_model(name)
+    assert "backend" not in SuperResolutionConfig.__dataclass_fields__
+    low, high = random_pair(model.config, 2)
+    with torch.no_grad():
+        blocked = model.bits_per_dim(low, high)
+        assert model.set_backend("reference") is model
+        backends = {m.backend for m in model.modules() if hasattr(m, "backend")}
+        assert backends == {"reference"}
+        assert torch.allclose(model.bits_per_dim(low, high), blocked, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

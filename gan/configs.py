@@ -9,6 +9,7 @@ arguments, ``models_search/*.py`` the layer structure. Each entry names its file
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from imgtx.configs import RegistryEntry, lookup
 from imgtx.errors import UserError
@@ -33,8 +34,12 @@ class TransGANGeneratorConfig:
     Stage ``i`` works on a ``bottom_width * 2**i`` square token grid; between stages the grid
     doubles by ``upsample[i]``: ``pixel_shuffle`` (width / 4), ``bicubic`` (same width) or
     ``updown_pixel_shuffle`` (the CelebA-HQ generator's anti-alias ``updown``: bicubic x4 then
-    4x4 average pooling, then PixelShuffle).
+    4x4 average pooling, then PixelShuffle). The attention backend is a run-time choice
+    (``TransGANGenerator(config, backend=...)`` or ``set_backend``), not a config field.
     """
+
+    #: Keys older config.json files may hold that no longer change the model; loaders drop them.
+    IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
 
     image_size: int = 32  # output side in pixels (= the last stage's grid side)
     latent_dim: int = 256  # z ~ N(0, I) width
@@ -54,7 +59,6 @@ class TransGANGeneratorConfig:
     cond_hidden: int = 0  # 0: cond = concat(embed(y), z); > 0: an MLP of it to this width
     adanorm: str = "trunk"  # AdaNorm-T placement: "branch" | "trunk" | "both"
     checkpoint_blocks: bool = False  # activation checkpointing per block (training memory)
-    backend: str = "auto"  # attention backend, see imgtx.attention
 
     def __post_init__(self) -> None:
         self.depths, self.upsample = tuple(self.depths), tuple(self.upsample)
@@ -120,7 +124,6 @@ class TransGANDiscriminatorConfig:
     diffaug: str = "translation,cutout,color"  # DiffAugment policy applied inside forward
     num_classes: int = 0  # > 0: projection discriminator (Miyato & Koyama 2018)
     checkpoint_blocks: bool = False  # activation checkpointing per block
-    backend: str = "auto"  # attention backend, see imgtx.attention
 
     def __post_init__(self) -> None:
         self.embed_dims = tuple(self.embed_dims)

@@ -41,6 +41,7 @@ from imgtx.gan.configs import TransGANDiscriminatorConfig, TransGANGeneratorConf
 from imgtx.gan.diffaugment import diff_augment
 from torch import nn
 
+from imgtx.attention import set_backend
 from imgtx.errors import UserError
 from imgtx.hub import HubModel
 from imgtx.transformer import PixelNorm
@@ -80,13 +81,14 @@ def _labels_for(num: int, labels, num_classes: int) -> torch.Tensor | None:
 
 class TransGANGenerator(HubModel):
     """TransGAN generator: ``forward(z (B, L), labels (B,) | None) -> (B, 3, H, W)`` in about
-    [-1, 1] (no tanh). :meth:`generate` returns uint8 images."""
+    [-1, 1] (no tanh). :meth:`generate` returns uint8 images. ``backend``: the attention
+    backend, a run-time choice (``model.set_backend(name)`` changes it later)."""
 
     model_card_tags = ("gan", "transgan", "generator")
     model_card_description = ("TransGAN generator (Jiang et al. 2021, arXiv 2102.07074): "
                               "transformer blocks from a latent token grid up to the image.")
 
-    def __init__(self, config: TransGANGeneratorConfig) -> None:
+    def __init__(self, config: TransGANGeneratorConfig, backend: str = "auto") -> None:
         super().__init__(config)
         c = config
         grids, dims = c.grids, c.dims
@@ -109,11 +111,16 @@ class TransGANGenerator(HubModel):
             nn.ModuleList(
                 TransGANBlock(width, c.heads, int(width * c.mlp_ratio), side, window,
                               relative_bias=c.relative_bias, noise=c.noise,
-                              context_dim=context_dim, backend=c.backend, **kwargs)
+                              context_dim=context_dim, backend=backend, **kwargs)
                 for _ in range(depth))
             for side, width, depth, window in zip(grids, dims, c.depths, c.windows))
         self.to_rgb = nn.Linear(dims[-1], 3)  # the official 1x1 Conv2d "deconv"
         nn.init.xavier_uniform_(self.to_rgb.weight)
+
+    def set_backend(self, backend: str) -> TransGANGenerator:
+        """Compute every attention layer with ``backend`` from now on; returns the model."""
+        set_backend(self, backend)
+        return self
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``z`` ``(B, L)``, ``labels`` ``(B,)`` (conditional only) -> ``(B, 3, H, W)``."""
@@ -188,7 +195,7 @@ class TransGANDiscriminator(HubModel):
     model_card_description = ("TransGAN multi-scale discriminator (Jiang et al. 2021, arXiv "
                               "2102.07074).")
 
-    def __init__(self, config: TransGANDiscriminatorConfig) -> None:
+    def __init__(self, config: TransGANDiscriminatorConfig, backend: str = "auto") -> None:
         super().__init__(config)
         c = config
         p = c.patch_size
@@ -201,7 +208,7 @@ class TransGANDiscriminator(HubModel):
         self.patch_embeds = nn.ModuleList(embeds)
         self.pos_embeds = nn.ParameterList(trunc_normal_param(1, side * side, width)
                                            for side, width in zip(c.grids, c.widths))
-        kwargs = dict(layer_kwargs(c.norm), noise=c.noise, backend=c.backend)
+        kwargs = dict(layer_kwargs(c.norm), noise=c.noise, backend=backend)
         self.scales = nn.ModuleList(
             nn.ModuleList(
                 TransGANBlock(width, c.heads, int(width * c.mlp_ratio), side, window,
@@ -218,6 +225,11 @@ class TransGANDiscriminator(HubModel):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def set_backend(self, backend: str) -> TransGANDiscriminator:
+        """Compute every attention layer with ``backend`` from now on; returns the model."""
+        set_backend(self, backend)
+        return self
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """DiffAugment with ``config.diffaug`` (identity for an empty policy)."""

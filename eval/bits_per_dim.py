@@ -244,8 +244,8 @@ def evaluate_model(model: str | Path | ImageTransformer, data: str, split: str =
     check_at_least("batch_size", batch_size, 1)
     if limit is not None and limit < 1:
         raise ImageDataError(f"no images to evaluate with limit={limit}; give a limit >= 1")
-    if accelerator is not None:
-        device = str(accelerator.device)
+    if accelerator is not None:  # its CPU device is "cpu:0", which safetensors refuses
+        device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
     model, model_name = _load_model(model, device)
     size = model.config.image_size
     source = load_images(data, split, size, image_column=image_column, streaming=streaming,

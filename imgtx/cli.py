@@ -70,9 +70,11 @@ def launch_accelerator(device: str | None = None):
     them; else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device == "cpu")
+    # Without CUDA, accelerate joins the processes (gloo) only when told to run on the CPU.
+    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def get_named_config(get_config, name: str, **overrides):

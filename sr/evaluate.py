@@ -136,8 +136,8 @@ def evaluate_model(model_id: str, data: str, split: str = "test", *, limit: int 
     defaults to CUDA when available. With an ``accelerator`` the images are shared between the
     processes of a ``torchrun`` / ``accelerate launch`` job.
     """
-    if accelerator is not None:
-        device = str(accelerator.device)
+    if accelerator is not None:  # its CPU device is "cpu:0", which safetensors refuses
+        device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = SuperResolutionTransformer.from_pretrained(model_id, device=device)

@@ -18,9 +18,9 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
 from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim  # noqa: E402
+
 from imgtx import ImageTransformer, get_config  # noqa: E402
 from imgtx.cli import main  # noqa: E402
 from imgtx.data import ImageDataError, load_images, photo_patches  # noqa: E402
@@ -267,3 +267,155 @@ def test_cli_help_lists_the_commands(capsys):
     for command in ("info", "train", "eval-bpd", "sample"):
         assert command in usage
     assert main([]) == 0  # no command: help, not a traceback
+
+
+# ---------------------------------------------------------------------------------------------
+# imgtx train, user errors and command groups
+# ---------------------------------------------------------------------------------------------
+
+TRAIN = ["train", "--config", "tiny", "--max-steps", "2", "--batch-size", "2", "--eval-every",
+         "1", "--eval-images", "3", "--checkpoint-every", "0"]
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    for split, count in (("train", 6), ("test", 3)):
+        for i in range(count):
+            save_png(tmp_path / "folder" / split / f"{i}.png", seed=100 * len(split) + i)
+    return tmp_path / "folder"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_cli_train_writes_metrics_samples_and_a_loadable_model(capsys, tmp_path, image_folder):
+    out = tmp_path / "run"
+    code, _, _ = run_cli(capsys, *TRAIN, "--data", str(image_folder), "--out", str(out))
+    assert code == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [list(r) for r in records] == [["step", "images_seen", "hours", "train_bits_per_dim",
+                                           "eval_bits_per_dim", "lr"]] * 2
+    assert [(r["step"], r["images_seen"]) for r in records] == [(1, 2), (2, 4)]
+    assert json.loads((out / "progress.json").read_text())["images_seen"] == 4
+    assert (out / "metrics.png").exists() and list((out / "samples").glob("step_*.png"))
+    loaded = ImageTransformer.from_pretrained(out / "final")
+    assert loaded.config == get_config("tiny")
+    direct = evaluate_model(loaded, str(image_folder), baselines=False, progress=False)
+    assert records[-1]["eval_bits_per_dim"] == pytest.approx(direct["bits_per_dim"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_train_resume_ends_where_an_uninterrupted_run_ends(capsys, tmp_path, image_folder):
+    common = [*TRAIN[:-1], "1", "--data", str(image_folder)]  # checkpoint every step
+    common[common.index("--max-steps") + 1] = "4"
+    assert run_cli(capsys, *common, "--out", str(tmp_path / "straight"))[0] == 0
+    interrupted = [*common, "--out", str(tmp_path / "resumed")]
+    interrupted[interrupted.index("--max-steps") + 1] = "3"  # mid-epoch (3 batches per epoch)
+    assert run_cli(capsys, *interrupted)[0] == 0
+    assert run_cli(capsys, *common, "--out", str(tmp_path / "resumed"), "--resume")[0] == 0
+    straight = ImageTransformer.from_pretrained(tmp_path / "straight" / "final").state_dict()
+    resumed = ImageTransformer.from_pretrained(tmp_path / "resumed" / "final").state_dict()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--minutes", "-1"], "--minutes must be > 0"),
+    (["--grad-accum", "0"], "--grad-accum must be >= 1"),
+    (["--set", "bogus=1"], "bogus=1"),
+    (["--set", "num_layers=abc"], "expected a int"),
+    (["--set", "attention=nonsense"], "attention"),
+    (["--config", "no-such-config"], "no-such-config"),
+])
+def test_cli_train_rejects_bad_input_in_one_line_before_any_work(capsys, tmp_path, argv,
+                                                                  message):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, *TRAIN, "--out", str(out), *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert err.startswith("imgtx train: error: ") and len(err.strip().splitlines()) == 1
+    assert not out.exists() and stdout == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--num", "0"], "--num must be >= 1"),
+    (["sample", "--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["eval-bpd", "--limit", "0"], "--limit must be >= 1"),
+    (["eval-bpd", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["sr", "eval", "--limit", "0"], "--limit must be >= 1"),
+    (["sr", "upscale", "in.png", "out.png", "--temperature", "-1"], "--temperature must be"),
+])
+def test_cli_nonsensical_numbers_exit_2(capsys, tmp_path, model_dir, argv, message):
+    code, _, err = run_cli(capsys, *argv, "--model", str(model_dir))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_unknown_config_name_is_a_user_error(capsys):
+    code, _, err = run_cli(capsys, "info", "--config", "no-such-config")
+    assert code == 2 and "imgtx info: error: " in err and "no-such-config" in err
+
+
+def test_cli_debug_shows_the_traceback_of_user_errors(capsys, monkeypatch):
+    from imgtx.errors import UserError
+
+    monkeypatch.setenv("IMGTX_DEBUG", "1")
+    with pytest.raises(UserError, match="no-such-config"):
+        main(["info", "--config", "no-such-config"])
+
+
+def test_cli_other_exceptions_are_bugs_and_keep_their_traceback(monkeypatch):
+    import imgtx.cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(imgtx.cli, "_info", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["info", "--config", "tiny"])
+
+
+def test_cli_sample_defaults_to_cuda_where_it_is_available(capsys, monkeypatch, model_dir):
+    from imgtx.errors import UserError
+
+    devices = []
+
+    def from_pretrained(model, device=None):
+        devices.append(device)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ImageTransformer, "from_pretrained", from_pretrained)
+    assert run_cli(capsys, "sample", "--model", str(model_dir))[0] == 2
+    assert run_cli(capsys, "sample", "--model", str(model_dir), "--device", "cpu")[0] == 2
+    assert devices == ["cuda", "cpu"]
+
+
+def test_cli_command_groups_come_from_entry_points(capsys, monkeypatch):
+    import importlib.metadata
+
+    import imgtx.cli
+
+    real = importlib.metadata.entry_points
+
+    def with_a_broken_group(group=None, **kwargs):
+        found = list(real(group=group, **kwargs))
+        if group == imgtx.cli.COMMAND_GROUPS:
+            found.append(importlib.metadata.EntryPoint(
+                name="broken", value="imgtx.no_such_module:register", group=group))
+        return found
+
+    assert "sr" in {e.name for e in real(group=imgtx.cli.COMMAND_GROUPS)}
+    monkeypatch.setattr(importlib.metadata, "entry_points", with_a_broken_group)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out
+    assert "sr" in usage and "unavailable command groups: broken" in usage
+    assert '"sr"' not in Path(imgtx.cli.__file__).read_text()  # the core names no family

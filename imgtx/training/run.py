@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,7 +59,11 @@ class Run:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.out = Path(settings.out)
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
         self.accelerator = Accelerator(
+            # Several processes without CUDA share the work on CPUs (gloo); accelerate only
+            # looks for that combination when told to run on the CPU.
+            cpu=settings.cpu or (processes > 1 and not torch.cuda.is_available()),
             # Our loop ends an optimiser step every grad_accum micro-batches, epoch ends included.
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=settings.grad_accum, sync_with_dataloader=False),

@@ -32,6 +32,7 @@ class RunSettings:
     num_workers: int = 0  # data-loading worker processes
     threads: int | None = None  # torch CPU threads (default: torch's choice)
     report_to: str = "none"  # accelerate trackers: "none" | "tensorboard" | "wandb" | "all"
+    cpu: bool = False  # train on the CPU even where an accelerator is available
 
     def validate(self) -> None:
         """Raise :class:`~imgtx.errors.UserError` for settings no run can use."""

@@ -1,0 +1,133 @@
+"""Spec for several processes sharing one job (``torchrun --nproc_per_node 2``, gloo, CPU).
+
+Two processes must really share the work: each takes its share of every global batch, DDP
+averages the gradients, images are counted over both, only the main process writes, and an
+evaluation counts every held-out image exactly once. The reference is one process with the
+same global batch. Tiny ``tiny`` models on a folder of 8x8 images keep each job to seconds of
+compute; most of the time is the start-up of the processes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imgtx.cli import main
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+TRAIN = ["--config", "tiny", "--max-steps", "2", "--eval-every", "1", "--eval-images", "5",
+         "--checkpoint-every", "0", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Datasets' cache in the temporary folder (also for the launched processes), and a blank
+    accelerate state for the in-process reference runs."""
+    import datasets
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    ENV["HF_DATASETS_CACHE"] = str(tmp_path / "hf-cache")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """12 training and 5 (an odd number) test images, 8x8 random RGB."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 5)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(count):
+            image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            PIL.Image.fromarray(image).save(tmp_path / "data" / split / f"{i:02d}.png")
+    return tmp_path / "data"
+
+
+def torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "imgtx.cli", *argv]
+    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_two_processes_share_the_batches_of_one_process(tmp_path, folder):
+    shared = tmp_path / "two-by-2"
+    result = torchrun("train", *TRAIN, "--data", str(folder), "--out", str(shared),
+                      "--batch-size", "2", cwd=tmp_path)
+    assert main(["train", *TRAIN, "--data", str(folder), "--out", str(tmp_path / "one-by-4"),
+                 "--batch-size", "4"]) == 0
+    assert main(["train", *TRAIN, "--data", str(folder), "--out", str(tmp_path / "one-by-2"),
+                 "--batch-size", "2"]) == 0
+
+    # Images seen count both processes: 2 processes x batch 2 x 2 steps.
+    assert json.loads((shared / "progress.json").read_text())["images_seen"] == 8
+    lines = (shared / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 2  # one line per evaluation, none twice
+    shared_records = records(shared)
+    assert [r["images_seen"] for r in shared_records] == [4, 8]
+    for other in ("one-by-4", "one-by-2"):  # the schedule counts optimiser steps only
+        assert [r["lr"] for r in shared_records] == [r["lr"] for r in records(tmp_path / other)]
+
+    # DDP averages the gradients: 2 x batch 2 is 1 x batch 4, not 1 x batch 2.
+    assert max_difference(weights(shared), weights(tmp_path / "one-by-4")) <= 1e-5
+    assert max_difference(weights(shared), weights(tmp_path / "one-by-2")) > 1e-4
+    # The held-out figure is gathered over both processes: every image once.
+    assert shared_records[-1]["eval_bits_per_dim"] == pytest.approx(
+        records(tmp_path / "one-by-4")[-1]["eval_bits_per_dim"], abs=1e-6)
+
+    # Only the main process writes: the run holds the files of a one-process run, plus the
+    # second process's RNG state that accelerate's save_state keeps for an exact resume.
+    assert files(shared) - files(tmp_path / "one-by-4") == {"checkpoint/random_states_1.pkl"}
+    assert files(tmp_path / "one-by-4") <= files(shared)
+    assert result.stdout.count("exported") == 1 and result.stdout.count("model:") == 1
+
+
+def test_eval_bpd_over_two_processes_counts_every_image_once(tmp_path, folder):
+    from imgtx.eval.bits_per_dim import evaluate_model
+
+    from imgtx import ImageTransformer, get_config
+
+    torch.manual_seed(0)
+    ImageTransformer(get_config("tiny")).save_pretrained(tmp_path / "model")
+    result = torchrun("eval-bpd", "--model", str(tmp_path / "model"), "--data", str(folder),
+                      "--batch-size", "2", "--json", "--threads", "1", "--no-baselines",
+                      cwd=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # the main process reports
+    shared = json.loads(lines[0])
+    alone = evaluate_model(str(tmp_path / "model"), str(folder), batch_size=2, baselines=False,
+                           progress=False)
+    assert shared["processes"] == 2
+    assert shared["num_images"] == alone["num_images"] == 5  # 5 = 2 + 2 + 1 padded: once each
+    assert shared["bits_per_dim"] == pytest.approx(alone["bits_per_dim"], abs=1e-6)

@@ -293,6 +293,41 @@ def test_reject_on_a_folder_names_the_file(flat_folder):
         source[3]
 
 
+def test_folder_index_order_hidden_entries_and_nested_classes(tmp_path):
+    root = tmp_path / "data" / "train"
+    for relative in ("b/2.png", "b/1.PNG", "a/z.jpg", "a/deeper/0.png", "a/.hidden.png",
+                     "a/__pycache__/x.png", ".git/y.png"):
+        _save(root / relative, _rgb(len(relative), 8, 8))
+    (root / "a" / "notes.txt").write_text("not an image")
+    source = load_images(str(tmp_path / "data"), split="train", image_size=8)
+    names = [source._rows(i)[2] for i in range(len(source))]
+    assert [Path(n).relative_to(root).as_posix() for n in names] == [
+        "a/z.jpg", "a/deeper/0.png", "b/1.PNG", "b/2.png"]  # files first, then subfolders
+    assert source.class_names == ["a", "b"]
+    assert [source[i]["label"] for i in range(4)] == [0, 0, 1, 1]  # the top folder is the class
+
+
+def test_folder_index_is_compact_and_decodes_nothing(tmp_path):
+    import tracemalloc
+
+    from imgtx.data.folder import index_image_folder
+
+    folder = tmp_path / "valid_8x8"
+    folder.mkdir()
+    count = 5000
+    for i in range(count):
+        (folder / f"{i:05d}.png").touch()  # never opened while indexing
+    tracemalloc.start()
+    rows, class_names = index_image_folder(folder, "valid", 8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(rows) == count and class_names is None
+    assert rows.blob.nbytes + rows.offsets.nbytes == count * len("00000.png") + (count + 1) * 8
+    assert peak < count * 150  # transient directory listing included
+    assert rows(4321)[0] == str(folder / "04321.png")
+    assert rows.limited(10).path(9) == str(folder / "00009.png") and len(rows.limited(10)) == 10
+
+
 # ---------------------------------------------------------------------------------------------
 # Unreadable images
 # ---------------------------------------------------------------------------------------------

@@ -10,19 +10,21 @@ Spec forms accepted by :func:`load_images`:
   (needs no download); ``builtin:photos`` is the same data set for any ``image_size``.
 - ``builtin:digits`` -- scikit-learn's 1,797 labelled 8x8 handwritten digits, grey repeated
   over RGB and upscaled bicubically to ``image_size`` (see :func:`digit_images`).
-- ``PATH`` or ``imagefolder:PATH`` -- a local folder of images read with datasets' ``imagefolder``
-  builder. A flat folder (e.g. Downsampled ImageNet's ``valid_32x32/``) is one split and serves
-  every ``split``. A folder with split subfolders (``train``, ``test``, ``valid``/``validation``,
-  also ``train_32x32``-style names) is picked from by ``split``. Class subfolders below that give
-  labels. A folder written by ``Dataset.save_to_disk`` is read with ``datasets.load_from_disk``.
+- ``PATH`` or ``imagefolder:PATH`` -- a local folder of images, indexed compactly by
+  :mod:`imgtx.data.folder` (the layout rules of datasets' ``imagefolder``). A flat folder (e.g.
+  Downsampled ImageNet's ``valid_32x32/``) is one split and serves every ``split``. A folder with
+  split subfolders (``train``, ``test``, ``valid``/``validation``, also ``train_32x32``-style
+  names) is picked from by ``split``. Class subfolders below that give labels. A folder written
+  by ``Dataset.save_to_disk`` is read with ``datasets.load_from_disk``.
 - ``owner/name`` or ``hub:ID`` -- a Hub data set, e.g. ``uoft-cs/cifar10`` or
   ``benjamin-paine/imagenet-1k-32x32``, through ``datasets.load_dataset`` (its local cache is used
   when ``HF_HUB_OFFLINE`` is set).
 
 Where things live: :mod:`imgtx.data.decode` (decoding, RGB conversion, :class:`ImageDataError`),
 :mod:`imgtx.data.builtin` (the bundled data sets), :mod:`imgtx.data.sources` (map-style and
-streaming sources), :mod:`imgtx.data.locate` (Hub ids, image folders, ``save_to_disk`` folders)
-and :mod:`imgtx.data.loaders` (:func:`load_images`, :func:`image_loader`).
+streaming sources), :mod:`imgtx.data.folder` (image folders), :mod:`imgtx.data.locate` (Hub ids,
+``save_to_disk`` folders) and :mod:`imgtx.data.loaders` (:func:`load_images`,
+:func:`image_loader`).
 
 Unreadable images: decoding always goes through :func:`decode_image` (datasets' lazy decoding is
 switched off with ``Image(decode=False)``), so a corrupt, truncated or non-image file raises

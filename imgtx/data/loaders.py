@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from imgtx.data.builtin import load_builtin
 from imgtx.data.decode import ON_ERROR_MODES, RESIZE_MODES, ImageDataError, check_choice
-from imgtx.data.locate import is_saved_dataset, load_from_disk, load_hub, load_imagefolder
+from imgtx.data.folder import index_image_folder
+from imgtx.data.locate import is_saved_dataset, load_from_disk, load_hub
 from imgtx.data.sources import Converter, HFRows, ImageSource, StreamingImageSource, make_source
 
 if TYPE_CHECKING:
@@ -134,10 +135,12 @@ def load_images(
     path = Path(spec.removeprefix("imagefolder:")).expanduser()
     if path.is_dir():
         if spec.startswith("imagefolder:") or not is_saved_dataset(path):
-            ds = load_imagefolder(path, split, image_size, streaming)
-        else:
-            ds = load_from_disk(path, split, streaming)
-        return from_hf_dataset(ds, image_size, **hf)
+            rows, class_names = index_image_folder(path, split, image_size)
+            rows = rows.limited(limit)
+            converter = Converter(image_size, resize, on_error)
+            num_rows = None if streaming else len(rows)
+            return make_source(rows, num_rows, converter, class_names, seed, spec)
+        return from_hf_dataset(load_from_disk(path, split, streaming), image_size, **hf)
     if path.exists():
         raise ImageDataError(f"{spec!r} is a file; an image spec must name a folder or a dataset")
     if not spec.startswith("imagefolder:") and _HUB_ID.fullmatch(spec):

@@ -1,11 +1,11 @@
 """Image sources: a map-style and a streaming torch data set over stored rows.
 
 Both yield ``{"image": (3, S, S) uint8, "label": int}`` (label ``-1`` where the data has none).
-Neither holds decoded images: a source keeps its rows (a tensor for the builtins, a datasets
-``Dataset`` -- memory-mapped Arrow -- or ``IterableDataset`` otherwise) and decodes each row when
-it is asked for, so memory does not grow with the number of images served. A map-style source
-keeps one int64 row id per row (8 bytes an image); a streaming shuffle holds ``buffer_size``
-undecoded rows.
+Neither holds decoded images: a source keeps its rows (a tensor for the builtins, a packed file
+index for image folders, a datasets ``Dataset`` -- memory-mapped Arrow -- or ``IterableDataset``
+otherwise) and decodes each row when it is asked for, so memory does not grow with the number of
+images served. A map-style source keeps one int64 row id per row (8 bytes an image); a streaming
+shuffle of a Hub data set holds ``buffer_size`` undecoded rows.
 
 Unreadable rows: with ``on_error="skip"`` a map-style source serves the next readable row in place
 of an unreadable one, so ``len()`` stays the number of rows in the data; :meth:`ImageSource.scan`
@@ -16,7 +16,7 @@ distinct unreadable rows met in this process (DataLoader worker processes keep t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,16 @@ from imgtx.data.decode import ImageDataError, decode_image, to_rgb_uint8
 __all__ = ["ImageSource", "StreamingImageSource"]
 
 Row = tuple[Any, int, str]  # (stored image, label, name for error messages)
+
+
+class Rows(Protocol):
+    """Stored rows: indexable (map-style), iterable (streaming) and reshufflable."""
+
+    def __call__(self, index: int) -> Row: ...
+
+    def __iter__(self) -> Iterator[Row]: ...
+
+    def shuffled(self, seed: int, buffer_size: int) -> Rows: ...
 
 
 class Converter:
@@ -105,7 +115,7 @@ class _Source:
 
     def __init__(
         self,
-        rows: TensorRows | HFRows,
+        rows: Rows,
         converter: Converter,
         class_names: list[str] | None = None,
         seed: int = 0,
@@ -132,7 +142,7 @@ class ImageSource(_Source, Dataset):
     readable one; :meth:`scan` drops unreadable rows up front instead.
     """
 
-    def __init__(self, rows: TensorRows | HFRows, num_rows: int, *args: Any, **kwargs: Any):
+    def __init__(self, rows: Rows, num_rows: int, *args: Any, **kwargs: Any):
         super().__init__(rows, *args, **kwargs)
         self._index = np.arange(num_rows)  # row ids still served
 
@@ -212,7 +222,7 @@ class StreamingImageSource(_Source, IterableDataset):
 
 
 def make_source(
-    rows: TensorRows | HFRows,
+    rows: Rows,
     num_rows: int | None,
     converter: Converter,
     class_names: list[str] | None,

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -335,6 +336,9 @@ def test_cli_train_resume_ends_where_an_uninterrupted_run_ends(capsys, tmp_path,
     (["--set", "num_layers=abc"], "expected a int"),
     (["--set", "attention=nonsense"], "attention"),
     (["--config", "no-such-config"], "no-such-config"),
+    pytest.param(["--report-to", "tensorboard"], "pip install tensorboard",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None,
+                                          reason="TensorBoard is installed")),
 ])
 def test_cli_train_rejects_bad_input_in_one_line_before_any_work(capsys, tmp_path, argv,
                                                                   message):

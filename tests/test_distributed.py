@@ -131,3 +131,38 @@ def test_eval_bpd_over_two_processes_counts_every_image_once(tmp_path, folder):
     assert shared["processes"] == 2
     assert shared["num_images"] == alone["num_images"] == 5  # 5 = 2 + 2 + 1 padded: once each
     assert shared["bits_per_dim"] == pytest.approx(alone["bits_per_dim"], abs=1e-6)
+
+
+def test_a_gan_on_the_shared_run_shares_the_batches_too(tmp_path):
+    """The toy G/D of tests/test_training.py: two optimisers, D frozen in the G step, noise
+    drawn for the global batch and split (Run.this_process), and G's EMA."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import test_training
+    finally:
+        sys.path.pop(0)
+    script = Path(test_training.__file__)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(script), str(tmp_path / "two-by-2"), "2"]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for batch in (4, 2):
+        run = test_training.make_run(tmp_path / f"one-by-{batch}", max_steps=3, batch_size=batch,
+                                     eval_every=0)
+        run.fit(test_training.gan_step)
+        for name, ema in (("G", False), ("D", False), ("G", True)):
+            run.export(name, ema=ema)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    def exported(run: str, name: str) -> dict:
+        return load_file(tmp_path / run / "run" / "final" / name / "model.safetensors")
+
+    for name in ("G", "D", "G_ema"):
+        shared = exported("two-by-2", name)
+        assert max_difference(shared, exported("one-by-4", name)) <= 1e-5, name
+        assert max_difference(shared, exported("one-by-2", name)) > 1e-4, name
+    progress = json.loads((tmp_path / "two-by-2" / "run" / "progress.json").read_text())
+    assert progress["images_seen"] == 3 * 2 * 2

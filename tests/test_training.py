@@ -6,6 +6,7 @@ Every run is in-process, one CPU process; the multi-process behaviour is tests/t
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -233,3 +234,17 @@ def test_names_must_match(tmp_path):
     G = ToyGenerator()
     with pytest.raises(ValueError, match=r"optimizer names \['D'\]"):
         run.prepare({"G": G}, {"D": torch.optim.SGD(G.parameters(), 0.1)})
+
+
+if __name__ == "__main__":
+    # ``torchrun --nproc_per_node N tests/test_training.py OUT BATCH``: the toy GAN for
+    # tests/test_distributed.py, exporting G, D and G's EMA under OUT/run/final.
+    from pathlib import Path
+
+    out, batch = Path(sys.argv[1]), int(sys.argv[2])
+    run = make_run(out, max_steps=3, batch_size=batch, eval_every=0)
+    run.fit(gan_step)
+    run.export("G")
+    run.export("D")
+    run.export("G", ema=True)
+    run.end()

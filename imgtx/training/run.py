@@ -68,7 +68,7 @@ class Run:
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=settings.grad_accum, sync_with_dataloader=False),
             mixed_precision=settings.mixed_precision,
-            log_with=self._trackers(settings.report_to),
+            log_with=None if settings.report_to == "none" else settings.report_to,
             project_config=ProjectConfiguration(project_dir=str(self.out),
                                                 logging_dir=str(self.out / "logs")),
             # The shuffle order of epoch e is a function of (seed, e): resumable, and the same on
@@ -86,18 +86,6 @@ class Run:
         self._start, self._hours_before = time.time(), 0.0
         if models is not None:
             self.prepare(models, optimizers or {}, schedules, ema, data)
-
-    @staticmethod
-    def _trackers(report_to: str) -> str | None:
-        from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-        if report_to == "none":
-            return None
-        if report_to == "tensorboard" and not is_tensorboard_available():
-            raise UserError("--report-to tensorboard needs TensorBoard: pip install tensorboard")
-        if report_to == "wandb" and not is_wandb_available():
-            raise UserError("--report-to wandb needs Weights & Biases: pip install wandb")
-        return report_to
 
     # -- set-up ----------------------------------------------------------------------------
 

@@ -51,3 +51,9 @@ class RunSettings:
                             f"{list(MIXED_PRECISION)}")
         if self.report_to not in REPORT_TO:
             raise UserError(f"report_to={self.report_to!r} is not one of {list(REPORT_TO)}")
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        if self.report_to == "tensorboard" and not is_tensorboard_available():
+            raise UserError("--report-to tensorboard needs TensorBoard: pip install tensorboard")
+        if self.report_to == "wandb" and not is_wandb_available():
+            raise UserError("--report-to wandb needs Weights & Biases: pip install wandb")

@@ -142,9 +142,14 @@ def plot_ratio_curves(curves: Mapping[str, list[tuple[int, float]]], path: str |
 
         draw.rectangle([left, top, left + PANEL_W, top + PANEL_H], outline="black")
         for decade in range(lo, hi + 1):
-            _, y = xy(s0, 10.0**decade)
-            draw.line([left, y, left + PANEL_W, y], fill=(225, 225, 225))
-            draw.text((left - 44, y - 7), f"1e{decade}", fill="black", font=font)
+            for mantissa in (1, 2, 5):
+                value = mantissa * 10.0**decade
+                if value > 10.0**hi:
+                    break
+                _, y = xy(s0, value)
+                draw.line([left, y, left + PANEL_W, y], fill=(225, 225, 225))
+                if mantissa == 1 or hi - lo <= 2:  # label the 2x and 5x lines on short axes
+                    draw.text((left - 50, y - 7), f"{value:g}", fill="black", font=font)
         if lo <= 0 <= hi:
             _, y = xy(s0, 1.0)
             for x in range(left, left + PANEL_W, 8):

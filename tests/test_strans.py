@@ -247,9 +247,8 @@ def test_norm_ratios_are_collected_and_plotted(tmp_path):
     with torch.no_grad():
         x = d.stem(images).flatten(2).transpose(1, 2)  # (B, N, D) input of the first block
         attn = layer.attn(layer.attn_norm(x), bias=block.position_bias())
-        branch = torch.nn.functional.leaky_relu(attn, 0.2)
-    assert ratios["stages.0.0.attn"] == pytest.approx(
-        float(branch.norm() / layer.attn_skip(x).norm()), rel=1e-4)
+        expected = torch.nn.functional.leaky_relu(attn, 0.2).norm() / layer.attn_skip(x).norm()
+    assert ratios["stages.0.0.attn"] == pytest.approx(float(expected), rel=1e-4)
     path = history.plot(tmp_path / "ratios.png", title="tiny D")
     assert path.stat().st_size > 1000
     history.save(tmp_path / "ratios.json")

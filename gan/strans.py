@@ -7,8 +7,8 @@ upsampling between them -> per-pixel ``Linear`` to RGB (no tanh). Stages whose g
 than ``swin_from`` use global attention; the others use Swin blocks, regular and shifted windows
 alternating. Every block has its own relative position bias (Swin; a "global" block is a single
 window covering the grid, so it gets one too). Upsampling (our choice, the paper is silent):
-``bilinear`` is StyleSwin's ``BilinearUpsample`` (x2 bilinear, then a Linear to the next width),
-followed like StyleSwin by a fixed sinusoidal position encoding; ``pixelshuffle`` is TransGAN's.
+``bilinear`` is StyleSwin's ``BilinearUpsample`` (x2 bilinear, LayerNorm, a Linear to the next
+width, plus a gated sinusoidal position encoding); ``pixelshuffle`` is TransGAN's.
 
 Discriminator: conv stem -> stages of [Swin blocks -> x2 downsample] -> LayerNorm, mean over
 tokens -> critic head (projection head when class-conditional). Its blocks may replace the
@@ -82,25 +82,36 @@ def swin_stage(dim: int, heads: int, grid: int, window: int, depth: int, ffn_siz
 
 
 class Upsample(nn.Module):
-    """x2 token-grid upsampling from width ``in_dim`` to ``out_dim``.
+    """x2 token-grid upsampling from width ``in_dim`` on a ``side`` grid to ``out_dim``.
 
-    ``bilinear``: bilinear x2 then ``Linear(in, out)`` (StyleSwin ``BilinearUpsample``);
-    ``pixelshuffle``: ``Linear(in, 4*out)`` then ``PixelShuffle(2)`` (TransGAN, widened first).
+    ``bilinear`` (StyleSwin ``BilinearUpsample``): bilinear x2, LayerNorm, ``Linear(in, out)``
+    without bias; ``pixelshuffle`` (TransGAN, widened first): ``Linear(in, 4 out)`` then
+    ``PixelShuffle(2)``. Both then add a fixed 2D sinusoidal position encoding scaled by a
+    learned gate that starts at zero (StyleSwin's ``alpha * sin_pos_embed``).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, mode: str = "bilinear") -> None:
+    def __init__(self, in_dim: int, out_dim: int, side: int, mode: str = "bilinear") -> None:
         super().__init__()
-        self.mode = mode
-        self.proj = nn.Linear(in_dim, out_dim if mode == "bilinear" else 4 * out_dim)
+        self.mode, self.side = mode, side
+        if mode == "bilinear":
+            self.norm = nn.LayerNorm(in_dim)
+            self.proj = nn.Linear(in_dim, out_dim, bias=False)
+        else:
+            self.proj = nn.Linear(in_dim, 4 * out_dim)
+        self.position_gate = nn.Parameter(torch.zeros(()))
+        self.register_buffer("sinusoid", sinusoid_positions_2d(2 * side, 2 * side, out_dim)[None],
+                             persistent=False)  # (1, 4 side^2, out)
 
-    def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, side^2, in)`` -> ``(B, (2 side)^2, out)``."""
         if self.mode == "bilinear":
-            grid = F.interpolate(tokens_to_map(x, side), scale_factor=2, mode="bilinear",
+            grid = F.interpolate(tokens_to_map(x, self.side), scale_factor=2, mode="bilinear",
                                  align_corners=False)  # (B, in, 2side, 2side)
-            return self.proj(map_to_tokens(grid))
-        grid = F.pixel_shuffle(tokens_to_map(self.proj(x), side), 2)  # (B, out, 2side, 2side)
-        return map_to_tokens(grid)
+            x = self.proj(self.norm(map_to_tokens(grid)))
+        else:
+            grid = F.pixel_shuffle(tokens_to_map(self.proj(x), self.side), 2)  # (B, out, 2s, 2s)
+            x = map_to_tokens(grid)
+        return x + self.position_gate * self.sinusoid
 
 
 class Downsample(nn.Module):
@@ -156,11 +167,8 @@ class STransGenerator(HubModel):
             window = c.window if grid >= c.swin_from else grid  # global below swin_from
             self.stages.append(swin_stage(dim, heads, grid, window, depth, int(dim * c.mlp_ratio),
                                           activation="gelu", backend=c.backend, **layer_kwargs))
-        self.upsamples = nn.ModuleList(Upsample(c.dims[i], c.dims[i + 1], c.upsample)
+        self.upsamples = nn.ModuleList(Upsample(c.dims[i], c.dims[i + 1], c.grids[i], c.upsample)
                                        for i in range(len(c.dims) - 1))
-        for i, (grid, dim) in enumerate(zip(c.grids[1:], c.dims[1:])):
-            self.register_buffer(f"sinusoid{i}", sinusoid_positions_2d(grid, grid, dim)[None],
-                                 persistent=False)
         self.to_rgb = nn.Linear(c.dims[-1], 3)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -175,8 +183,7 @@ class STransGenerator(HubModel):
         x = self.to_tokens(z).view(b, c.bottom**2, c.dims[0]) + self.position  # (B, 16, D0)
         for i, blocks in enumerate(self.stages):
             if i:
-                x = self.upsamples[i - 1](x, c.grids[i - 1])  # (B, 4N, D_i)
-                x = x + getattr(self, f"sinusoid{i - 1}")
+                x = self.upsamples[i - 1](x)  # (B, 4N, D_i)
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks, cond=cond)
         rgb = self.to_rgb(x)  # (B, H*W, 3)
         return rgb.transpose(1, 2).reshape(b, 3, c.image_size, c.image_size)

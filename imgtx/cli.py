@@ -153,7 +153,8 @@ def train_settings(args: argparse.Namespace, suggested: dict):
         data=args.data, out=args.out, eval_data=args.eval_data, max_steps=args.max_steps,
         minutes=args.minutes, batch_size=args.batch_size or suggested.get("batch_size", 8),
         grad_accum=args.grad_accum, lr=args.lr or suggested.get("lr", 3.5e-3),
-        warmup=args.warmup or suggested.get("warmup", 4000), schedule=args.schedule,
+        warmup=args.warmup if args.warmup is not None else suggested.get("warmup", 4000),
+        schedule=args.schedule or suggested.get("schedule", "noam"),
         mixed_precision=args.mixed_precision, eval_every=args.eval_every,
         eval_images=args.eval_images, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
@@ -231,8 +232,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per process and micro-batch (default: the config's suggestion)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--schedule", default="noam", choices=["noam", "constant", "cosine"])
+    p.add_argument("--warmup", type=int, help="optimiser steps of linear warm-up")
+    p.add_argument("--schedule", default=None, choices=["noam", "constant", "cosine"],
+                   help="learning-rate schedule (default: the config's suggestion, else noam)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-images", type=int, default=128)

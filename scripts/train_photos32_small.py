@@ -6,6 +6,15 @@ Hub-format model. The same script runs on CPU or GPU (accelerate picks the devic
 
     python scripts/train_photos32_small.py --minutes 85 --out runs/photos32-small
     python scripts/train_photos32_small.py --max-steps 20 --out /tmp/smoke   # a quick smoke run
+
+The same run from the command line (the registry suggests this batch size, lr and warm-up for
+``small``), then ``imgtx.train.export_run`` to copy ``final/`` with its training curve:
+
+    imgtx train --config small --data builtin:photos32 --out runs/photos32-small --minutes 85 \
+        --eval-every 150 --eval-images 128 --checkpoint-every 300
+
+Under ``torchrun --nproc_per_node N`` (or ``accelerate launch``) the processes share each step;
+``batch_size`` is per process, so N processes see N times the images per step.
 """
 
 from __future__ import annotations

@@ -10,15 +10,24 @@ match scripts/train_photos32_small.py.
 
     python scripts/train_sr_photos.py --minutes 62 --threads 2 --out runs/sr-photos-small
     python scripts/train_sr_photos.py --max-steps 3 --out /tmp/smoke --export ''   # smoke run
+
+The same run from the command line (the registry's suggestion for ``photos-8to32-small`` holds
+this batch size, lr, warm-up and ``--decoder-init``):
+
+    imgtx sr train --config photos-8to32-small --data builtin:photos32 --out runs/sr-photos-small \
+        --minutes 62 --threads 2 --decoder-init checkpoints/imgtx-photos32-small \
+        --eval-every 150 --eval-images 128 --checkpoint-every 300
 """
 
 from __future__ import annotations
 
 import argparse
 
-from imgtx.train import TrainSettings, export_run
 from imgtx.sr.configs import get_config
 from imgtx.sr.train import train
+
+from imgtx.training.checkpoints import export_run
+from imgtx.training.likelihood import TrainSettings
 
 
 def main() -> None:

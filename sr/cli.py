@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 __all__ = ["register"]
 
@@ -52,8 +53,17 @@ def _train(args: argparse.Namespace) -> int:
 
     config = get_named_config(get_config, args.config)
     apply_overrides(config, args.set)
-    train(config, train_settings(args, CONFIGS[args.config].train),
-          decoder_init=args.decoder_init)
+    suggested = CONFIGS[args.config].train
+    settings = train_settings(args, suggested)
+    decoder_init = args.decoder_init
+    if decoder_init is None and suggested.get("decoder_init"):
+        decoder_init = suggested["decoder_init"]  # the recipe of the shipped checkpoint
+        if not Path(decoder_init).exists():
+            print(f"note: the {args.config} recipe warm-starts the decoder from {decoder_init}, "
+                  "which is not here; training it from scratch (give --decoder-init)",
+                  file=sys.stderr)
+            decoder_init = None
+    train(config, settings, decoder_init=None if decoder_init == "none" else decoder_init)
     return 0
 
 
@@ -113,8 +123,8 @@ def register(subparsers) -> None:
                    help="registry name, e.g. photos-8to32-small, celeba-8to32-1d")
     p.add_argument("--decoder-init", metavar="DIR_OR_HUB_ID",
                    help="warm-start the decoder from this unconditional Image Transformer of the "
-                   "output size (as the shipped sr-photos-8to32-small was, from "
-                   "checkpoints/imgtx-photos32-small)")
+                   "output size ('none': a fresh decoder; default: the config's recipe, e.g. "
+                   "checkpoints/imgtx-photos32-small for photos-8to32-small)")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 

@@ -188,6 +188,29 @@ def test_resume_continues_exactly_and_export_loads(tmp_path):
     assert not list((tmp_path / "b" / "run").rglob("*.partial"))
 
 
+def test_a_save_cut_short_leaves_the_previous_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    straight = make_run(tmp_path / "straight", max_steps=3)
+    straight.fit(gan_step)
+    make_run(tmp_path, max_steps=2, checkpoint_every=1).fit(gan_step)
+    dying = make_run(tmp_path, max_steps=3, resume=True)
+    save_state = dying.accelerator.save_state
+
+    def killed_inside_the_save(path: str) -> None:
+        save_state(path)
+        raise KeyboardInterrupt  # the process dies before the new checkpoint is renamed
+
+    monkeypatch.setattr(dying.accelerator, "save_state", killed_inside_the_save)
+    with pytest.raises(KeyboardInterrupt):
+        dying.fit(gan_step)
+    assert (tmp_path / "run" / "checkpoint.partial").exists()
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 2
+    resumed = make_run(tmp_path, max_steps=3, resume=True)
+    assert resumed.state.step == 2
+    resumed.fit(gan_step)
+    assert torch.equal(flat(resumed.unwrap("G")), flat(straight.unwrap("G")))
+    assert not (tmp_path / "run" / "checkpoint.partial").exists()
+
+
 def test_a_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path):
     def diverging(run: Run, batch: dict) -> dict:
         figures = gan_step(run, batch)

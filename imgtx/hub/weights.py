@@ -25,6 +25,7 @@ from torch import nn
 from imgtx.hub.errors import CheckpointMismatchError, CorruptCheckpointError
 
 __all__ = ["check_safetensors_file", "load_safetensors", "load_state_dict_checked",
+           "upgrade_state_dict",
            "parameter_count"]
 
 MAX_LISTED = 10  # names shown per category in a mismatch message
@@ -99,6 +100,20 @@ def load_safetensors(path: str | Path,
     return load_file(path, device=str(device))
 
 
+def upgrade_state_dict(model: nn.Module,
+                       state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state_dict`` with the key names of older imgtx checkpoints brought up to date:
+    every submodule of ``model`` that defines ``upgrade_state_dict(state_dict, prefix)`` renames
+    its own keys in place (e.g. :class:`imgtx.transformer.TransformerLayer`: ``norms.0`` ->
+    ``attn_norm``, ``self_attn`` -> ``attn``)."""
+    upgraded = dict(state_dict)
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            upgrade(upgraded, f"{name}." if name else "")
+    return upgraded
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
                             strict: bool = True, source: str = "checkpoint") -> None:
     """Copy ``state_dict`` into ``model``, checking names and shapes first.
@@ -106,8 +121,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     With ``strict=True`` any missing, unexpected or wrongly shaped tensor raises
     :class:`CheckpointMismatchError` before anything is copied. With ``strict=False`` the matching
     tensors are loaded and a warning lists the rest. Tied tensors that safetensors stored under
-    one name only count as present.
+    one name only count as present. Keys of older imgtx versions are renamed first
+    (:func:`upgrade_state_dict`).
     """
+    state_dict = upgrade_state_dict(model, state_dict)
     own = model.state_dict()
     present = set(state_dict)
     # safetensors keeps one name per shared storage; its aliases are satisfied by that one.

@@ -1,6 +1,13 @@
-"""Transformer GANs (TransGAN, STrans-G/STrans-D) on the imgtx attention core.
+"""Transformer GANs on the imgtx attention core (imported as ``imgtx.gan``).
 
-Planned: generator and multi-scale discriminator built from ``imgtx.attention`` window/grid
-patterns and ``RelativePositionBias``, DiffAugment, WGAN-GP training through accelerate. See
-DESIGN §5-§7. The GAN metrics core (FID/KID/IS) already lives in ``eval/fid.py``.
+* :mod:`imgtx.gan.transgan` - TransGAN (Jiang, Chang, Wang, NeurIPS 2021): ``TransGANGenerator``
+  and the multi-scale ``TransGANDiscriminator``; :mod:`imgtx.gan.blocks` holds their pieces.
+* :mod:`imgtx.gan.strans` - STrans-G / STrans-D (Xu et al. 2021).
+* :mod:`imgtx.gan.configs` - the named configurations of both families (``GAN_CONFIGS``).
+* :mod:`imgtx.gan.conditioning` - class conditioning (AdaNorm-T, projection head).
+* :mod:`imgtx.gan.diffaugment` - DiffAugment, applied inside the discriminators' ``forward``.
+* :mod:`imgtx.gan.losses` - WGAN-GP with drift, hinge, non-saturating logistic with R1.
+* :mod:`imgtx.gan.cli` - the ``imgtx gan`` command group.
+
+Nothing is imported here, so ``import imgtx.gan`` stays cheap; import the submodules.
 """

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from imgtx.eval.features import SmallFeatureNet, load_small_feature_net
 
 from imgtx.errors import UserError
+from imgtx.eval.features import SmallFeatureNet, load_small_feature_net
 
 __all__ = [
     "DIGITS_SPEC",

@@ -268,17 +268,22 @@ class _FidelityInception:
     def __init__(self, device: str | torch.device):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+        self.device = torch.device(device)
         self.network = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048", "logits_unbiased"]
-        ).to(device).eval()
+        ).to(self.device).eval()
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images)[0].reshape(len(images), -1).float()  # (B, 2048)
+        """``(B, 3, H, W)`` uint8 -> ``(B, 2048)`` float32."""
+        features = self.network(images.to(self.device))[0]
+        return features.reshape(len(images), -1).float()
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images)[1].reshape(len(images), -1).float().softmax(-1)  # (B, 1008)
+        """``(B, 3, H, W)`` uint8 -> ``(B, 1008)`` softmax of the unbiased logits."""
+        logits = self.network(images.to(self.device))[1]
+        return logits.reshape(len(images), -1).float().softmax(-1)
 
 
 class TorchScriptInception:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import torch
+from scipy.special import xlogy
+
 from imgtx.eval.features import (
     FeatureExtractor,
     InceptionFeatures,
@@ -31,7 +33,6 @@ from imgtx.eval.features import (
     get_extractor,
     inception_extractor,
 )
-from scipy.special import xlogy
 
 __all__ = [
     "FeatureExtractor",

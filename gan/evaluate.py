@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from imgtx.errors import UserError, check_at_least, check_positive
 from imgtx.eval.classifier import DIGITS_SPEC, class_accuracy, classifier_test_accuracy
 from imgtx.eval.features import FeatureExtractor, SmallFeatureNet, compute_features, get_extractor
 from imgtx.eval.fid import (
@@ -28,9 +31,6 @@ from imgtx.eval.fid import (
     inception_score,
     kernel_inception_distance,
 )
-from torch import nn
-
-from imgtx.errors import UserError, check_at_least, check_positive
 
 __all__ = ["evaluate_generator", "real_images", "reference_statistics"]
 
@@ -90,10 +90,12 @@ def _generate(generator: Any, num: int, batch_size: int, seed: int) -> tuple[tor
     """Samples in batches (seed ``seed + batch index``) and their balanced labels (or None)."""
     num_classes = int(getattr(generator.config, "num_classes", 0) or 0)
     labels = torch.arange(num) % num_classes if num_classes > 0 else None
+    parameter = next(generator.parameters(), None) if isinstance(generator, nn.Module) else None
+    device = parameter.device if parameter is not None else torch.device("cpu")
     chunks = []
     with torch.no_grad():
         for index, start in enumerate(range(0, num, batch_size)):
-            part = None if labels is None else labels[start : start + batch_size]
+            part = None if labels is None else labels[start : start + batch_size].to(device)
             n = min(batch_size, num - start)
             chunks.append(generator.generate(n, labels=part, seed=seed + index).cpu())
     images = torch.cat(chunks)  # (N, 3, H, W)

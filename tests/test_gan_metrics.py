@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import torch
+from torch import nn
+
+from imgtx.data import photo_patches
+from imgtx.errors import UserError
 from imgtx.eval.classifier import (
     class_accuracy,
     classifier_test_accuracy,
@@ -31,10 +35,6 @@ from imgtx.eval.fid import (
     kernel_inception_distance,
 )
 from imgtx.gan.evaluate import evaluate_generator, reference_statistics
-from torch import nn
-
-from imgtx.data import photo_patches
-from imgtx.errors import UserError
 
 HAS_FEATURE_NET = (default_features_dir() / "model.safetensors").is_file()
 needs_feature_net = pytest.mark.skipif(not HAS_FEATURE_NET, reason="feature net not trained yet")
@@ -173,16 +173,19 @@ def _noise(images: torch.Tensor, std: float) -> torch.Tensor:
 
 
 @needs_feature_net
-@pytest.mark.parametrize("degrade, levels", [(_blur, [0, 0.6, 1.2, 2.0]), (_noise, [0, 8, 20, 40])])
+@pytest.mark.parametrize("degrade, levels", [(_blur, [0, 0.8, 1.5, 2.0]), (_noise, [0, 8, 20, 40])])
 def test_feature_net_fid_grows_with_blur_and_noise_on_held_out_photos(degrade, levels):
+    # Two disjoint halves of builtin:photos32 test (photos the net never saw): FID(half A, degraded
+    # half B) must rise with every level. Blur sigma 0.5 or noise std 4 sit below the sampling
+    # floor of ~200 images (FID of A against clean B), so the levels start at visible strengths.
     net = get_extractor("imgtx-small")
-    images = photo_patches("test", 32).images  # (395, 3, 32, 32): photos the net never saw
+    images = photo_patches("test", 32).images  # (395, 3, 32, 32)
     reference = compute_features(net, images[:196])
     held_out = images[196:]
     fids = [fid_from_features(reference, compute_features(net, degrade(held_out, level)))
             for level in levels]  # fmt: skip
-    assert all(a < b for a, b in zip(fids, fids[1:])), fids
-    assert fids[-1] > 3 * fids[0], fids
+    assert all(b > 1.1 * a for a, b in zip(fids, fids[1:])), fids
+    assert fids[-1] > 2.5 * fids[0], fids
 
 
 # ----------------------------------------------------------------------------------------------

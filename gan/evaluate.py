@@ -3,8 +3,8 @@
 :func:`evaluate_generator` is what ``imgtx gan eval`` runs. Small-network FIDs mean little on their
 own, so ``baselines=True`` measures, with the same extractor and counts, a freshly initialised
 generator of the same config (``untrained_*``: the ceiling a trained model must get well below) and
-real training images against the real test images (``floor_*``: the best a perfect generator of the
-training distribution could do at this sample count).
+``num_samples`` real training images in place of the generated ones (``floor_*``: what a perfect
+generator of the training distribution would score at this sample count).
 
 The generator needs ``generate(num, labels=None, seed=0) -> (N, 3, H, W) uint8`` and a ``config``
 with ``image_size`` and ``num_classes`` (0 for unconditional), and ``type(generator)(config)``
@@ -161,7 +161,8 @@ def evaluate_generator(
         ``split``; ``is``/``is_std`` where the extractor has class probabilities that fit the
         data (Inception always; ``imgtx-small`` only on ``builtin:digits``); with ``baselines``,
         ``untrained_fid``/``untrained_kid``/``untrained_kid_std`` and
-        ``floor_fid``/``floor_kid``/``floor_kid_std``; for a conditional generator,
+        ``floor_fid``/``floor_kid``/``floor_kid_std`` (``num_samples`` real training images in
+        place of the generated ones) and ``num_floor``; for a conditional generator,
         ``class_accuracy`` (and ``untrained_class_accuracy``) with ``classifier_test_accuracy``,
         plus ``class_accuracy_caveat`` when the data is not ``builtin:digits``.
     """
@@ -212,9 +213,11 @@ def evaluate_generator(
             result["untrained_class_accuracy"] = class_accuracy(
                 untrained_images, labels, classifier, batch_size
             )
+        # As many real training images as generated ones (or all there are), so the floor has
+        # the same small-sample bias as ``fid``.
         train = reference_statistics(
-            data, "train", image_size, len(real.features), features, extractor, batch_size,
-            use_cache,
+            data, "train", image_size, num_samples, features, extractor, batch_size, use_cache
         )
         result.update(_distances(train.features, real, seed, "floor_"))
+        result["num_floor"] = len(train.features)
     return result

@@ -6,7 +6,7 @@ writing ``checkpoint.partial/`` and its rename) must leave the previous checkpoi
 
 The uninterrupted and the resumed runs are in-process (``imgtx.cli.main``); only the run that is
 killed is a child process (about 8 s of start-up on a busy 2-core machine). CPU, one thread,
-tiny registry configs, checkpoints every step.
+tiny registry configs with dropout, checkpoints every step.
 """
 
 import json
@@ -32,7 +32,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS
        "PYTHONUNBUFFERED": "1"}
 STEPS = 12  # total optimiser steps; the kill lands after step 2..STEPS // 2
 COMMON = ["--max-steps", str(STEPS), "--batch-size", "2", "--checkpoint-every", "1",
-          "--eval-every", "0", "--eval-images", "2", "--threads", "1", "--seed", "3"]
+          "--eval-every", "0", "--eval-images", "2", "--threads", "1", "--seed", "3",
+          "--set", "dropout=0.1"]  # dropout: the RNG states must be restored too
 
 
 @pytest.fixture(autouse=True)

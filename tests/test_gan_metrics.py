@@ -289,6 +289,7 @@ def test_evaluate_generator_reports_metrics_and_baselines():
         assert key in result
     assert result["num_samples"] == result["num_real"] == 64 and result["features"] == "random"
     assert result["untrained_fid"] > 2 * result["fid"]
+    assert result["num_floor"] == 64 and result["floor_fid"] < result["untrained_fid"]
     assert "is" not in result and "class_accuracy" not in result
     again = evaluate_generator(generator, "builtin:photos32", num_samples=64, features="random",
                                batch_size=32)  # fmt: skip

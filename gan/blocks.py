@@ -9,9 +9,12 @@ Nc context tokens.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from imgtx.attention import Full, MultiHeadAttention, RelativePositionBias, Window
@@ -165,17 +168,47 @@ class TransGANBlock(nn.Module):
         return self.layer(x, bias=bias, cond=cond)
 
 
+def _enabled_sdpa_backends() -> list[SDPBackend]:
+    """The SDPA kernels allowed right now (``sdpa_kernel`` contexts change them)."""
+    flags = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+             SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+             SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),
+             SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled()}
+    return [backend for backend, enabled in flags.items() if enabled]
+
+
+class _SDPAKernels:
+    """A re-enterable ``sdpa_kernel(kernels)`` (the recomputation may run more than once)."""
+
+    def __init__(self, kernels: list[SDPBackend]) -> None:
+        self.kernels, self.active = kernels, []
+
+    def __enter__(self) -> None:
+        self.active.append(sdpa_kernel(self.kernels))
+        self.active[-1].__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.active.pop().__exit__(*exc)
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, *, checkpointed: bool = False,
                cond: torch.Tensor | None = None,
                context: torch.Tensor | None = None) -> torch.Tensor:
     """Apply ``blocks`` in order; with ``checkpointed`` (and grad enabled) each block keeps
     only its input and recomputes its activations in the backward pass
-    (``torch.utils.checkpoint``, non-reentrant; the RNG state is replayed, so noise
-    injection draws the same noise twice)."""
+    (``torch.utils.checkpoint``, non-reentrant). The recomputation replays the RNG state (noise
+    injection draws the same noise) and the SDPA kernel choice of the forward pass (a gradient
+    penalty runs D on SDPA's math path, which the backward must recompute identically)."""
     use_checkpoint = checkpointed and torch.is_grad_enabled()
+    if use_checkpoint:
+        replay = _SDPAKernels(_enabled_sdpa_backends())
+
+        def contexts():
+            return contextlib.nullcontext(), replay
+
     for block in blocks:
         if use_checkpoint:
-            x = checkpoint(block, x, cond, context, use_reentrant=False)
+            x = checkpoint(block, x, cond, context, use_reentrant=False, context_fn=contexts)
         else:
             x = block(x, cond, context)
     return x

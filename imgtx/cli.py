@@ -136,12 +136,27 @@ def apply_overrides(config, pairs: list[str] | None) -> None:
             value = float(value)
         if old is not None and value is not None and type(value) is not type(old):
             raise UserError(f"--set {key}={raw}: expected a {type(old).__name__} like {old!r}")
+        _check_size(key, raw, value, old)
         setattr(config, key, value)
     if pairs:
         try:
             config.__post_init__()
         except (ValueError, TypeError) as error:  # the config's own validation
             raise UserError(f"--set {' '.join(pairs)}: {error}") from None
+
+
+def _check_size(key: str, raw: str, value, old) -> None:
+    """Integer fields are sizes and counts: never negative, and at least 1 where the config's
+    value is (a width, a number of heads or layers); tuples of them (block shapes) likewise."""
+    pairs = list(zip(value, old)) if isinstance(value, tuple) and isinstance(old, tuple) else [
+        (value, old)]
+    for new, current in pairs:
+        if isinstance(new, bool) or not isinstance(new, int):
+            continue
+        minimum = 1 if isinstance(current, int) and current >= 1 else 0
+        if new < minimum:
+            raise UserError(f"--set {key}={raw}: {key} is a size or count; it must be >= "
+                            f"{minimum}")
 
 
 def train_settings(args: argparse.Namespace, suggested: dict):

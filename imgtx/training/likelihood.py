@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from imgtx.errors import UserError, check_at_least, check_positive
+from imgtx.training.checkpoints import discarded_on_failure
 from imgtx.training.run import Run
 from imgtx.training.schedules import SCHEDULES, Schedule
 from imgtx.training.settings import RunSettings
@@ -71,12 +72,26 @@ def fit(build_model: Callable[[], nn.Module], settings: TrainSettings, train_sou
         bits: ``bits(model, batch) -> (B,)`` each held-out image's bits/dim (unwrapped model).
         samples: ``samples(model, count, seed) -> (count, 3, H, W) uint8`` images for the sample
             grids, or None for no grids.
+
+    A run that fails before its first checkpoint removes the run directory it made.
     """
+    with discarded_on_failure(settings.out):
+        return _fit(build_model, settings, train_source, eval_source, loss=loss, bits=bits,
+                    samples=samples)
+
+
+def _fit(build_model, settings: TrainSettings, train_source, eval_source, *, loss, bits,
+         samples) -> Path:
     from imgtx.data import image_loader
     from imgtx.eval.bits_per_dim import mean_bits_per_dim
     from imgtx.hub import parameter_count
 
     run = Run(settings)
+    images = _length(train_source)
+    if images is not None and images < settings.batch_size * run.num_processes:
+        raise UserError(f"the training data has {images} images, fewer than one batch "
+                        f"({settings.batch_size} per process x {run.num_processes} processes): "
+                        "lower --batch-size or give more images")
     train_loader = image_loader(train_source, settings.batch_size, shuffle=True,
                                 num_workers=settings.num_workers, drop_last=True)
     eval_loader = image_loader(eval_source, max(settings.batch_size, 16), shuffle=False)
@@ -115,3 +130,11 @@ def fit(build_model: Callable[[], nn.Module], settings: TrainSettings, train_sou
     run.save_samples(make_grid)
     run.end()
     return final
+
+
+def _length(source) -> int | None:
+    """The number of images of a map-style source; None for a stream."""
+    try:
+        return len(source)
+    except TypeError:
+        return None

@@ -276,23 +276,25 @@ class Run:
         record, logged_at = {}, None
         for model in self.models.values():
             model.train()
-        while settings.max_steps is None or self.state.step < settings.max_steps:
-            if self._time_is_up(deadline):
-                bar.write(f"time budget of {settings.minutes} min used up at step "
-                          f"{self.state.step}")
-                break
-            self._one_step(step, batches)
-            bar.update(1)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in self.state.running.items()},
-                             "img": self.state.images_seen})
-            current = self.state.step
-            if settings.eval_every and current % settings.eval_every == 0:
-                record, logged_at = self.log_evaluation(evaluate, bar.write), current
-            if settings.sample_every and current % settings.sample_every == 0:
-                self.save_samples(samples)
-            if settings.checkpoint_every and current % settings.checkpoint_every == 0:
-                self.checkpoint()
-        bar.close()
+        try:  # the bar ends its line even when a step fails, so an error starts a line
+            while settings.max_steps is None or self.state.step < settings.max_steps:
+                if self._time_is_up(deadline):
+                    bar.write(f"time budget of {settings.minutes} min used up at step "
+                              f"{self.state.step}")
+                    break
+                self._one_step(step, batches)
+                bar.update(1)
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in self.state.running.items()},
+                                 "img": self.state.images_seen})
+                current = self.state.step
+                if settings.eval_every and current % settings.eval_every == 0:
+                    record, logged_at = self.log_evaluation(evaluate, bar.write), current
+                if settings.sample_every and current % settings.sample_every == 0:
+                    self.save_samples(samples)
+                if settings.checkpoint_every and current % settings.checkpoint_every == 0:
+                    self.checkpoint()
+        finally:
+            bar.close()
         if logged_at != self.state.step:
             record = self.log_evaluation(evaluate, self.print)
         self.checkpoint()
@@ -313,10 +315,12 @@ class Run:
         figures = {key: value / settings.grad_accum for key, value in sums.items()}
         for key, value in figures.items():
             if not math.isfinite(value):
+                kept = find_checkpoint(self.out)
                 raise TrainingDiverged(
-                    f"training stopped at step {self.state.step + 1}: {key} is {value}. The "
-                    f"last checkpoint in {self.out / 'checkpoint'} is intact; resume from it "
-                    "with --resume and a lower learning rate")
+                    f"training stopped at step {self.state.step + 1}: {key} is {value}. " + (
+                        f"The last checkpoint ({kept}) is intact; resume from it with --resume "
+                        "and a lower learning rate" if kept else "No checkpoint was written "
+                        "yet; start again with a lower learning rate"))
         for name, ema in self.emas.items():
             if name in self._stepped or name not in self.optimizers:
                 ema.update(self.unwrap(name), self.state.images_seen, images)

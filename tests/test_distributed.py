@@ -114,9 +114,8 @@ def test_two_processes_share_the_batches_of_one_process(tmp_path, folder):
 
 
 def test_eval_bpd_over_two_processes_counts_every_image_once(tmp_path, folder):
-    from imgtx.eval.bits_per_dim import evaluate_model
-
     from imgtx import ImageTransformer, get_config
+    from imgtx.eval.bits_per_dim import evaluate_model
 
     torch.manual_seed(0)
     ImageTransformer(get_config("tiny")).save_pretrained(tmp_path / "model")
@@ -166,3 +165,28 @@ def test_a_gan_on_the_shared_run_shares_the_batches_too(tmp_path):
         assert max_difference(shared, exported("one-by-2", name)) > 1e-4, name
     progress = json.loads((tmp_path / "two-by-2" / "run" / "progress.json").read_text())
     assert progress["images_seen"] == 3 * 2 * 2
+
+
+def test_sr_eval_over_two_processes_equals_one_process(tmp_path, folder):
+    """Bits/dim, greedy (temperature 0) PSNR/SSIM and the bicubic baseline, gathered over two
+    processes, on 5 test images: the figures of one process, every image counted once. (At a
+    temperature above 0 the draws depend on how the images are batched, so only temperature 0
+    is comparable across process counts.)"""
+    from imgtx.sr.configs import get_config as sr_config
+    from imgtx.sr.evaluate import evaluate_model
+    from imgtx.sr.model import SuperResolutionTransformer
+
+    torch.manual_seed(0)
+    SuperResolutionTransformer(sr_config("tiny")).save_pretrained(tmp_path / "sr")
+    result = torchrun("sr", "eval", "--model", str(tmp_path / "sr"), "--data", str(folder),
+                      "--batch-size", "2", "--temperature", "0", "--json", "--threads", "1",
+                      cwd=tmp_path)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # the main process reports
+    shared = json.loads(lines[0])
+    alone = evaluate_model(str(tmp_path / "sr"), str(folder), batch_size=2, temperature=0,
+                           progress=False)
+    assert shared["num_images"] == alone["num_images"] == 5
+    for key in ("bits_per_dim", "bits_per_dim_ci95", "psnr", "ssim", "bicubic_psnr",
+                "psnr_minus_bicubic"):
+        assert shared[key] == pytest.approx(alone[key], abs=1e-5), key

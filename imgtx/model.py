@@ -31,6 +31,7 @@ from imgtx.attention import (
     set_backend,
 )
 from imgtx.configs import ImageTransformerConfig
+from imgtx.fused_step import FusedStep
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
@@ -277,10 +278,12 @@ class ImageTransformer(HubModel):
         return nats / (3 * self.config.image_size**2 * LN2)
 
     def incremental_decoder(self, batch: int, *, labels: torch.Tensor | None = None,
-                            context: torch.Tensor | None = None,
-                            side=None) -> IncrementalDecoder:
-        """A :class:`IncrementalDecoder` for ``batch`` sequences (same arguments as forward)."""
-        return IncrementalDecoder(self, batch, labels=labels, context=context, side=side)
+                            context: torch.Tensor | None = None, side=None, fused: bool = True,
+                            compile: bool = False) -> IncrementalDecoder:
+        """A :class:`IncrementalDecoder` for ``batch`` sequences (same arguments as forward;
+        ``fused``/``compile``: see :class:`IncrementalDecoder`)."""
+        return IncrementalDecoder(self, batch, labels=labels, context=context, side=side,
+                                  fused=fused, compile=compile)
 
 
 class IncrementalDecoder:
@@ -291,11 +294,14 @@ class IncrementalDecoder:
     ``torch.no_grad()`` with the model in eval mode.
 
     Cost per position: one query against each layer's cache (O(b) for local 1D blocks of b).
+    With ``fused`` (default) plain layers run as :class:`imgtx.fused_step.FusedStep` (about 18
+    ops a layer instead of 45, same result to float rounding); ``compile`` also compiles their
+    fixed-shape part with :func:`torch.compile` (off by default: it did not pay on CPU).
     """
 
     def __init__(self, model: ImageTransformer, batch: int, *,
                  labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                 side=None) -> None:
+                 side=None, fused: bool = True, compile: bool = False) -> None:
         parameter = next(model.parameters())
         self.model, self.length, self.position = model, model.config.sequence_length, 0
         self.caches = [layer.attn.new_cache(batch, self.length, parameter.device,
@@ -308,6 +314,12 @@ class IncrementalDecoder:
         self.previous = torch.zeros(batch, 1, model.config.hidden_size, device=parameter.device,
                                     dtype=parameter.dtype)
         self.waiting_for_value = False
+        # Fused steps (imgtx.fused_step) when every layer is a plain one and the model is in
+        # eval mode (dropout off); otherwise each layer's own step.
+        self.fused = None
+        if fused and not model.training and all(FusedStep.supports(layer)
+                                                for layer in model.layers):
+            self.fused = [FusedStep(layer, compile=compile) for layer in model.layers]
 
     def _here(self) -> tuple[slice, torch.Tensor | None]:
         here = slice(self.position, self.position + 1)
@@ -327,8 +339,14 @@ class IncrementalDecoder:
             x = x + own
         if self.cond is not None:
             x = x + self.cond
-        for layer, cache, context_kv in zip(model.layers, self.caches, self.context_kvs):
-            x = layer.step(x, cache, context_kv)  # (B, 1, D)
+        if self.fused is not None:
+            x = x[:, 0]  # (B, D)
+            for step, cache, context_kv in zip(self.fused, self.caches, self.context_kvs):
+                x = step(x, cache, context_kv)  # (B, D)
+            x = x[:, None]
+        else:
+            for layer, cache, context_kv in zip(model.layers, self.caches, self.context_kvs):
+                x = layer.step(x, cache, context_kv)  # (B, 1, D)
         self.waiting_for_value = True
         return model.head_outputs(x, side)[:, 0]
 

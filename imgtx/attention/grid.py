@@ -13,7 +13,7 @@ import functools
 import torch
 
 __all__ = ["block_raster_coords", "raster_to_block_raster", "block_raster_to_raster",
-           "local2d_tables"]
+           "local2d_tables", "local2d_flanges"]
 
 
 def block_raster_coords(height: int, width: int, query_shape: tuple[int, int]
@@ -85,3 +85,22 @@ def local2d_tables(height: int, width: int, query_shape: tuple[int, int],
     window = top_flange | left_flange | (in_block & (key_raster <= query_raster))  # (Q, M)
     mask = window[None, :, :] & inside[:, None, :]
     return index, mask
+
+
+@functools.lru_cache(maxsize=64)
+def local2d_flanges(height: int, width: int, query_shape: tuple[int, int],
+                    memory_flange: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """For each query block, the sequence positions of its memory slots outside the block that
+    some query of the block sees: the top and left flange, inside the image. These are all in
+    earlier blocks and every query of the block sees all of them (T2T's block raster mask); the
+    right flange (a later block) is never visible and is left out. One ``(F_b,)`` long tensor per
+    block, slots in raster order over the memory window."""
+    qh, qw = query_shape
+    fh, fw = memory_flange
+    index, mask = local2d_tables(height, width, query_shape, memory_flange)
+    mh, mw = qh + fh, qw + 2 * fw
+    my = torch.arange(mh).repeat_interleave(mw)  # (M,)
+    mx = torch.arange(mw).repeat(mh)
+    in_block = (my >= fh) & (mx >= fw) & (mx < fw + qw)
+    visible = mask.any(dim=1) & ~in_block  # (nb, M): flange slots seen by the block's queries
+    return tuple(index[b][visible[b]] for b in range(index.shape[0]))

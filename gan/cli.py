@@ -1,6 +1,13 @@
 """``imgtx gan``: transformer GANs on the command line.
 
     imgtx gan info --config NAME|all [--json]
+    imgtx gan train --config NAME --data SPEC --out DIR [--max-steps N | --kimg K | --minutes M]
+                    [--loss wgan-gp|hinge|logistic-r1] [--n-critic N] [--grad-accum K]
+                    [--mixed-precision bf16] [--set checkpoint_blocks=true] [--resume] [...]
+    imgtx gan sample --model DIR_OR_ID --num N (--out grid.png | --out-dir DIR) [--seed S]
+                     [--class-label C] [--device D]
+    imgtx gan eval --model DIR_OR_ID --data SPEC --split test --num-samples N
+                   [--features NAME] [--baselines] [--json]
 
 ``imgtx.cli`` calls :func:`register` with its subparsers. Parameter counts are taken on the meta
 device, so even the 256^2 models are counted without allocating their weights.
@@ -10,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
 import torch
+
+from imgtx.errors import UserError
 
 __all__ = ["register", "info_rows", "build_gan"]
 
@@ -55,7 +65,6 @@ def build_gan(name: str, device: str | torch.device | None = None, **generator_o
 def info_rows(names: list[str]) -> list[dict]:
     """Per config: name, source, generator/discriminator parameter counts and both configs."""
     from imgtx.gan.configs import gan_entry
-
     from imgtx.hub import parameter_count
 
     rows = []
@@ -90,6 +99,169 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# train, sample, eval
+# --------------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    import copy
+
+    from imgtx.cli import apply_overrides
+    from imgtx.gan.configs import gan_entry
+    from imgtx.gan.train import settings_from_registry, train_gan
+
+    entry = gan_entry(args.config)
+    generator, discriminator = copy.deepcopy(entry.config), copy.deepcopy(entry.discriminator)
+    apply_overrides(generator, args.set)
+    apply_overrides(discriminator, args.set_d)
+    loss_options = {}
+    for pair in args.loss_option or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise UserError(f"--loss-option {pair!r}: expected NAME=NUMBER, e.g. r1_gamma=1")
+        try:
+            loss_options[key] = float(raw)
+        except ValueError:
+            raise UserError(f"--loss-option {pair!r}: {raw!r} is not a number") from None
+    given = {name: getattr(args, name) for name in (
+        "data", "out", "max_steps", "minutes", "kimg", "batch_size", "grad_accum", "loss", "lr",
+        "lr_d", "warmup", "n_critic", "ema_kimg", "ema_warmup", "mixed_precision", "eval_every",
+        "sample_every", "checkpoint_every", "num_samples", "fid_every", "fid_samples",
+        "fid_data", "fid_split", "features", "resume", "seed", "threads", "num_workers",
+        "report_to")}
+    given["clip_grad_norm"] = None if args.clip_grad_norm == 0 else args.clip_grad_norm
+    if loss_options:
+        given["loss_options"] = loss_options
+    settings = settings_from_registry(entry.train, **given)
+    if args.clip_grad_norm == 0:
+        settings.clip_grad_norm = None
+    final = train_gan(generator, discriminator, settings)
+    print(json.dumps({"final": str(final), "config": args.config}))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import time
+
+    from imgtx.cli import default_device
+    from imgtx.gan.sample import load_generator, write_samples
+
+    if (args.out is None) == (args.out_dir is None):
+        raise UserError("give exactly one of --out GRID.png and --out-dir DIR")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = load_generator(args.model, default_device(args.device))
+    start = time.time()
+    summary = write_samples(generator, args.num, out=args.out, out_dir=args.out_dir,
+                            seed=args.seed, class_label=args.class_label,
+                            batch_size=args.batch_size, scale=args.scale)
+    summary["seconds"] = round(time.time() - start, 3)
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from imgtx.cli import default_device
+    from imgtx.gan.evaluate import evaluate_generator
+    from imgtx.gan.sample import load_generator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = default_device(args.device)
+    generator = load_generator(args.model, device)
+    result = evaluate_generator(generator, args.data, args.split, args.num_samples,
+                                args.features, baselines=args.baselines,
+                                batch_size=args.batch_size, device=device, seed=args.seed)
+    result["model"] = args.model
+    if not args.json:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+        print(f"{args.model} vs {args.data} {args.split}: {shown}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a GAN pair on the shared run (accelerate)")
+    p.add_argument("--config", required=True, help="registry name, e.g. transgan-cifar10")
+    p.add_argument("--data", help="builtin:photos32 | builtin:digits | a folder | a Hub id")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--max-steps", type=int, help="D steps (G steps every n_critic of them)")
+    p.add_argument("--kimg", type=float, help="budget in thousands of real images")
+    p.add_argument("--minutes", type=float, help="wall-clock budget")
+    p.add_argument("--batch-size", type=int, help="real images per process and micro-batch "
+                   "(default: the config's)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--loss", choices=["wgan-gp", "hinge", "logistic-r1"])
+    p.add_argument("--loss-option", action="append", metavar="NAME=NUMBER",
+                   help="e.g. gp_weight=10, drift=0.001, r1_gamma=1")
+    p.add_argument("--lr", type=float, help="Adam learning rate of G (and D)")
+    p.add_argument("--lr-d", type=float, help="D's learning rate (default: --lr)")
+    p.add_argument("--warmup", type=int, help="optimiser steps of linear LR warm-up")
+    p.add_argument("--n-critic", type=int, help="D steps per G step")
+    p.add_argument("--clip-grad-norm", type=float, help="0 turns clipping off (default 5)")
+    p.add_argument("--ema-kimg", type=float, help="EMA half-life of G in thousands of images")
+    p.add_argument("--ema-warmup", type=float, help="half-life cap: this x images seen")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--eval-every", type=int, help="steps between metrics.jsonl lines")
+    p.add_argument("--sample-every", type=int, help="steps between sample grids")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--num-samples", type=int, help="images per sample grid")
+    p.add_argument("--fid-every", type=int, help="steps between FID/KID ticks (0: none)")
+    p.add_argument("--fid-samples", type=int, help="images per FID/KID tick")
+    p.add_argument("--fid-data", help="real images of the ticks (default: --data)")
+    p.add_argument("--fid-split", help="split of --fid-data (default: test)")
+    p.add_argument("--features", help="FID feature extractor (default: imgtx-small)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue from OUT/checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--num-workers", type=int, help="data-loading processes")
+    p.add_argument("--report-to", choices=["none", "tensorboard", "wandb", "all"])
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a generator config field, e.g. --set checkpoint_blocks=true "
+                   "(num_classes and checkpoint_blocks apply to D too)")
+    p.add_argument("--set-d", action="append", metavar="FIELD=VALUE",
+                   help="override a discriminator config field, e.g. --set-d diffaug=color")
+    p.set_defaults(func=_train)
+
+
+def _add_sample_parser(sub) -> None:
+    from imgtx.cli import add_device_arguments
+
+    p = sub.add_parser("sample", help="images from a trained generator")
+    p.add_argument("--model", required=True, help="generator folder or Hub id")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--out", help="one grid PNG")
+    p.add_argument("--out-dir", help="N separate PNGs (for external FID tools)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-label", type=int, help="class of every sample (conditional models)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--scale", type=int, default=1, help="enlarge the grid for viewing")
+    add_device_arguments(p)
+    p.set_defaults(func=_sample)
+
+
+def _add_eval_parser(sub) -> None:
+    from imgtx.cli import add_device_arguments
+
+    p = sub.add_parser("eval", help="FID/KID (IS, class accuracy) of a generator")
+    p.add_argument("--model", required=True, help="generator folder or Hub id")
+    p.add_argument("--data", default="builtin:photos32", help="real images")
+    p.add_argument("--split", default="test")
+    p.add_argument("--num-samples", type=int, default=512)
+    p.add_argument("--features", default="imgtx-small",
+                   help="imgtx-small (offline, ships) | inception | PATH.pt | random")
+    p.add_argument("--baselines", action="store_true",
+                   help="add untrained_fid/kid (same config, fresh) and floor_fid (real train "
+                   "vs test)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    add_device_arguments(p)
+    p.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
+    p.set_defaults(func=_eval)
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``gan`` command group to ``imgtx``'s subparsers; returns the group's parser
     (other modules add their subcommands to ``parser.gan_subparsers``)."""
@@ -100,4 +272,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config name, or 'all'")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=_info)
+    _add_train_parser(sub)
+    _add_sample_parser(sub)
+    _add_eval_parser(sub)
     return parser

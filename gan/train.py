@@ -1,0 +1,246 @@
+"""GAN training (TransGAN, STrans) on the shared :class:`imgtx.training.Run`.
+
+``imgtx gan train`` is :func:`train_gan`. One run step is one discriminator optimiser step on a
+global batch (``batch_size x processes x grad_accum`` real images); every ``n_critic``-th run step
+also takes a generator step (:class:`imgtx.gan.step.GANStep`). Both steps of a micro-batch happen
+inside the run's one ``accelerator.accumulate(G, D)``, with D frozen during the G step, so that
+gradient accumulation counts micro-batches once for both networks.
+
+The defaults are TransGAN's (Jiang et al. 2021; VITA-Group/TransGAN ``exps/cifar_train.py``,
+``functions.py``): WGAN-GP with the drift term, Adam(1e-4, betas (0, 0.99)) for both networks,
+gradient-norm clipping at 5, an EMA of G. A named config's registry entry (``train``) overrides
+them, and explicit settings override both. The EMA half-life is given in thousands of images
+(``ema_kimg``), with a warm-up that caps it at ``ema_warmup x images seen`` (Karras et al. 2020,
+StyleGAN2-ADA ``ema_kimg``/``ema_rampup``).
+
+The run directory holds ``metrics.jsonl`` (losses, ``kimg``, FID/KID ticks), ``metrics.png``,
+``samples/step_*.png`` (EMA G on a fixed latent), ``checkpoint/`` (``--resume``) and ``final/``:
+the EMA generator (``config.json``, ``model.safetensors``, model card) with the discriminator in
+``final/discriminator/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgtx.errors import UserError, check_at_least, check_positive
+from imgtx.gan.losses import LOSSES, make_loss
+from imgtx.gan.step import GANStep
+from imgtx.training import EMASettings, Run, RunSettings, Schedule
+
+__all__ = ["GANTrainSettings", "build_models", "settings_from_registry", "train_gan",
+           "DEFAULTS", "GENERATOR_DIR", "DISCRIMINATOR_DIR"]
+
+GENERATOR_DIR = "."  # final/ itself holds the EMA generator
+DISCRIMINATOR_DIR = "discriminator"
+
+# TransGAN's training settings (exps/cifar_train.py, functions.py); the registry entry and the
+# user override them in that order.
+DEFAULTS: dict[str, Any] = {"loss": "wgan-gp", "lr": 1e-4, "betas": (0.0, 0.99), "n_critic": 4,
+                            "clip_grad_norm": 5.0, "batch_size": 32, "ema_kimg": 10.0,
+                            "ema_warmup": 0.05}
+
+
+@dataclass
+class GANTrainSettings(RunSettings):
+    """Everything ``imgtx gan train`` takes besides the model configs. ``max_steps`` counts D
+    steps; ``kimg`` (thousands of real images shown to D) is another budget."""
+
+    data: str = "builtin:photos32"
+    kimg: float | None = None  # budget in thousands of real images (sets max_steps)
+    loss: str = "wgan-gp"  # "wgan-gp" | "hinge" | "logistic-r1" (imgtx.gan.losses)
+    loss_options: dict = field(default_factory=dict)  # e.g. {"gp_weight": 10}, {"r1_gamma": 1}
+    lr: float = 1e-4  # G's learning rate (Adam)
+    lr_d: float | None = None  # D's learning rate (default: lr)
+    betas: tuple[float, float] = (0.0, 0.99)
+    warmup: int = 0  # optimiser steps of linear LR warm-up (each network counts its own)
+    n_critic: int = 4  # D steps per G step
+    clip_grad_norm: float | None = 5.0  # gradient-norm clipping of both networks (None: off)
+    ema_kimg: float = 10.0  # EMA half-life of G in thousands of images
+    ema_warmup: float | None = 0.05  # half-life <= ema_warmup x images seen (None: no warm-up)
+    num_samples: int = 16  # images per sample grid (0: none)
+    fid_every: int = 0  # steps between FID/KID ticks of the EMA G (0: none)
+    fid_samples: int = 256  # generated (and real) images per tick
+    fid_data: str | None = None  # real images of the ticks (default: data)
+    fid_split: str = "test"
+    features: str = "imgtx-small"  # feature extractor (imgtx.eval.features.get_extractor)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.kimg is not None and self.max_steps is None:
+            check_positive("kimg", self.kimg)
+            self.max_steps = max(1, math.ceil(self.kimg * 1000 / self.images_per_step))
+        if self.fid_every and self.eval_every:  # FID ticks land on logged steps
+            self.eval_every = math.gcd(self.eval_every, self.fid_every)
+
+    @property
+    def images_per_step(self) -> int:
+        """Real images per D step on one process (``batch_size x grad_accum``)."""
+        return self.batch_size * self.grad_accum
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown GAN loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        check_positive("lr", self.lr)
+        check_positive("lr_d", self.lr_d)
+        check_at_least("n_critic", self.n_critic, 1)
+        check_at_least("warmup", self.warmup, 0)
+        check_positive("clip_grad_norm", self.clip_grad_norm)
+        check_positive("ema_kimg", self.ema_kimg)
+        check_positive("ema_warmup", self.ema_warmup)
+        check_at_least("num_samples", self.num_samples, 0)
+        check_at_least("fid_every", self.fid_every, 0)
+        check_at_least("fid_samples", self.fid_samples, 2)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+
+def settings_from_registry(entry_train: dict, **given: Any) -> GANTrainSettings:
+    """:class:`GANTrainSettings` from :data:`DEFAULTS`, then a registry entry's ``train`` dict
+    (keys that are settings: ``loss``, ``lr``, ``n_critic``, ``batch_size``, ...), then ``given``
+    (None values are skipped); validated."""
+    names = {f.name for f in fields(GANTrainSettings)}
+    values = {**DEFAULTS, **{k: v for k, v in entry_train.items() if k in names}}
+    values.update({k: v for k, v in given.items() if v is not None})
+    settings = GANTrainSettings(**values)
+    settings.validate()
+    return settings
+
+
+def _classes(config) -> tuple[type[nn.Module], type[nn.Module]]:
+    from imgtx.gan.configs import TransGANGeneratorConfig
+
+    if isinstance(config, TransGANGeneratorConfig):
+        from imgtx.gan.transgan import TransGANDiscriminator, TransGANGenerator
+
+        return TransGANGenerator, TransGANDiscriminator
+    from imgtx.gan.strans import STransDiscriminator, STransGenerator
+
+    return STransGenerator, STransDiscriminator
+
+
+def build_models(generator_config, discriminator_config) -> tuple[nn.Module, nn.Module]:
+    """Fresh ``(G, D)`` of either family; ``num_classes`` and ``checkpoint_blocks`` of the
+    generator config are copied to the discriminator's."""
+    d_config = copy.deepcopy(discriminator_config)
+    for name in ("num_classes", "checkpoint_blocks"):
+        if hasattr(d_config, name):
+            setattr(d_config, name, getattr(generator_config, name))
+    d_config.__post_init__()
+    g_class, d_class = _classes(generator_config)
+    return g_class(generator_config), d_class(d_config)
+
+
+def _train_source(settings: GANTrainSettings, image_size: int, num_classes: int):
+    from imgtx.data import load_images
+
+    source = load_images(settings.data, split="train", image_size=image_size, seed=settings.seed)
+    if len(source) < settings.batch_size:
+        raise UserError(f"{settings.data} has {len(source)} training images, fewer than the "
+                        f"batch size {settings.batch_size}; lower --batch-size")
+    if num_classes:
+        first = source[0]["label"]
+        if not 0 <= int(first) < num_classes:
+            raise UserError(f"the config is class-conditional ({num_classes} classes) but "
+                            f"{settings.data} gives label {int(first)}; train on labelled data "
+                            "(e.g. builtin:digits) or --set num_classes=0")
+    return source
+
+
+def train_gan(generator_config, discriminator_config, settings: GANTrainSettings) -> Path:
+    """Train a GAN pair on the shared run; returns ``final/`` (the EMA generator's folder).
+
+    Args:
+        generator_config, discriminator_config: configs of one family (TransGAN or STrans);
+            a conditional generator (``num_classes > 0``) makes both networks conditional and
+            takes its labels from the data.
+        settings: budget, optimiser, loss, EMA, sample and FID settings (validated here).
+    """
+    from imgtx.data import image_loader
+    from imgtx.hub import parameter_count
+
+    settings.validate()
+    if settings.fid_every:  # a missing extractor fails now, not after hours of training
+        from imgtx.eval.features import get_extractor
+
+        get_extractor(settings.features, "cpu")
+    run = Run(settings)  # seeds every generator before the models are built
+    num_classes = int(getattr(generator_config, "num_classes", 0) or 0)
+    source = _train_source(settings, generator_config.image_size, num_classes)
+    loader = image_loader(source, settings.batch_size, shuffle=True,
+                          num_workers=settings.num_workers, drop_last=True)
+    G, D = build_models(generator_config, discriminator_config)
+    lr_d = settings.lr_d or settings.lr
+    optimizers = {"G": torch.optim.Adam(G.parameters(), settings.lr, betas=settings.betas),
+                  "D": torch.optim.Adam(D.parameters(), lr_d, betas=settings.betas)}
+    schedules = {name: Schedule(settings.warmup, "constant") for name in optimizers}
+    ema = {"G": EMASettings(settings.ema_kimg * 1000, settings.ema_warmup)}
+    run.prepare({"G": G, "D": D}, optimizers, schedules, ema, data=loader)
+    run.write_json("settings.json", {"generator": asdict(G.config),
+                                     "discriminator": asdict(D.config),
+                                     "train": asdict(settings)})
+    run.print(f"G {parameter_count(G):,} / D {parameter_count(D):,} parameters; "
+              f"{len(source):,} training images; {settings.loss}, n_critic {settings.n_critic}; "
+              f"{run.num_processes} process(es)")
+    step = GANStep(make_loss(settings.loss, **settings.loss_options), settings.n_critic,
+                   settings.clip_grad_norm, G.config.latent_dim, num_classes)
+    record = run.fit(step, evaluate=lambda r: _evaluate(r, settings), samples=(
+        (lambda r: _samples(r, settings)) if settings.num_samples else None))
+    if settings.fid_every and "fid" not in record and run.is_main_process:  # stopped by time
+        record = run.log(_fid_tick(run, settings))
+    final = _export(run, settings, record)
+    if settings.num_samples:
+        run.save_samples(lambda r: _samples(r, settings))
+    run.end()
+    return final
+
+
+def _samples(run: Run, settings: GANTrainSettings) -> torch.Tensor:
+    """The EMA generator on the run's fixed latents: ``(num_samples, 3, H, W)`` uint8."""
+    return run.ema_model("G").generate(settings.num_samples, seed=settings.seed)
+
+
+def _fid_tick(run: Run, settings: GANTrainSettings) -> dict[str, float]:
+    from imgtx.gan.evaluate import evaluate_generator
+
+    result = evaluate_generator(run.ema_model("G"), settings.fid_data or settings.data,
+                                settings.fid_split, settings.fid_samples, settings.features,
+                                device=run.device, seed=settings.seed)
+    keys = ("fid", "kid", "kid_std", "class_accuracy")
+    return {key: float(result[key]) for key in keys if key in result}
+
+
+def _evaluate(run: Run, settings: GANTrainSettings) -> dict[str, float]:
+    """``kimg`` always; FID/KID of the EMA G every ``fid_every`` steps and at the end (computed
+    on the main process only, so the others log nothing extra)."""
+    figures = {"kimg": run.state.images_seen / 1000}
+    at_end = run.state.step == settings.max_steps  # a time budget's end: see train_gan
+    if settings.fid_every and (run.state.step % settings.fid_every == 0 or at_end):
+        if run.is_main_process:
+            figures.update(_fid_tick(run, settings))
+    return figures
+
+
+def _export(run: Run, settings: GANTrainSettings, record: dict) -> Path:
+    """``final/``: the EMA generator (with a model card) and ``final/discriminator``."""
+    metrics = {"training data": settings.data, "loss": settings.loss,
+               "D steps": run.state.step, "G steps": run.state.step // settings.n_critic,
+               "kimg": round(run.state.images_seen / 1000, 2),
+               "training hours": round(run.hours(), 3),
+               "EMA half-life (kimg)": settings.ema_kimg}
+    for key in ("fid", "kid"):
+        if key in record:
+            metrics[f"{key} ({settings.features}, {settings.fid_samples} samples, "
+                    f"{settings.fid_data or settings.data} {settings.fid_split})"] = \
+                round(record[key], 4)
+    final = run.export("G", ema=True, path=run.out / "final", metrics=metrics)
+    run.export("D", path=final / DISCRIMINATOR_DIR)
+    return final

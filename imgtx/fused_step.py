@@ -38,6 +38,21 @@ from imgtx.transformer import TransformerLayer
 
 __all__ = ["FusedStep"]
 
+# Below this many (batch x head) rows a step is bound by per-op overhead and SDPA's single fused
+# call is fastest; above it, SDPA's CPU kernel (tiled for long query blocks) lost to plain batched
+# matmuls for one query per row (docs/sampling.md).
+SDPA_MAX_ROWS = 32
+
+
+def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """One query per (batch, head): ``q`` ``(B, H, 1, E)`` over ``(B, H, M, E)`` keys/values ->
+    ``(B, H, 1, E)``; softmax attention with scale ``E ** -0.5``."""
+    if q.shape[0] * q.shape[1] < SDPA_MAX_ROWS:
+        return F.scaled_dot_product_attention(q, keys, values)
+    scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, 1, M)
+    return torch.matmul(torch.softmax(scores, dim=-1), values)
+
+
 Norm = tuple[tuple[int, ...], torch.Tensor | None, torch.Tensor | None, float]
 
 
@@ -121,7 +136,7 @@ class FusedStep:
                ) -> torch.Tensor:
         to_q, proj = self.cross
         q = to_q(h).view(h.shape[0], self.heads, 1, self.head_dim)
-        out = F.scaled_dot_product_attention(q, *context_kv)  # (B, H, 1, E)
+        out = _attend(q, *context_kv)  # (B, H, 1, E)
         return proj(out.view(h.shape[0], -1))
 
     def _ffn(self, h: torch.Tensor) -> torch.Tensor:
@@ -149,6 +164,6 @@ class FusedStep:
         h = F.layer_norm(x, *self.attn_norm) if self.pre_norm else x
         qkv = self.qkv(h).view(b, 3, self.heads, self.head_dim)
         keys, values = cache.append(qkv[:, 1], qkv[:, 2])  # (B, H, M, E) views
-        attended = F.scaled_dot_product_attention(qkv[:, 0, :, None], keys, values)
+        attended = _attend(qkv[:, 0, :, None], keys, values)
         context_k, context_v = context_kv if context_kv is not None else (None, None)
         return self._tail(x, attended.view(b, -1), context_k, context_v)

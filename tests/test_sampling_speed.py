@@ -44,16 +44,17 @@ def make_layer(pattern, norm: str, cross: bool, bias: bool = False) -> Transform
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
-def test_fused_step_equals_the_layer_step_and_forward(pattern, norm, cross):
+@pytest.mark.parametrize("batch", [2, 20], ids=["sdpa", "matmul"])  # 4 or 40 (batch, head) rows
+def test_fused_step_equals_the_layer_step_and_forward(pattern, norm, cross, batch):
     pattern, length = PATTERNS[pattern]
     layer = make_layer(pattern, norm, cross, bias=cross)
-    x = torch.randn(2, length, 16)
-    context = torch.randn(2, 5, 8) if cross else None
+    x = torch.randn(batch, length, 16)
+    context = torch.randn(batch, 5, 8) if cross else None
     with torch.no_grad():
         kv = layer.context_kv(context) if cross else None
         full = layer(x, kv)  # (B, N, D)
-        fused, cache = FusedStep(layer), layer.attn.new_cache(2, length)
-        plain_cache = layer.attn.new_cache(2, length)
+        fused, cache = FusedStep(layer), layer.attn.new_cache(batch, length)
+        plain_cache = layer.attn.new_cache(batch, length)
         for t in range(length):
             got = fused(x[:, t], cache, kv)  # (B, D)
             plain = layer.step(x[:, t : t + 1], plain_cache, kv)[:, 0]

@@ -138,6 +138,10 @@ class TransGANBlock(nn.Module):
         super().__init__()
         self.side, self.extra_tokens = side, extra_tokens
         windowed = 0 < window < side
+        tokens = side * side + extra_tokens
+        #: attention scores per sample (heads x queries x visible keys): what SDPA's math path
+        #: materialises (a learned bias forces it), several times over in the backward pass.
+        self.scores_per_sample = heads * tokens * (window * window if windowed else tokens)
         if windowed and extra_tokens:
             raise ValueError("window attention cannot include extra (cls) tokens")
         pattern = Window(side, side, window) if windowed else Full()
@@ -191,24 +195,46 @@ class _SDPAKernels:
         self.active.pop().__exit__(*exc)
 
 
+#: With checkpointing, a block whose batch would hold more attention scores than this is run
+#: (and recomputed) in batch slices, so the backward pass's transient scores stay below it.
+CHECKPOINT_SCORE_BUDGET = 1 << 25  # 32M floats: 128 MB per score tensor in fp32
+
+
+def _slices(batch: int, block: nn.Module) -> list[slice]:
+    per_sample = getattr(block, "scores_per_sample", 0)
+    step = max(1, CHECKPOINT_SCORE_BUDGET // per_sample) if per_sample else batch
+    return [slice(start, start + step) for start in range(0, batch, step)]
+
+
+def _part(t: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+    return None if t is None else t[part]
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, *, checkpointed: bool = False,
                cond: torch.Tensor | None = None,
                context: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply ``blocks`` in order; with ``checkpointed`` (and grad enabled) each block keeps
-    only its input and recomputes its activations in the backward pass
-    (``torch.utils.checkpoint``, non-reentrant). The recomputation replays the RNG state (noise
-    injection draws the same noise) and the SDPA kernel choice of the forward pass (a gradient
-    penalty runs D on SDPA's math path, which the backward must recompute identically)."""
-    use_checkpoint = checkpointed and torch.is_grad_enabled()
-    if use_checkpoint:
-        replay = _SDPAKernels(_enabled_sdpa_backends())
+    """Apply ``blocks`` in order: ``x`` ``(B, N, D)`` -> ``(B, N, D)``.
 
-        def contexts():
-            return contextlib.nullcontext(), replay
+    With ``checkpointed`` (and grad enabled) each block keeps only its input and recomputes its
+    activations in the backward pass (``torch.utils.checkpoint``, non-reentrant). A block whose
+    attention scores for the batch exceed :data:`CHECKPOINT_SCORE_BUDGET` is checkpointed in
+    batch slices (exact: nothing in a block couples samples), so its recomputation never holds
+    the whole batch's scores. The recomputation replays the RNG state (noise injection draws the
+    same noise) and the SDPA kernel choice of the forward pass (a gradient penalty runs D on
+    SDPA's math path, which the backward must recompute identically).
+    """
+    if not (checkpointed and torch.is_grad_enabled()):
+        for block in blocks:
+            x = block(x, cond, context)
+        return x
+    replay = _SDPAKernels(_enabled_sdpa_backends())
+
+    def contexts():
+        return contextlib.nullcontext(), replay
 
     for block in blocks:
-        if use_checkpoint:
-            x = checkpoint(block, x, cond, context, use_reentrant=False, context_fn=contexts)
-        else:
-            x = block(x, cond, context)
+        parts = [checkpoint(block, x[part], _part(cond, part), _part(context, part),
+                            use_reentrant=False, context_fn=contexts)
+                 for part in _slices(x.shape[0], block)]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
     return x

@@ -23,6 +23,10 @@ Shapes: B batch, N = side^2 tokens in raster order, D width, L latent width, C c
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from imgtx.attention import set_backend
+from imgtx.errors import UserError
 from imgtx.gan.blocks import (
     PatchEmbed,
     TransGANBlock,
@@ -39,10 +43,6 @@ from imgtx.gan.conditioning import (
 )
 from imgtx.gan.configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
 from imgtx.gan.diffaugment import diff_augment
-from torch import nn
-
-from imgtx.attention import set_backend
-from imgtx.errors import UserError
 from imgtx.hub import HubModel
 from imgtx.transformer import PixelNorm
 

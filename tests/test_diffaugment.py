@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from imgtx.errors import UserError
 from imgtx.gan.diffaugment import (
     AUGMENTATIONS,
     brightness,
@@ -12,8 +14,6 @@ from imgtx.gan.diffaugment import (
     hue,
     translation,
 )
-
-from imgtx.errors import UserError
 
 OPS = sorted(AUGMENTATIONS)
 

@@ -7,6 +7,9 @@ import dataclasses
 
 import pytest
 import torch
+from torch import nn
+
+from imgtx.errors import UserError
 from imgtx.gan.configs import TRANSGAN_CONFIGS
 from imgtx.gan.losses import (
     HingeLoss,
@@ -17,9 +20,6 @@ from imgtx.gan.losses import (
     r1_penalty,
 )
 from imgtx.gan.transgan import TransGANDiscriminator
-from torch import nn
-
-from imgtx.errors import UserError
 
 
 class LinearCritic(nn.Module):

@@ -16,6 +16,8 @@ another resolution is a different quantity), so data of another size is a clear 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import sys
 import time
@@ -24,17 +26,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim
-from imgtx.eval.stats import mean_and_ci95
 from tqdm.auto import tqdm
 
 from imgtx.data import ImageDataError, image_loader, load_images
 from imgtx.errors import check_at_least
+from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim
+from imgtx.eval.stats import mean_and_ci95
 from imgtx.model import ImageTransformer
 
 __all__ = ["evaluate_model", "evaluate_images", "per_image_values", "mean_bits_per_dim"]
 
 LN2 = math.log(2.0)
+TRIM_EVERY = 16  # batches between hand-backs of freed heap memory (see _release_freed_memory)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Give heap memory that freed tensors left behind back to the system. glibc raises its
+    mmap threshold to the size of each large block freed (up to 32 MB), so a loop of
+    medium-sized tensors comes to allocate them on the heap, whose freed pieces it keeps: over
+    20,000 images of a small model that grew the resident memory by ~100 MB, without any object
+    being kept. ``malloc_trim(0)`` returns those pieces and costs about a millisecond."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _load_model(model: str | Path | ImageTransformer, device: str | None
@@ -102,6 +125,9 @@ def per_image_values(batches: Iterable[dict], score: Callable[[dict], dict[str, 
         count += size
         if bar is not None:
             bar.update(size)
+        batches_seen = len(next(iter(columns.values()), ()))
+        if batches_seen % TRIM_EVERY == 0:
+            _release_freed_memory()  # peak memory independent of the number of images
     return {name: torch.cat(parts) for name, parts in columns.items()}
 
 

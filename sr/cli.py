@@ -22,11 +22,10 @@ __all__ = ["register"]
 
 
 def _info(args: argparse.Namespace) -> int:
-    from imgtx.sr.configs import CONFIGS, get_config
-    from imgtx.sr.model import SuperResolutionTransformer
-
     from imgtx.cli import get_named_config
     from imgtx.hub import parameter_count
+    from imgtx.sr.configs import CONFIGS, get_config
+    from imgtx.sr.model import SuperResolutionTransformer
 
     names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
@@ -46,10 +45,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from imgtx.cli import apply_overrides, get_named_config, train_settings
     from imgtx.sr.configs import CONFIGS, get_config
     from imgtx.sr.train import train
-
-    from imgtx.cli import apply_overrides, get_named_config, train_settings
 
     config = get_named_config(get_config, args.config)
     apply_overrides(config, args.set)
@@ -68,11 +66,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from imgtx.sr.model import SuperResolutionTransformer
-    from imgtx.sr.upscale import upscale_file
-
     from imgtx.cli import default_device
     from imgtx.images import read_image
+    from imgtx.sr.model import SuperResolutionTransformer
+    from imgtx.sr.upscale import upscale_file
 
     read_image(args.input)  # a missing or corrupt input fails before the model is loaded
     model = SuperResolutionTransformer.from_pretrained(args.model,
@@ -86,9 +83,8 @@ def _upscale(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from imgtx.sr.evaluate import evaluate_model
-
     from imgtx.cli import launch_accelerator
+    from imgtx.sr.evaluate import evaluate_model
 
     accelerator = launch_accelerator(args.device)
     result = evaluate_model(args.model, args.data, args.split, limit=args.limit,

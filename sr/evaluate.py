@@ -22,16 +22,16 @@ import time
 
 import numpy as np
 import torch
-from imgtx.eval.bits_per_dim import mean_bits_per_dim, per_image_values
-from imgtx.eval.image_metrics import psnr, ssim, upscale_bicubic, upscale_nearest
-from imgtx.eval.stats import mean_and_ci95
-from imgtx.sr.model import SuperResolutionTransformer, make_low_res
-from imgtx.sr.upscale import upscale_batch
 from tqdm.auto import tqdm
 
 from imgtx.data import ImageDataError, image_loader, load_images
 from imgtx.errors import UserError
+from imgtx.eval.bits_per_dim import mean_bits_per_dim, per_image_values
+from imgtx.eval.image_metrics import psnr, ssim, upscale_bicubic, upscale_nearest
+from imgtx.eval.stats import mean_and_ci95
 from imgtx.images import make_grid, save_image
+from imgtx.sr.model import SuperResolutionTransformer, make_low_res
+from imgtx.sr.upscale import upscale_batch
 
 __all__ = ["held_out_bits_per_dim", "sr_bits", "evaluate", "evaluate_model", "PSNR_CAP"]
 

@@ -16,16 +16,16 @@ import math
 from pathlib import Path
 
 import torch
+
+from imgtx.data import load_images
+from imgtx.errors import UserError
 from imgtx.eval.image_metrics import upscale_nearest
+from imgtx.images import make_grid
+from imgtx.likelihood import categorical_nll
 from imgtx.sr.configs import SuperResolutionConfig, get_config
 from imgtx.sr.evaluate import sr_bits
 from imgtx.sr.model import SuperResolutionTransformer, make_anchors, make_low_res
 from imgtx.sr.upscale import upscale_batch
-
-from imgtx.data import load_images
-from imgtx.errors import UserError
-from imgtx.images import make_grid
-from imgtx.likelihood import categorical_nll
 from imgtx.training.likelihood import TrainSettings, fit
 
 __all__ = ["train", "pair_loss", "init_decoder_from", "offset_log_prior", "DecoderInitError"]

@@ -10,6 +10,8 @@ block-raster for 2D.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -46,12 +48,17 @@ def _images_from_values(model: ImageTransformer, values: torch.Tensor) -> torch.
 def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
            labels: torch.Tensor | None = None, use_cache: bool = True,
            generator: torch.Generator | None = None, return_outputs: bool = False,
-           progress: bool = False, context: torch.Tensor | None = None, side=None):
+           progress: bool = False, context: torch.Tensor | None = None, side=None,
+           rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
     """Sample ``batch`` images in one batch.
 
     ``context`` ``(B, Nc, Dc)`` is the encoder output for a decoder built with ``context_dim``
     (super-resolution); ``side`` is the side information of a model that takes it (an anchored
     super-resolution decoder's anchors, :class:`imgtx.sr.anchor.AnchoredDecoder`).
+
+    ``rule``: at temperature 0 only, chooses each value instead of argmax from the head outputs
+    ``(B, 256)`` and this position's side values ``(B,)`` (model order), e.g.
+    :class:`imgtx.sr.anchor.StayNearAnchor`. Ignored at temperatures above 0.
 
     Returns images ``(B, 3, H, W)`` uint8, and with ``return_outputs`` also the head outputs used
     at every step, in model order ``(B, N, 256 | 10K)`` (for checking cache against recompute).
@@ -67,13 +74,22 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     decoder = None
     if use_cache:
         decoder = model.incremental_decoder(batch, labels=labels, context=context, side=side)
+    side_values = None
+    if rule is not None and temperature == 0:
+        side_values = model.side_values(side, batch)  # (B, N, ...) model order
+        if side_values is None:
+            raise ValueError("a decoding rule needs a model with side values (an anchored "
+                             "decoder's anchors)")
     for t in tqdm(range(n), desc="sampling", unit="pos", disable=not progress, leave=False):
         if decoder is not None:
             out = decoder.outputs()  # (B, 256 | 10K)
         else:
             images = _images_from_values(model, values)
             out = model.to_sequence(model(images, labels, context, side))[:, t]
-        values[:, t] = draw(out, config.likelihood, temperature, generator)
+        if side_values is not None:
+            values[:, t] = rule(out, side_values[:, t])
+        else:
+            values[:, t] = draw(out, config.likelihood, temperature, generator)
         if decoder is not None:
             decoder.feed(values[:, t])
         if return_outputs:

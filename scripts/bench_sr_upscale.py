@@ -1,6 +1,7 @@
 """Time a 4x upscale of a 256x256 photo (to 1024x1024) with the shipped SR checkpoint.
 
     python scripts/bench_sr_upscale.py --model checkpoints/sr-photos-8to32-small --json
+    python scripts/bench_sr_upscale.py --size 64 --plain-step --json   # short; the unfused step
 
 The input is scikit-image's bundled ``astronaut`` (512x512) area-downscaled to 256x256, so no
 download is needed. Writes the upscale and a bicubic comparison under ``--out`` and prints a final
@@ -29,11 +30,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="input side in pixels")
     parser.add_argument("--batch-size", type=int, default=128, help="tiles decoded together")
     parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--plain-step", action="store_true",
+                        help="decode with each layer's own step instead of the fused one "
+                        "(imgtx.fused_step), to compare the two")
     parser.add_argument("--out", default="runs/bench_sr_upscale")
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed)")
     args = parser.parse_args()
 
     from skimage import data
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.plain_step:
+        from imgtx.fused_step import FusedStep
+
+        FusedStep.supports = staticmethod(lambda layer: False)
 
     photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).contiguous()  # (3, 512, 512)
     factor = photo.shape[1] // args.size
@@ -51,7 +63,9 @@ def main() -> None:
     print(json.dumps({"input": list(image.shape[1:]), "output": list(out.shape[1:]),
                       "tiles": tiles, "batch_size": args.batch_size, "seconds": round(wall, 1),
                       "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
-                      "cores": os.cpu_count(), "model": args.model, "out": str(out_dir)}))
+                      "cores": os.cpu_count(), "plain_step": args.plain_step,
+                      "temperature": args.temperature, "load_average": os.getloadavg(),
+                      "model": args.model, "out": str(out_dir)}))
 
 
 if __name__ == "__main__":

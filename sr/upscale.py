@@ -21,6 +21,10 @@ temperature 0 an anchored model's output is seamless wherever it follows its anc
 one reproduces the whole-image bicubic upscale exactly). Edge padding only affects the last row
 and column of tiles and is cropped away.
 
+Temperature 0: an anchored model keeps each subpixel at its anchor unless it is confident of
+another value (:class:`imgtx.sr.anchor.StayNearAnchor`, :data:`DEFAULT_RULE`), so a smooth input
+stays smooth instead of drifting into streaks; ``rule=None`` gives plain argmax decoding.
+
 Reproducibility: with a ``seed`` the same image, temperature and batch size give the same output;
 temperature 0 (the most likely value of each subpixel, in decoding order) needs no seed.
 """
@@ -31,23 +35,38 @@ import time
 from pathlib import Path
 
 import torch
-from imgtx.sr.anchor import make_anchors
-from imgtx.sr.model import SuperResolutionTransformer
 from tqdm.auto import tqdm
 
 from imgtx.images import make_grid, read_image, save_image
 from imgtx.resample import upscale_bicubic
 from imgtx.sampling import decode
+from imgtx.sr.anchor import StayNearAnchor, make_anchors
+from imgtx.sr.model import SuperResolutionTransformer
 
-__all__ = ["upscale_batch", "upscale_tiles", "split_tiles", "pad_to_tiles", "stitch_tiles",
-           "upscale_image", "upscale_file"]
+__all__ = ["DEFAULT_RULE", "upscale_batch", "upscale_tiles", "split_tiles", "pad_to_tiles",
+           "stitch_tiles", "upscale_image", "upscale_file"]
+
+
+DEFAULT_RULE = StayNearAnchor()  # anchored models at temperature 0 (see "Temperature 0" above)
+
+
+def _rule(model: SuperResolutionTransformer, rule):
+    """The temperature-0 rule to use: ``"auto"`` is :data:`DEFAULT_RULE` for anchored models and
+    plain argmax (None) otherwise."""
+    if isinstance(rule, str):
+        if rule != "auto":
+            raise ValueError(f"rule must be 'auto', None or a StayNearAnchor, got {rule!r}")
+        return DEFAULT_RULE if model.config.anchor != "none" else None
+    if rule is not None and model.config.anchor == "none":
+        raise ValueError("a StayNearAnchor rule needs an anchored model (config.anchor)")
+    return rule
 
 
 @torch.no_grad()
 def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
                   use_cache: bool = True, return_logits: bool = False, progress: bool = False,
-                  anchors: torch.Tensor | None = None):
+                  anchors: torch.Tensor | None = None, rule: StayNearAnchor | str | None = "auto"):
     """Sample high-resolution images for a batch of model-sized inputs.
 
     Args:
@@ -61,6 +80,9 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
         return_logits: also return the logits used at every step, in the decoder's order
             ``(B, N, 256)`` (raster for 1D, block-raster for 2D).
         progress: show a progress bar over the subpixels being decoded.
+        rule: at temperature 0, how an anchored model picks each value: ``"auto"`` (default)
+            is :data:`DEFAULT_RULE`, a :class:`~imgtx.sr.anchor.StayNearAnchor` that keeps the
+            anchor unless the model is confident; None is plain argmax. Ignored above 0.
 
     Returns:
         ``(B, 3, H, W)`` uint8 (and the logits).
@@ -76,7 +98,7 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     context = model.encode(low_res)  # (B, Nin, D), once per batch
     result = decode(model.decoder, low_res.shape[0], temperature=temperature,
                     use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                    progress=progress, context=context, side=anchors)
+                    progress=progress, context=context, side=anchors, rule=_rule(model, rule))
     model.train(was_training)
     return result
 
@@ -84,11 +106,12 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
 def upscale_tiles(model: SuperResolutionTransformer, tiles: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
                   batch_size: int = 64, progress: bool = False,
-                  anchors: torch.Tensor | None = None) -> torch.Tensor:
+                  anchors: torch.Tensor | None = None,
+                  rule: StayNearAnchor | str | None = "auto") -> torch.Tensor:
     """Upscale ``(n, 3, h, w)`` uint8 model-sized tiles, ``batch_size`` at a time, with a
     progress bar over tiles (and one over the current batch's subpixels). ``anchors``
     ``(n, 3, H, W)``: the tiles' anchors for an anchored model (None: from each tile alone).
-    Returns ``(n, 3, H, W)`` uint8 on the CPU."""
+    ``rule``: see :func:`upscale_batch`. Returns ``(n, 3, H, W)`` uint8 on the CPU."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     outputs = []
@@ -98,7 +121,7 @@ def upscale_tiles(model: SuperResolutionTransformer, tiles: torch.Tensor, *,
             batch_anchors = None if anchors is None else anchors[start : start + batch_size]
             outputs.append(upscale_batch(model, batch, temperature=temperature,
                                          generator=generator, progress=progress,
-                                         anchors=batch_anchors).cpu())
+                                         anchors=batch_anchors, rule=rule).cpu())
             bar.update(len(batch))
     return torch.cat(outputs)
 
@@ -140,7 +163,8 @@ def stitch_tiles(tiles: torch.Tensor, grid: tuple[int, int], height: int,
 
 def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
                   temperature: float | None = None, seed: int | None = None,
-                  batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                  batch_size: int = 64, progress: bool = False,
+                  rule: StayNearAnchor | str | None = "auto") -> torch.Tensor:
     """Upscale one RGB image of any size by ``config.scale`` (tiled; see the module docstring).
 
     Args:
@@ -149,6 +173,7 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
         seed: seeds the sampling (None: torch's global generator).
         batch_size: tiles decoded together.
         progress: show a progress bar over tiles.
+        rule: the temperature-0 rule of anchored models, see :func:`upscale_batch`.
 
     Returns:
         ``(3, h * scale, w * scale)`` uint8.
@@ -166,7 +191,8 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
         whole = make_anchors(pad_to_tiles(image, config.input_size)[None], config)[0]
         anchors, _ = split_tiles(whole, config.output_size)
     upscaled = upscale_tiles(model, tiles, temperature=temperature, generator=generator,
-                             batch_size=batch_size, progress=progress, anchors=anchors)
+                             batch_size=batch_size, progress=progress, anchors=anchors,
+                            rule=rule)
     return stitch_tiles(upscaled, grid, image.shape[1] * config.scale,
                         image.shape[2] * config.scale)
 

@@ -190,3 +190,34 @@ def test_sr_eval_over_two_processes_equals_one_process(tmp_path, folder):
     for key in ("bits_per_dim", "bits_per_dim_ci95", "psnr", "ssim", "bicubic_psnr",
                 "psnr_minus_bicubic"):
         assert shared[key] == pytest.approx(alone[key], abs=1e-5), key
+
+
+GAN = ["gan", "train", "--config", "transgan-tiny", "--data", "builtin:digits", "--max-steps",
+       "2", "--n-critic", "1", "--eval-every", "0", "--checkpoint-every", "0", "--num-samples",
+       "0", "--threads", "1", "--seed", "1"]
+# Hinge loss, no DiffAugment and no noise injection in D: every random draw of a step is then
+# the latents, which GANStep draws for the global batch (Run.this_process). WGAN-GP's
+# interpolation weights, DiffAugment's per-image draws and D's injected noise are drawn for
+# each process's own images, so with them two processes train on other (equally distributed)
+# random numbers than one.
+DETERMINISTIC_GAN = ["--loss", "hinge", "--set-d", "diffaug=", "--set-d", "noise=false"]
+
+
+def test_gan_train_on_two_processes_equals_one_process_with_their_batch(tmp_path):
+    torchrun(*GAN, *DETERMINISTIC_GAN, "--out", str(tmp_path / "two-by-2"), "--batch-size", "2",
+             cwd=tmp_path)
+    for batch in (4, 2):
+        assert main([*GAN, *DETERMINISTIC_GAN, "--out", str(tmp_path / f"one-by-{batch}"),
+                     "--batch-size", str(batch)]) == 0
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    for part in ("", "discriminator"):  # G's EMA (the export) and D
+        shared = load_file(tmp_path / "two-by-2" / "final" / part / "model.safetensors")
+        assert max_difference(shared, load_file(
+            tmp_path / "one-by-4" / "final" / part / "model.safetensors")) <= 1e-5, part
+        assert max_difference(shared, load_file(
+            tmp_path / "one-by-2" / "final" / part / "model.safetensors")) > 1e-4, part
+    progress = json.loads((tmp_path / "two-by-2" / "progress.json").read_text())
+    assert progress["images_seen"] == 2 * 2 * 2

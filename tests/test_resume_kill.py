@@ -31,9 +31,10 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "PYTHONUNBUFFERED": "1"}
 STEPS = 12  # total optimiser steps; the kill lands after step 2..STEPS // 2
-COMMON = ["--max-steps", str(STEPS), "--batch-size", "2", "--checkpoint-every", "1",
-          "--eval-every", "0", "--eval-images", "2", "--threads", "1", "--seed", "3",
-          "--set", "dropout=0.1"]  # dropout: the RNG states must be restored too
+RUN = ["--max-steps", str(STEPS), "--batch-size", "2", "--checkpoint-every", "1",
+       "--eval-every", "0", "--threads", "1", "--seed", "3"]
+# Dropout: the RNG states must be restored too.
+COMMON = [*RUN, "--eval-images", "2", "--set", "dropout=0.1"]
 
 
 @pytest.fixture(autouse=True)
@@ -171,3 +172,11 @@ def test_a_kill_inside_a_save_leaves_the_previous_checkpoint_and_resume_is_exact
     assert main([*argv, "--out", str(killed), "--resume"]) == 0
     assert_bit_identical(final_weights(tmp_path / "straight"), final_weights(killed))
     assert not (killed / "checkpoint.partial").exists()
+
+
+def test_gan_train_killed_at_a_random_step_resumes_exactly(tmp_path):
+    """WGAN-GP, DiffAugment and D's noise injection (every random draw of TransGAN's recipe),
+    a G step every second D step, and G's EMA."""
+    kill_and_resume(tmp_path, ["gan", "train", "--config", "transgan-tiny", "--data",
+                               "builtin:digits", "--n-critic", "2", "--num-samples", "0",
+                               *RUN], seed=5, exported=("", "discriminator"))

@@ -33,7 +33,8 @@ def draw(outputs: torch.Tensor, likelihood: str, temperature: float,
         return dmol_sample(outputs, temperature, generator).long()
     if temperature == 0:
         return outputs.argmax(dim=-1)
-    probs = torch.softmax(outputs.float() / temperature, dim=-1)
+    logits = outputs.float()
+    probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 

@@ -197,7 +197,7 @@ class _SDPAKernels:
 
 #: With checkpointing, a block whose batch would hold more attention scores than this is run
 #: (and recomputed) in batch slices, so the backward pass's transient scores stay below it.
-CHECKPOINT_SCORE_BUDGET = 1 << 25  # 32M floats: 128 MB per score tensor in fp32
+CHECKPOINT_SCORE_BUDGET = 1 << 23  # 8M floats: 32 MB per score tensor in fp32
 
 
 def _slices(batch: int, block: nn.Module) -> list[slice]:

@@ -37,7 +37,8 @@ NUMBER_LIMITS = {
     "temperature": (0, True), "threads": (1, True), "num": (1, True), "grad_accum": (1, True),
     "eval_images": (1, True), "warmup": (0, True), "lr": (0, False), "scale": (1, True),
     "eval_every": (0, True), "sample_every": (0, True), "checkpoint_every": (0, True),
-    "num_samples": (0, True), "num_workers": (0, True),
+    "num_samples": (0, True), "num_workers": (0, True), "n_critic": (1, True),
+    "kimg": (0, False), "ema_kimg": (0, False), "fid_every": (0, True), "fid_samples": (2, True),
 }
 
 

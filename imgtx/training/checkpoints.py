@@ -8,17 +8,14 @@ middle of a save leaves the previous version whole. ``checkpoint/`` is accelerat
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 __all__ = ["RunState", "save_checkpoint", "find_checkpoint", "export_model", "export_run",
-           "batch_images", "discarded_on_failure"]
+           "batch_images"]
 
 
 class RunState:
@@ -49,23 +46,6 @@ def find_checkpoint(out: Path) -> Path | None:
         if (path / "custom_checkpoint_0.pkl").exists():
             return path
     return None
-
-
-@contextmanager
-def discarded_on_failure(out: str | Path) -> Iterator[None]:
-    """Remove run directory ``out`` when the block raises before the run saved a checkpoint and
-    ``out`` did not exist when the block began: a run that fails to start (unreadable data, too
-    few images, ...) leaves nothing behind, while one that saved a checkpoint keeps it, to be
-    resumed once the cause is fixed. Only the main process (``RANK`` 0) removes."""
-    out = Path(out)
-    existed = out.exists()
-    try:
-        yield
-    except Exception:
-        if (not existed and int(os.environ.get("RANK", "0")) == 0
-                and find_checkpoint(out) is None):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def save_checkpoint(accelerator, out: Path, state: RunState) -> Path:

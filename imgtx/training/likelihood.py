@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from imgtx.errors import UserError, check_at_least, check_positive
-from imgtx.training.checkpoints import discarded_on_failure
 from imgtx.training.run import Run
 from imgtx.training.schedules import SCHEDULES, Schedule
 from imgtx.training.settings import RunSettings
@@ -73,15 +72,9 @@ def fit(build_model: Callable[[], nn.Module], settings: TrainSettings, train_sou
         samples: ``samples(model, count, seed) -> (count, 3, H, W) uint8`` images for the sample
             grids, or None for no grids.
 
-    A run that fails before its first checkpoint removes the run directory it made.
+    A run that fails before its first checkpoint removes the run directory it made
+    (:meth:`imgtx.training.Run.fit`).
     """
-    with discarded_on_failure(settings.out):
-        return _fit(build_model, settings, train_source, eval_source, loss=loss, bits=bits,
-                    samples=samples)
-
-
-def _fit(build_model, settings: TrainSettings, train_source, eval_source, *, loss, bits,
-         samples) -> Path:
     from imgtx.data import image_loader
     from imgtx.eval.bits_per_dim import mean_bits_per_dim
     from imgtx.hub import parameter_count

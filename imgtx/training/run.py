@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ class Run:
         self.emas: dict[str, EMA] = {}
         self.data = None
         self._stepped: set[str] = set()
+        self._made_out = False
         self._start, self._hours_before = time.time(), 0.0
         if models is not None:
             self.prepare(models, optimizers or {}, schedules, ema, data)
@@ -113,6 +115,7 @@ class Run:
         # Registration order is the order of custom_checkpoint_<i>.pkl: keep it fixed.
         self.accelerator.register_for_checkpointing(
             self.state, *self.schedulers.values(), *self.emas.values())
+        self._made_out = not self.out.exists()  # a failed start removes what it made (fit)
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
         if self.settings.resume:
@@ -266,7 +269,21 @@ class Run:
         every ``sample_every`` steps ``samples(run)`` (main process only) gives images
         ``(N, 3, H, W)`` uint8 for ``samples/step_<step>.png``; every ``checkpoint_every`` steps
         and at the end the state is saved to ``checkpoint/``.
+
+        When a step fails (unreadable data, a non-finite loss, ...) before any checkpoint was
+        saved, the run directory is removed if this run made it; a run with a checkpoint keeps
+        it, to resume from.
         """
+        try:
+            return self._fit(step, evaluate, samples)
+        except Exception:
+            if (self._made_out and self.accelerator.is_main_process
+                    and find_checkpoint(self.out) is None):
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _fit(self, step: StepFunction, evaluate: Callable[[Run], dict] | None,
+             samples: Callable[[Run], torch.Tensor] | None) -> dict:
         settings, accelerator = self.settings, self.accelerator
         self._start = time.time()
         deadline = self._start + 60 * settings.minutes if settings.minutes else None

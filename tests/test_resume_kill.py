@@ -180,3 +180,30 @@ def test_gan_train_killed_at_a_random_step_resumes_exactly(tmp_path):
     kill_and_resume(tmp_path, ["gan", "train", "--config", "transgan-tiny", "--data",
                                "builtin:digits", "--n-critic", "2", "--num-samples", "0",
                                *RUN], seed=5, exported=("", "discriminator"))
+
+
+def test_a_save_after_resuming_from_the_old_checkpoint_keeps_it_until_the_new_one_is_whole(
+        tmp_path, monkeypatch):
+    """A kill between the two renames of a save leaves only checkpoint.old/; the run resumes
+    from it. Its next save must not delete checkpoint.old/ before checkpoint/ exists again."""
+    from accelerate import Accelerator
+
+    from imgtx.training.checkpoints import RunState, find_checkpoint, save_checkpoint
+
+    accelerator, state = Accelerator(cpu=True), RunState()
+    accelerator.register_for_checkpointing(state)
+    save_checkpoint(accelerator, tmp_path, state)
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")  # killed between the renames
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint.old"
+    rename = Path.rename
+
+    def killed_before_the_new_checkpoint_is_in_place(self, target):
+        if self.name == "checkpoint.partial":
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_before_the_new_checkpoint_is_in_place)
+    state.step = 1
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, tmp_path, state)
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint.old"

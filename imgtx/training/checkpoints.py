@@ -59,8 +59,10 @@ def save_checkpoint(accelerator, out: Path, state: RunState) -> Path:
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(old, ignore_errors=True)
+        # At every moment checkpoint/ or checkpoint.old/ is complete: checkpoint.old/ goes only
+        # while checkpoint/ exists (after a resume from checkpoint.old/ it does not).
         if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
         partial.rename(final)
         shutil.rmtree(old, ignore_errors=True)

@@ -1,17 +1,20 @@
 """One KV-cached decoding step of a :class:`~imgtx.transformer.TransformerLayer`, fused.
 
-:meth:`TransformerLayer.step` runs the layer's modules as in training, about 45 small ops a
-layer (separate q and k/v projections, head split/merge transposes, identity dropout and skip
-modules, ``(B, 1, D)`` views). A decoding step is bound by that per-op overhead, not by
-arithmetic: the widths are small and there is one query. :class:`FusedStep` does the same
-arithmetic in about 18 ops on ``(B, D)`` rows:
+:meth:`TransformerLayer.step` runs the layer's modules as in training: 62 aten ops for a pre-norm
+layer with cross-attention, views included (separate q and k/v projections, head split/merge
+transposes, identity dropout and skip modules, ``(B, 1, D)`` views). A decoding step at small
+batch is bound by that per-op overhead, not by arithmetic: the widths are small and there is one
+query. :class:`FusedStep` does the same arithmetic in 30 ops on ``(B, D)`` rows:
 
-* q, k and v from one matmul with the stacked weights ``[W_q; W_kv]`` (stacked once per decode);
+* q, k and v from one matmul with the stacked weights ``[W_q; W_kv]``, and every linear as one
+  ``addmm`` with its weight transposed once per decode;
 * keys and values written straight into the cache's preallocated buffers, which hand back the
   visible window as views (:meth:`imgtx.attention.cache.KVCache.append`), attended without a mask;
 * with one query, the heads' outputs ``(B, H, 1, E)`` are already in the merged ``(B, H*E)``
   order: no transpose or copy before the output projection;
-* dropout (identity in eval mode) and identity skips are left out; norms are ``F.layer_norm``.
+* dropout (identity in eval mode) and identity skips are left out; norms are ``F.layer_norm``;
+* one query per (batch, head) row: SDPA for few rows, plain batched matmuls for many
+  (:data:`SDPA_MAX_ROWS`).
 
 Only plain Image Transformer layers are fused (LayerNorm, identity skips, no branch activation,
 no trunk or conditional norm); :meth:`FusedStep.supports` says which. The result equals

@@ -294,8 +294,8 @@ class IncrementalDecoder:
     ``torch.no_grad()`` with the model in eval mode.
 
     Cost per position: one query against each layer's cache (O(b) for local 1D blocks of b).
-    With ``fused`` (default) plain layers run as :class:`imgtx.fused_step.FusedStep` (about 18
-    ops a layer instead of 45, same result to float rounding); ``compile`` also compiles their
+    With ``fused`` (default) plain layers run as :class:`imgtx.fused_step.FusedStep` (about half
+    the ops a layer, same result to float rounding); ``compile`` also compiles their
     fixed-shape part with :func:`torch.compile` (off by default: it did not pay on CPU).
     """
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -138,6 +139,9 @@ def main() -> None:
     parser.add_argument("--sample-repeats", type=int, default=2, help="timed sampling repeats")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plain-step", action="store_true",
+                        help="sample with each layer's own step instead of the fused one "
+                        "(imgtx.fused_step), to compare the two")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="rates from wall-clock time, or from this process's CPU time "
                         "(with one thread, robust to other jobs on a shared machine); the ratios "
@@ -145,6 +149,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plain_step:
+        from imgtx.fused_step import FusedStep
+
+        FusedStep.supports = staticmethod(lambda layer: False)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
     config = get_config("small")
@@ -198,6 +206,7 @@ def main() -> None:
         "train_batch": args.train_batch, "sample_batch": args.sample_batch,
         "repeats": args.repeats, "sample_repeats": args.sample_repeats,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "plain_step": args.plain_step, "load_average": os.getloadavg(),
         "total_seconds": time.perf_counter() - start,
     })
     print(f"{'':8} {'train pos/s':>12} {'sample pos/s':>13} {'train img/s':>12} "

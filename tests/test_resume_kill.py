@@ -4,9 +4,10 @@ and are resumed with ``--resume`` to the same total; the final weights must equa
 those of an uninterrupted run of the same length. A kill inside a checkpoint save (between
 writing ``checkpoint.partial/`` and its rename) must leave the previous checkpoint to resume from.
 
-The uninterrupted and the resumed runs are in-process (``imgtx.cli.main``); only the run that is
-killed is a child process (about 8 s of start-up on a busy 2-core machine). CPU, one thread,
-tiny registry configs with dropout, checkpoints every step.
+The uninterrupted run (in a thread, while the child trains) and the resumed run are in-process
+(``imgtx.cli.main``); only the run that is killed is a child process (about 8 s of start-up on
+a busy 2-core machine). CPU, one thread, tiny registry configs with dropout, checkpoints every
+step.
 """
 
 import json
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,15 @@ def kill_after(process: subprocess.Popen, run: Path, step: int, log: Path,
     return saved_step(run)
 
 
+def in_background(function, *args) -> Future:
+    """``function(*args)`` in a thread of this process (the polling for the kill must not wait
+    for it): the uninterrupted reference run, while the child process trains."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
 def final_weights(run: Path, name: str = "") -> dict[str, torch.Tensor]:
     return load_file(run / "final" / name / "model.safetensors")
 
@@ -110,12 +121,13 @@ def kill_and_resume(tmp_path: Path, argv: list[str], seed: int,
     kill_step = rng.randint(2, STEPS // 2)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     process = launch([*argv, "--out", str(killed)], tmp_path / "killed.log")
-    assert main([*argv, "--out", str(straight)]) == 0  # meanwhile, the reference
+    reference = in_background(main, [*argv, "--out", str(straight)])  # the straight run
+    last = kill_after(process, killed, kill_step, tmp_path / "killed.log", rng)
+    assert reference.result(timeout=300) == 0
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    last = kill_after(process, killed, kill_step, tmp_path / "killed.log", rng)
     assert kill_step <= last < STEPS and not (killed / "final").exists()
     assert main([*argv, "--out", str(killed), "--resume"]) == 0
     for name in exported:
@@ -161,7 +173,7 @@ def test_a_kill_inside_a_save_leaves_the_previous_checkpoint_and_resume_is_exact
     killed = tmp_path / "killed"
     process = launch([*argv, "--out", str(killed)], tmp_path / "killed.log",
                      prelude=DIE_INSIDE_THE_SAVE.format(kill_at=kill_at))
-    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0  # meanwhile, the reference
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)

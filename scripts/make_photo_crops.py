@@ -11,9 +11,8 @@ Crops of every photo (positions from ``numpy.random.default_rng(seed + photo ind
 * **native**: ``--native`` squares of ``size x size`` pixels at the photo's own resolution
   (texture, as ``builtin:photos32``'s test patches);
 * **scene**: ``--scene`` squares whose side is the photo's shorter side times 1, 1/2, 1/4 or 1/8
-  (a quarter of the crops each), area-averaged down to ``size x size`` with Pillow's ``BOX``
-  filter - whole-scene statistics, as Downsampled ImageNet's 32x32 images (Chrabaszcz et al.
-  2017, which used box resizing too).
+  (a quarter of the crops each; never below ``size``), area-averaged down to ``size x size``
+  with Pillow's ``BOX`` filter: whole-scene statistics, like downsampled ImageNet 32x32.
 
 Output: ``OUT/train/*.png`` and ``OUT/test/*.png`` (both forms), plus ``OUT/heldout-native/test``
 and ``OUT/heldout-scene/test`` with the test crops of one form each, for evaluating the two forms
@@ -74,13 +73,14 @@ def native_crops(photo: PIL.Image.Image, count: int, size: int,
 
 def scene_crops(photo: PIL.Image.Image, count: int, size: int,
                 rng: np.random.Generator) -> list[PIL.Image.Image]:
-    """``count`` squares of side (shorter side x fraction), box-filtered to ``size``."""
+    """``count`` squares of side max(size, shorter side x fraction), box-filtered to ``size``
+    (none if the photo is smaller than ``size``)."""
     width, height = photo.size
     crops = []
     for i in range(count):
-        side = int(min(width, height) * SCENE_FRACTIONS[i % len(SCENE_FRACTIONS)])
-        if side < size:
-            continue
+        side = max(size, int(min(width, height) * SCENE_FRACTIONS[i % len(SCENE_FRACTIONS)]))
+        if side > min(width, height):
+            break  # the photo is smaller than one crop
         x = int(rng.integers(0, width - side + 1))
         y = int(rng.integers(0, height - side + 1))
         crops.append(photo.crop((x, y, x + side, y + side)).resize((size, size),

@@ -221,3 +221,30 @@ def test_gan_train_on_two_processes_equals_one_process_with_their_batch(tmp_path
             tmp_path / "one-by-2" / "final" / part / "model.safetensors")) > 1e-4, part
     progress = json.loads((tmp_path / "two-by-2" / "progress.json").read_text())
     assert progress["images_seen"] == 2 * 2 * 2
+
+
+@pytest.mark.parametrize("draw, args", [("rand_for_batch", (3, 2)), ("randn_for_batch", (3,)),
+                                        ("randint_for_batch", (-4, 5, 3, 1, 1))])
+def test_draws_for_the_global_batch_give_each_process_its_share(draw, args, monkeypatch):
+    """Two processes (faked) each keep their slice of the draws one process makes for both
+    batches; one process draws what plain torch draws."""
+    import imgtx.training.draws as draws
+
+    function = getattr(draws, draw)
+    plain = {"rand_for_batch": torch.rand, "randn_for_batch": torch.randn,
+             "randint_for_batch": lambda low, high, *size: torch.randint(low, high, size)}[draw]
+    torch.manual_seed(7)
+    alone = function(*args)
+    torch.manual_seed(7)
+    assert torch.equal(alone, plain(*args))
+    batch_at = 2 if draw == "randint_for_batch" else 0
+    doubled = list(args)
+    doubled[batch_at] *= 2
+    torch.manual_seed(7)
+    one_process = plain(*doubled)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(draws, "process_share", lambda rank=rank: (2, rank))
+        torch.manual_seed(7)
+        shares.append(function(*args))
+    assert torch.equal(torch.cat(shares), one_process)

@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from imgtx.attention import Full, MultiHeadAttention, RelativePositionBias, Window
+from imgtx.training.draws import randn_for_batch
 from imgtx.transformer import TransformerLayer
 
 __all__ = ["NoiseInjection", "TransGANBlock", "run_blocks", "tokens_to_map", "map_to_tokens",
@@ -113,7 +114,7 @@ class NoiseInjection(nn.Module):
         self.strength = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        noise = torch.randn(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+        noise = randn_for_batch(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
         return self.attention(x + noise * self.strength, *args, **kwargs)
 
 

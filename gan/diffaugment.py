@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from imgtx.errors import UserError
+from imgtx.training.draws import rand_for_batch, randint_for_batch
 
 __all__ = ["AUGMENTATIONS", "diff_augment", "check_policy", "translation", "cutout", "erase_box",
            "brightness", "saturation", "contrast", "hue"]
@@ -41,20 +42,20 @@ CUTOUT_PROBABILITY = 0.3  # TransGAN tosses one coin per batch for every erase o
 
 def brightness(x: torch.Tensor) -> torch.Tensor:
     """Add U[-0.5, 0.5] per sample."""
-    return x + (torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) - 0.5)
+    return x + (rand_for_batch(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) - 0.5)
 
 
 def saturation(x: torch.Tensor) -> torch.Tensor:
     """Scale the deviation from the per-pixel channel mean by U[0, 2] per sample."""
     mean = x.mean(dim=1, keepdim=True)
-    factor = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) * 2
+    factor = rand_for_batch(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) * 2
     return (x - mean) * factor + mean
 
 
 def contrast(x: torch.Tensor) -> torch.Tensor:
     """Scale the deviation from the per-image mean by U[0.5, 1.5] per sample."""
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    factor = torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) + 0.5
+    factor = rand_for_batch(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device) + 0.5
     return (x - mean) * factor + mean
 
 
@@ -62,8 +63,8 @@ def translation(x: torch.Tensor, ratio: float = 0.2) -> torch.Tensor:
     """Shift each sample by integers in ``[-ratio*side, ratio*side]`` (rounded), zero fill."""
     b, c, h, w = x.shape
     max_dy, max_dx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy = torch.randint(-max_dy, max_dy + 1, (b, 1, 1), device=x.device)
-    dx = torch.randint(-max_dx, max_dx + 1, (b, 1, 1), device=x.device)
+    dy = randint_for_batch(-max_dy, max_dy + 1, b, 1, 1, device=x.device)
+    dx = randint_for_batch(-max_dx, max_dx + 1, b, 1, 1, device=x.device)
     # Output pixel (i, j) reads input (i + dy, j + dx); out-of-image reads hit the zero border.
     rows = (torch.arange(h, device=x.device)[None, :, None] + dy + 1).clamp(0, h + 1)  # (B, H, 1)
     cols = (torch.arange(w, device=x.device)[None, None, :] + dx + 1).clamp(0, w + 1)  # (B, 1, W)
@@ -77,8 +78,8 @@ def erase_box(x: torch.Tensor, box_h: int, box_w: int) -> torch.Tensor:
     """Zero a ``box_h x box_w`` box (clipped at the border) centred at a random pixel per
     sample. Centre ranges follow DiffAugment ``rand_cutout``."""
     b, _, h, w = x.shape
-    cy = torch.randint(0, h + (1 - box_h % 2), (b, 1, 1), device=x.device)
-    cx = torch.randint(0, w + (1 - box_w % 2), (b, 1, 1), device=x.device)
+    cy = randint_for_batch(0, h + (1 - box_h % 2), b, 1, 1, device=x.device)
+    cx = randint_for_batch(0, w + (1 - box_w % 2), b, 1, 1, device=x.device)
     rows = torch.arange(h, device=x.device)[None, :, None]
     cols = torch.arange(w, device=x.device)[None, None, :]
     top, left = cy - box_h // 2, cx - box_w // 2
@@ -122,8 +123,8 @@ def hue(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 3:
         raise UserError(f"the 'hue' augmentation needs RGB images, got {x.shape[1]} channels")
     b = x.shape[0]
-    theta = (torch.rand(b, device=x.device, dtype=x.dtype) * 2 - 1) * math.pi
-    theta = torch.where(torch.rand(b, device=x.device) < 0.5, theta, torch.zeros_like(theta))
+    theta = (rand_for_batch(b, device=x.device, dtype=x.dtype) * 2 - 1) * math.pi
+    theta = torch.where(rand_for_batch(b, device=x.device) < 0.5, theta, torch.zeros_like(theta))
     axis = torch.full((3,), 3 ** -0.5, device=x.device, dtype=x.dtype)
     cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]],
                          device=x.device, dtype=x.dtype) * 3 ** -0.5  # [axis]_x

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from imgtx.errors import UserError
+from imgtx.training.draws import rand_for_batch
 
 __all__ = ["gradient_penalty", "r1_penalty", "WGANGPLoss", "HingeLoss", "LogisticR1Loss",
            "LOSSES", "make_loss"]
@@ -62,7 +63,7 @@ def gradient_penalty(D: Critic, real: torch.Tensor, fake: torch.Tensor,
     with a graph (``create_graph=True``), so its gradient reaches D's parameters."""
     b = real.shape[0]
     if epsilon is None:
-        epsilon = torch.rand(b, device=real.device, dtype=real.dtype)
+        epsilon = rand_for_batch(b, device=real.device, dtype=real.dtype)
     epsilon = epsilon.reshape(b, 1, 1, 1).to(real.dtype)
     mixed = (epsilon * real.detach() + (1 - epsilon) * fake.detach()).requires_grad_(True)
     out = _critic_twice_differentiable(D, mixed, labels)

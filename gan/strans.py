@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from imgtx.attention import RelativePositionBias, Window, shifted_window
+from imgtx.errors import UserError
 from imgtx.gan.blocks import map_to_tokens, run_blocks, tokens_to_map
 from imgtx.gan.conditioning import (
     ClassCondition,
@@ -32,10 +36,6 @@ from imgtx.gan.conditioning import (
 from imgtx.gan.diffaugment import diff_augment
 from imgtx.gan.strans_configs import STransDiscriminatorConfig, STransGeneratorConfig
 from imgtx.gan.transgan import TransGANGenerator
-from torch import nn
-
-from imgtx.attention import RelativePositionBias, Window, shifted_window
-from imgtx.errors import UserError
 from imgtx.hub import HubModel
 from imgtx.transformer import TransformerLayer, sinusoid_positions_2d
 

@@ -35,8 +35,8 @@ from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
 
+from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
 from imgtx.images import read_image, save_grid, save_image  # noqa: E402
 from imgtx.model import ImageTransformer  # noqa: E402
 from imgtx.sampling import sample  # noqa: E402

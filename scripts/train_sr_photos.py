@@ -25,7 +25,6 @@ import argparse
 
 from imgtx.sr.configs import get_config
 from imgtx.sr.train import train
-
 from imgtx.training.checkpoints import export_run
 from imgtx.training.likelihood import TrainSettings
 

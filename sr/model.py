@@ -20,8 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-from imgtx.sr.anchor import AnchoredDecoder, make_anchors
-from imgtx.sr.configs import SuperResolutionConfig
 from torch import nn
 
 from imgtx.attention import Full, set_backend
@@ -29,6 +27,8 @@ from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll
 from imgtx.model import ImageTransformer, check_images
 from imgtx.resample import downscale_area
+from imgtx.sr.anchor import AnchoredDecoder, make_anchors
+from imgtx.sr.configs import SuperResolutionConfig
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
 # make_anchors lives in imgtx.sr.anchor; it is re-exported here, where it used to be.

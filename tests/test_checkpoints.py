@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from imgtx import CONFIGS, ImageTransformer
+from imgtx.data import load_images
 from imgtx.eval.image_metrics import psnr
+from imgtx.resample import upscale_bicubic
 from imgtx.sr import SuperResolutionTransformer
 from imgtx.sr.configs import CONFIGS as SR_CONFIGS
 from imgtx.sr.model import make_low_res
 from imgtx.sr.upscale import upscale_batch
-
-from imgtx import CONFIGS, ImageTransformer
-from imgtx.data import load_images
-from imgtx.resample import upscale_bicubic
 
 torch.set_num_threads(1)
 

@@ -19,12 +19,12 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
-from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim  # noqa: E402
 
 from imgtx import ImageTransformer, get_config  # noqa: E402
 from imgtx.cli import main  # noqa: E402
 from imgtx.data import ImageDataError, load_images, photo_patches  # noqa: E402
+from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
+from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim  # noqa: E402
 from imgtx.hub import parameter_count  # noqa: E402
 
 SIZE = 8  # the tiny config's image side

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
+from imgtx.attention import Full
+from imgtx.errors import UserError
 from imgtx.gan.conditioning import (
     ClassCondition,
     ProjectionHead,
     adanorm_layer_kwargs,
     check_labels,
 )
-
-from imgtx.attention import Full
-from imgtx.errors import UserError
 from imgtx.transformer import ConditionalNorm, TransformerLayer
 
 torch.manual_seed(0)

@@ -10,25 +10,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported
 
 import json
 
-import imgtx.eval.image_metrics
-import imgtx.sr.model
-import imgtx.sr.upscale
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from imgtx.eval.image_metrics import downscale_area, upscale_nearest
-from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
-from imgtx.sr.model import make_low_res
-from imgtx.sr.train import pair_loss
-from imgtx.sr.upscale import split_tiles, stitch_tiles, upscale_batch, upscale_file, upscale_image
 
+import imgtx.eval.image_metrics
 import imgtx.resample
+import imgtx.sr.model
+import imgtx.sr.upscale
 from imgtx import ImageTransformer
 from imgtx.cli import main
 from imgtx.configs import get_config as imgtx_config
 from imgtx.data import ImageDataError
+from imgtx.eval.image_metrics import downscale_area, upscale_nearest
 from imgtx.hub import CheckpointMismatchError
+from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
+from imgtx.sr.model import make_low_res
+from imgtx.sr.train import pair_loss
+from imgtx.sr.upscale import split_tiles, stitch_tiles, upscale_batch, upscale_file, upscale_image
 
 torch.set_num_threads(1)  # the tests share the machine with training runs
 

@@ -14,15 +14,15 @@ import math
 
 import pytest
 import torch
+
+from imgtx import ImageTransformer
+from imgtx.configs import get_config as imgtx_config
+from imgtx.resample import upscale_bicubic, upscale_nearest
 from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
 from imgtx.sr.anchor import AnchoredDecoder
 from imgtx.sr.model import make_low_res
 from imgtx.sr.train import init_decoder_from, offset_log_prior
 from imgtx.sr.upscale import pad_to_tiles, upscale_batch, upscale_image
-
-from imgtx import ImageTransformer
-from imgtx.configs import get_config as imgtx_config
-from imgtx.resample import upscale_bicubic, upscale_nearest
 
 torch.set_num_threads(1)
 

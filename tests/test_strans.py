@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 import torch
+
+from imgtx.attention import Window
 from imgtx.gan.diagnostics import RatioHistory, collect_ratios, recording_ratios
 from imgtx.gan.strans import STransDiscriminator, STransGenerator, SwinBlock
 from imgtx.gan.strans_configs import STRANS_CONFIGS
-
-from imgtx.attention import Window
 from imgtx.hub import CheckpointMismatchError, parameter_count
 from imgtx.transformer import TransformerLayer
 

@@ -2,6 +2,8 @@
 
     python scripts/bench_gan.py --json                       # everything, prints one JSON line
     python scripts/bench_gan.py --json --skip-memory --skip-window
+    python scripts/bench_gan.py --json --official /tmp/TransGAN --repeats 3 \
+        --skip-steps --skip-memory --skip-window     # ours/official step-time ratios
 
 * Step time at ``--config`` (default ``transgan-cifar10``), ``--batch`` 8, ``--threads`` 2,
   fp32, median of ``--iters`` after one warm-up:
@@ -12,6 +14,9 @@
   attention; elementwise ops are not counted), so GFLOP/s is a lower bound of the work done.
   Anchor (DESIGN: the official VITA-Group/TransGAN code on this machine kind, same config, batch
   and threads): 5.4 s per G step, 4.0 s per D step.
+* ``--official PATH``: the official code (a checkout outside this repository, loaded at run
+  time) at its CIFAR-10 settings, G and D steps timed interleaved with ours in one process;
+  ``g_step_ratio``/``d_step_ratio`` are ours over theirs (medians of ``--repeats``).
 * Peak memory of one full training step (D step then G step, no optimizer) at ``--memory-batch``
   32, without and with activation checkpointing (``checkpoint_blocks``), each in a fresh
   subprocess: ``ru_maxrss`` after the step minus ``ru_maxrss`` after building the models.
@@ -119,6 +124,102 @@ def step_times(args) -> dict:
             "d_vs_anchor": round(d_seconds / ANCHOR["d_step_seconds"], 3)}
 
 
+OFFICIAL_ARGS = dict(  # VITA-Group/TransGAN exps/cifar_train.py (other fields: cfg.py defaults)
+    dataset="cifar10", bottom_width=8, img_size=32, gen_model="ViT_custom_rp",
+    dis_model="ViT_custom_scale2_rp_noise", df_dim=384, d_heads=4, d_depth=3, g_depth="5,4,2",
+    dropout=0.0, latent_dim=256, gf_dim=1024, loss="wgangp-eps", phi=1, patch_size=2,
+    diff_aug="translation,cutout,color")
+
+
+def load_official(path: str):
+    """Import the official CIFAR-10 generator/discriminator from a checkout at ``path``
+    (run time only). Stubs stand in for what their import chain needs but these models do
+    not use (``torch._six``, ``dnnlib``, the package ``__init__`` importing every model);
+    ``Tensor.get_device`` returns ``"cpu"`` for CPU tensors (their code calls
+    ``.to(x.get_device())``, which is -1 on the CPU)."""
+    import collections.abc
+    import importlib
+    import types
+
+    sys.path.insert(0, path)
+    six = types.ModuleType("torch._six")
+    six.container_abcs, six.string_classes, six.int_classes = collections.abc, (str, bytes), int
+    dnnlib = types.ModuleType("dnnlib")
+    dnnlib.EasyDict, dnnlib.util = type("EasyDict", (dict,), {}), types.ModuleType("dnnlib.util")
+    package = types.ModuleType("models_search")
+    package.__path__ = [f"{path}/models_search"]
+    sys.modules.update({"torch._six": six, "dnnlib": dnnlib, "dnnlib.util": dnnlib.util,
+                        "models_search": package})
+    get_device = torch.Tensor.get_device
+    torch.Tensor.get_device = lambda t: "cpu" if t.device.type == "cpu" else get_device(t)
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    cfg = importlib.import_module("cfg")
+    args = cfg.parse_args()
+    sys.argv = argv
+    for key, value in OFFICIAL_ARGS.items():
+        setattr(args, key, value)
+    gen = importlib.import_module(f"models_search.{args.gen_model}").Generator(args)
+    dis = importlib.import_module(f"models_search.{args.dis_model}").Discriminator(args)
+    return gen.train(), dis.train(), args
+
+
+def official_steps(generator, discriminator, args, batch: int):
+    """Their G step and D step as in functions.py ``train`` (loss ``wgangp-eps``)."""
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(batch, 3, args.img_size, args.img_size, generator=gen) * 2 - 1
+    z = torch.randn(batch, args.latent_dim, generator=gen)
+
+    def penalty(real_imgs, fake_imgs):  # functions.py compute_gradient_penalty
+        alpha = torch.rand(batch, 1, 1, 1)
+        mixed = (alpha * real_imgs + (1 - alpha) * fake_imgs).requires_grad_(True)
+        grads = torch.autograd.grad(discriminator(mixed), mixed,
+                                    torch.ones(batch, 1), create_graph=True)[0]
+        return ((grads.reshape(batch, -1).norm(2, dim=1) - args.phi) ** 2).mean()
+
+    def g_step() -> None:
+        discriminator.requires_grad_(False)
+        generator.zero_grad(set_to_none=True)
+        (-discriminator(generator(z, 0)).mean()).backward()
+        discriminator.requires_grad_(True)
+
+    def d_step() -> None:
+        discriminator.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            fake = generator(z, 0)
+        real_validity = discriminator(real)
+        d_loss = (-real_validity.mean() + discriminator(fake).mean()
+                  + penalty(real, fake) * 10 / args.phi ** 2 + real_validity.mean() ** 2 * 1e-3)
+        d_loss.backward()
+
+    return g_step, d_step
+
+
+def side_by_side(args) -> dict:
+    """Ours and the official code in one process, timed interleaved (ours, theirs, ...):
+    under a shared load both suffer alike, so the ratio is the figure."""
+    torch.manual_seed(0)
+    ours = make_steps(*build(args.config), args.batch)
+    their_g, their_d, their_args = load_official(args.official)
+    counts = [sum(p.numel() for p in m.parameters()) for m in (their_g, their_d)]
+    theirs = official_steps(their_g, their_d, their_args, args.batch)
+    out = {"official_params": counts}
+    for index, name in enumerate(("g_step", "d_step")):
+        ours[index](), theirs[index]()  # warm-up
+        times = {"ours": [], "theirs": []}
+        for _ in range(args.repeats):
+            for side, steps in (("ours", ours), ("theirs", theirs)):
+                start = time.perf_counter()
+                steps[index]()
+                times[side].append(time.perf_counter() - start)
+        mine, official = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        out.update({f"{name}_seconds_ours": round(mine, 3),
+                    f"{name}_seconds_official": round(official, 3),
+                    f"{name}_ratio": round(mine / official, 3)})
+        if not args.json:
+            print(name, out)
+    return out
+
+
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -213,6 +314,10 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-window", action="store_true")
+    parser.add_argument("--official", metavar="PATH",
+                        help="a VITA-Group/TransGAN checkout: time it side by side with ours")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repeats per side with --official")
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
     # internal: one measurement in a fresh process
     parser.add_argument("--child", choices=["train-step", "window"], help=argparse.SUPPRESS)
@@ -228,6 +333,8 @@ def main() -> None:
 
     result = {"config": args.config, "batch": args.batch, "threads": args.threads,
               "dtype": "float32", "torch": torch.__version__, "anchor": ANCHOR}
+    if args.official:
+        result.update(side_by_side(args))
     if not args.skip_steps:
         result.update(step_times(args))
         if not args.json:

@@ -22,10 +22,10 @@ class Blocks:
 
     q ``(G, nb, Q, E)``, k/v ``(G, nb, M, E)``; ``mask`` bool broadcastable to
     ``(G, nb, Q, M)`` or None; ``bias`` float broadcastable likewise or None; ``causal`` means
-    plain lower-triangular (only with nb=1, Q=M). ``head``, if set, is a leading block computed
-    separately by the same kernel (Local1D's first block, which has no previous block); its
-    output is prepended along the block dim. ``restore`` maps the ``(G, nb, Q, E)`` output
-    (head included) back to ``(B, H, N, E)``.
+    plain lower-triangular (each (G, nb) problem a whole sequence, Q=M). ``head``, if set, is a
+    leading block computed separately by the same kernel (Local1D's first block, which has no
+    previous block); its output is prepended along the block dim. ``restore`` maps the
+    ``(G, nb, Q, E)`` output (head included) back to ``(B, H, N, E)``.
     """
 
     q: torch.Tensor
@@ -57,14 +57,16 @@ def one_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
               causal: bool) -> Blocks:
     """The whole sequence as one block: full attention, or causal (j <= i) attention.
 
+    Nothing is copied: the heads play the part of the block dim (G = B, nb = H), so q/k/v stay
+    the ``(B, H, N, E)`` views the caller split them into, and the bias stays a broadcastable
+    view (a per-head ``(H, Nq, Nk)`` bias is not repeated for every sample).
     A causal block with a bias gets an explicit mask: the kernels take ``is_causal`` or an
     additive mask, not both.
     """
     b, h, nq, e = q.shape
-    nk, g = k.shape[-2], b * h
-    bias4 = None if bias is None else fold_bias(bias.unsqueeze(-3), b, h)
+    bias4 = None if bias is None else bias.reshape((1,) * (4 - bias.dim()) + bias.shape)
     mask = None
     if causal and bias is not None:
-        mask, causal = causal_mask(nq, nk, q.device), False
-    return Blocks(q.reshape(g, 1, nq, e), k.reshape(g, 1, nk, e), v.reshape(g, 1, nk, e), mask,
-                  bias4, causal, lambda out: out.reshape(b, h, nq, e))
+        mask, causal = causal_mask(nq, k.shape[-2], q.device), False
+    return Blocks(q, k.expand(b, h, -1, -1), v.expand(b, h, -1, -1), mask, bias4, causal,
+                  lambda out: out)

@@ -119,4 +119,7 @@ class RelativePositionBias(nn.Module):
         self.register_buffer("index", dy * (2 * window - 1) + dx, persistent=False)
 
     def forward(self) -> torch.Tensor:
-        return self.table[self.index].permute(2, 0, 1)  # (H, w*w, w*w)
+        # Gathered head-major from the transposed view, so the (H, w*w, w*w) bias comes out
+        # contiguous; index_select's backward is an index_add (no sort, unlike an indexed put).
+        n = self.index.shape[0]
+        return self.table.t().index_select(1, self.index.view(-1)).view(-1, n, n)

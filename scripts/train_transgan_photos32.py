@@ -23,13 +23,13 @@ import argparse
 import copy
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from imgtx.errors import UserError
 from imgtx.gan.configs import gan_entry
 from imgtx.gan.train import settings_from_registry, train_gan
 from imgtx.training.checkpoints import export_run
+from imgtx.training.curves import plot_curves, read_records
 
 CONFIG = "transgan-photos32-small"
 # Cheaper than the registry entry: the 32x32 stage has no blocks (its global attention over
@@ -107,7 +107,10 @@ def main() -> None:
     if not args.export:
         return
     export = export_run(final, args.export)
-    shutil.copy(Path(args.out) / "metrics.png", export / "training_curve.png")
+    # The curve without kimg and the learning rates, whose scales would flatten the losses.
+    records = [{k: v for k, v in r.items() if k not in ("kimg", "lr_G", "lr_D")}
+               for r in read_records(export / "training_curve.jsonl")]
+    plot_curves(records, export / "training_curve.png")
     progress = json.loads((Path(args.out) / "progress.json").read_text())
     summary = {"metrics": {"training data": "builtin:photos32 (train)", "loss": settings.loss,
                            "D steps": progress["step"], "images seen": progress["images_seen"],

@@ -35,7 +35,10 @@ from imgtx.eval.fid import (
 __all__ = ["evaluate_generator", "real_images", "reference_statistics"]
 
 KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000  # Bińkowski et al. 2018 use subsets of 1000; capped by the sample count
+# Bińkowski et al. 2018 use subsets of 1000. With fewer than 2000 images on a side, subsets are
+# half the smaller side: a subset as large as the whole set would be the same rows every time, and
+# kid_std would be 0 rather than the spread over subsets.
+KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
 
 
@@ -108,7 +111,7 @@ def _generate(generator: Any, num: int, batch_size: int, seed: int) -> tuple[tor
 def _distances(
     fake: np.ndarray, real: ReferenceStatistics, seed: int, prefix: str = ""
 ) -> dict[str, float]:
-    subset = min(KID_SUBSET_SIZE, len(fake), len(real.features))
+    subset = min(KID_SUBSET_SIZE, max(2, min(len(fake), len(real.features)) // 2))
     kid, kid_std = kernel_inception_distance(fake, real.features, KID_SUBSETS, subset, seed)
     fid = frechet_distance(*feature_statistics(fake), real.mu, real.sigma)
     return {f"{prefix}fid": fid, f"{prefix}kid": kid, f"{prefix}kid_std": kid_std}

@@ -306,3 +306,19 @@ def test_evaluate_conditional_generator_reports_class_accuracy():
     assert result["classifier_test_accuracy"] >= 0.97
     assert result["floor_fid"] < result["untrained_fid"] and result["fid"] < result["untrained_fid"]
     assert result["is"] > 5 and "class_accuracy_caveat" not in result
+
+
+def test_kid_std_is_a_real_spread_below_2000_samples():
+    """With 512 fakes and 395 reals (the shipped photos32 check), subsets must differ from each
+    other, or kid_std is 0 and `kid + 2 kid_std` says nothing."""
+    import numpy as np
+
+    from imgtx.eval.fid import ReferenceStatistics, feature_statistics
+    from imgtx.gan.evaluate import _distances
+
+    rng = np.random.default_rng(0)
+    fake, real = rng.normal(size=(512, 16)), rng.normal(0.3, 1.0, size=(395, 16))
+    mu, sigma = feature_statistics(real)
+    result = _distances(fake, ReferenceStatistics(features=real, mu=mu, sigma=sigma, key={"data": "test"}), seed=0)
+    assert result["kid_std"] > 1e-4
+    assert result["kid"] > 0

@@ -319,6 +319,7 @@ def test_kid_std_is_a_real_spread_below_2000_samples():
     rng = np.random.default_rng(0)
     fake, real = rng.normal(size=(512, 16)), rng.normal(0.3, 1.0, size=(395, 16))
     mu, sigma = feature_statistics(real)
-    result = _distances(fake, ReferenceStatistics(features=real, mu=mu, sigma=sigma, key={"data": "test"}), seed=0)
+    reference = ReferenceStatistics(features=real, mu=mu, sigma=sigma, key={"data": "test"})
+    result = _distances(fake, reference, seed=0)
     assert result["kid_std"] > 1e-4
     assert result["kid"] > 0

@@ -214,7 +214,8 @@ def side_by_side(args) -> dict:
         mine, official = statistics.median(times["ours"]), statistics.median(times["theirs"])
         out.update({f"{name}_seconds_ours": round(mine, 3),
                     f"{name}_seconds_official": round(official, 3),
-                    f"{name}_ratio": round(mine / official, 3)})
+                    f"{name}_ratio": round(mine / official, 3),
+                    f"{name}_runs": {k: [round(t, 2) for t in ts] for k, ts in times.items()}})
         if not args.json:
             print(name, out)
     return out

@@ -11,6 +11,8 @@
    split), area-downscaled from the 256x256 original crop, upscaled 4x to 256x256 ->
    ``runs/demo/sr_upscaled.png``, with ``sr_bicubic.png``, ``sr_input.png`` and
    ``sr_original.png`` beside it and the PSNR of both against the original.
+4. **A transformer GAN.** 64 samples of ``checkpoints/transgan-photos32-small`` (TransGAN trained
+   on ``builtin:photos32``, EMA generator) -> ``runs/demo/gan_samples.png``.
 
 Nothing is downloaded: the Hub and datasets are switched to offline mode before they are imported,
 and every image comes from files bundled with scikit-image. The last line on stdout is a JSON
@@ -43,6 +45,7 @@ from imgtx.sampling import sample  # noqa: E402
 
 CHECKPOINT = Path("checkpoints/imgtx-photos32-small")
 SR_CHECKPOINT = Path("checkpoints/sr-photos-8to32-small")
+GAN_CHECKPOINT = Path("checkpoints/transgan-photos32-small")
 DATA = "builtin:photos32"
 # astronaut.png (512x512): the 256x256 square around the face, at (left, top).
 FACE_BOX = (136, 16, 392, 272)
@@ -140,6 +143,22 @@ def sr_section(out: Path, seed: int) -> dict:
             "sr_seconds": seconds, "sr_psnr": model_psnr, "sr_bicubic_psnr": bicubic_psnr}
 
 
+def gan_section(out: Path, seed: int) -> dict:
+    """64 samples of the shipped TransGAN generator, one call (``generator.generate``)."""
+    if not (GAN_CHECKPOINT / "config.json").is_file():
+        say(f"\n{GAN_CHECKPOINT} not found: skipping the GAN samples.")
+        return {"gan": "skipped: no checkpoint"}
+    from imgtx.gan.sample import load_generator
+    from imgtx.images import save_grid
+
+    say(f"\n== TransGAN: 64 samples of {GAN_CHECKPOINT} ==")
+    generator = load_generator(str(GAN_CHECKPOINT))
+    images = generator.generate(64, seed=seed)  # (64, 3, 32, 32) uint8
+    save_grid(images, out / "gan_samples.png", scale=2)
+    say(f"   wrote {out / 'gan_samples.png'}")
+    return {"gan_samples": str(out / "gan_samples.png")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=64, help="test images for bits/dim")
@@ -173,6 +192,7 @@ def main() -> None:
         summary["sr"] = "skipped: --no-sr"
     else:
         summary.update(sr_section(out, args.seed))
+    summary.update(gan_section(out, args.seed))
     summary["seconds"] = time.perf_counter() - start
     say(f"\nDone in {summary['seconds']:.0f} s. Outputs are in {out}/:")
     for path in sorted(out.glob("*.png")):

@@ -61,6 +61,19 @@ def _accepts(cls: type, data: dict) -> bool:
     return True
 
 
+def _closest_class(data: dict) -> type | None:
+    """The generator class whose config fields cover most of ``data``'s keys (at least half)."""
+    import dataclasses
+
+    best, best_share = None, 0.5
+    for cls in generator_classes():
+        fields = {field.name for field in dataclasses.fields(cls.resolve_config_class())}
+        share = len(fields & set(data)) / max(len(data), 1)
+        if share > best_share:
+            best, best_share = cls, share
+    return best
+
+
 def load_generator(model: str, device: str | torch.device = "cpu") -> nn.Module:
     """The generator saved in ``model`` (a ``save_pretrained`` folder or a Hub id), in eval mode.
 
@@ -75,6 +88,11 @@ def load_generator(model: str, device: str | torch.device = "cpu") -> nn.Module:
         if _accepts(cls, data):
             raise UserError(f"{model} is a {cls.__name__}, not a generator; pass the folder of "
                             "the generator (a run's final/, whose discriminator/ holds D)")
+    closest = _closest_class(data)
+    if closest is not None:  # a generator's config with a bad field: say which one
+        from imgtx.hub.config import config_from_dict
+
+        config_from_dict(closest.resolve_config_class(), data, where=f"{model}/config.json")
     names = ", ".join(cls.__name__ for cls in generator_classes())
     raise UserError(f"{model} is not a GAN generator checkpoint: its config.json fits none of "
                     f"{names} (keys: {', '.join(sorted(data)[:8])}, ...). For Image Transformer "

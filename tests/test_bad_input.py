@@ -219,16 +219,7 @@ def message_lines(stderr: str) -> list[str]:
 
 # Open gaps, each with the fix it needs (strict: the test fails once the gap is closed, so that
 # the entry is removed).
-GAPS = {case: "gan/sample.py load_generator: when no class accepts config.json, the message "
-        "does not say which key is unknown or ill-typed; fix: re-run config_from_dict for the "
-        "generator class whose fields overlap the keys most and raise its message"
-        for case in ("gan sample/model-unknown-field", "gan sample/model-ill-typed-field",
-                     "gan eval/model-unknown-field", "gan eval/model-ill-typed-field")}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=GAPS[case]))
-    if case in GAPS else case for case in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_2_with_a_short_message_and_leaves_nothing(case, paths, tmp_path,
                                                                    capsys):
     outputs = tmp_path / "outputs"

@@ -164,3 +164,24 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
         for op in AUGMENTATIONS[name]:
             x = op(x)
     return x
+
+
+class AugmentedInput:
+    """What every discriminator does with its input first: check the shape, then apply DiffAugment
+    inside ``forward``, so real images, fakes and gradient-penalty interpolates are augmented alike
+    (Zhao et al. 2020, Sec. 3). Mixed into a module whose ``config`` has ``image_size`` and
+    ``diffaug``."""
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """DiffAugment with ``config.diffaug`` (identity for an empty policy)."""
+        return diff_augment(images, self.config.diffaug)
+
+    def checked_input(self, images: torch.Tensor, augment: bool | None) -> torch.Tensor:
+        """``images`` ``(B, 3, S, S)``, augmented when ``augment`` (default: in training mode)."""
+        size = self.config.image_size
+        if images.dim() != 4 or images.shape[1:] != (3, size, size):
+            raise UserError(f"this discriminator takes (B, 3, {size}, {size}) images, got "
+                            f"{tuple(images.shape)}")
+        if self.training if augment is None else augment:
+            images = self.augment(images)
+        return images

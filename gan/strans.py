@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgtx.attention import RelativePositionBias, Window, shifted_window
-from imgtx.errors import UserError
 from imgtx.gan.blocks import map_to_tokens, run_blocks, tokens_to_map
 from imgtx.gan.conditioning import (
     ClassCondition,
@@ -33,7 +32,7 @@ from imgtx.gan.conditioning import (
     adanorm_layer_kwargs,
     check_labels,
 )
-from imgtx.gan.diffaugment import diff_augment
+from imgtx.gan.diffaugment import AugmentedInput
 from imgtx.gan.strans_configs import STransDiscriminatorConfig, STransGeneratorConfig
 from imgtx.gan.transgan import TransGANGenerator
 from imgtx.hub import HubModel
@@ -198,7 +197,7 @@ class STransGenerator(HubModel):
 # --------------------------------------------------------------------------------------------
 
 
-class STransDiscriminator(HubModel):
+class STransDiscriminator(AugmentedInput, HubModel):
     """STrans-D: ``forward(images (B, 3, H, W) in [-1, 1], labels (B,) | None) -> (B,)``
     critic values. DiffAugment (``config.diffaug``) runs inside ``forward`` (in training mode by
     default), so real, fake and gradient-penalty inputs are augmented alike."""
@@ -226,10 +225,6 @@ class STransDiscriminator(HubModel):
         self.norm = nn.LayerNorm(c.dims[-1])
         self.head = ProjectionHead(c.dims[-1], c.num_classes)
 
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """DiffAugment with ``config.diffaug`` (identity for an empty policy)."""
-        return diff_augment(images, self.config.diffaug)
-
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                 augment: bool | None = None) -> torch.Tensor:
         """``images`` ``(B, 3, H, W)``, ``labels`` ``(B,)`` (conditional only) -> ``(B,)``.
@@ -237,11 +232,7 @@ class STransDiscriminator(HubModel):
         ``augment``: apply DiffAugment (default: in training mode only).
         """
         c = self.config
-        if images.dim() != 4 or images.shape[1:] != (3, c.image_size, c.image_size):
-            raise UserError(f"this discriminator takes (B, 3, {c.image_size}, {c.image_size}) "
-                            f"images, got {tuple(images.shape)}")
-        if self.training if augment is None else augment:
-            images = self.augment(images)
+        images = self.checked_input(images, augment)  # (B, 3, H, W), augmented when training
         x = map_to_tokens(self.stem(images))  # (B, N0, D0)
         for blocks, down, grid in zip(self.stages, self.downsamples, c.grids):
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks)

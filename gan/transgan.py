@@ -42,7 +42,7 @@ from imgtx.gan.conditioning import (
     check_labels,
 )
 from imgtx.gan.configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
-from imgtx.gan.diffaugment import diff_augment
+from imgtx.gan.diffaugment import AugmentedInput
 from imgtx.hub import HubModel
 from imgtx.transformer import PixelNorm
 
@@ -182,7 +182,7 @@ class TransGANGenerator(HubModel):
         return torch.cat(chunks)
 
 
-class TransGANDiscriminator(HubModel):
+class TransGANDiscriminator(AugmentedInput, HubModel):
     """TransGAN multi-scale discriminator: ``forward(images (B, 3, H, W) in [-1, 1], labels
     (B,) | None) -> (B,)`` critic values.
 
@@ -231,10 +231,6 @@ class TransGANDiscriminator(HubModel):
         set_backend(self, backend)
         return self
 
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """DiffAugment with ``config.diffaug`` (identity for an empty policy)."""
-        return diff_augment(images, self.config.diffaug)
-
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                 augment: bool | None = None) -> torch.Tensor:
         """``images`` ``(B, 3, H, W)``, ``labels`` ``(B,)`` (conditional only) -> ``(B,)``.
@@ -242,11 +238,7 @@ class TransGANDiscriminator(HubModel):
         ``augment``: apply DiffAugment (default: in training mode only).
         """
         c = self.config
-        if images.dim() != 4 or images.shape[1:] != (3, c.image_size, c.image_size):
-            raise UserError(f"this discriminator takes (B, 3, {c.image_size}, {c.image_size}) "
-                            f"images, got {tuple(images.shape)}")
-        if self.training if augment is None else augment:
-            images = self.augment(images)
+        images = self.checked_input(images, augment)  # (B, 3, H, W), augmented when training
         b = images.shape[0]
         x = None
         for s, (embed, blocks) in enumerate(zip(self.patch_embeds, self.scales)):

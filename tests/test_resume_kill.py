@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from imgtx.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "PYTHONUNBUFFERED": "1"}
@@ -38,16 +38,6 @@ RUN = ["--max-steps", str(STEPS), "--batch-size", "2", "--checkpoint-every", "1"
 # Dropout: the RNG states must be restored too.
 COMMON = [*RUN, "--eval-images", "2", "--set", "dropout=0.1"]
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def image_folder(root: Path, size: int, train: int = 7, test: int = 2) -> Path:

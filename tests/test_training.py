@@ -48,16 +48,7 @@ class Vectors(torch.utils.data.Dataset):
         return {"image": self.images[i]}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each Run makes its own Accelerator; start every test from accelerate's blank state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def gan_step(run: Run, batch: dict) -> dict:

@@ -8,8 +8,6 @@ Where things live: :mod:`imgtx.hub.mixin` (:class:`HubModel`), :mod:`imgtx.hub.c
 
 from __future__ import annotations
 
-from typing import Any
-
 from imgtx.hub.config import config_from_dict
 from imgtx.hub.errors import (
     CheckpointMismatchError,
@@ -47,18 +45,3 @@ __all__ = [
     "parameter_count",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # write_offline_hub_cache is a test helper and now lives in tests/hub_cache.py. This keeps the
-    # old import working from a source checkout until every test imports it from there.
-    if name == "write_offline_hub_cache":
-        import importlib.util
-        from pathlib import Path
-
-        helper = Path(__file__).resolve().parents[2] / "tests" / "hub_cache.py"
-        if helper.is_file():
-            spec = importlib.util.spec_from_file_location("_imgtx_tests_hub_cache", helper)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-            return module.write_offline_hub_cache
-    raise AttributeError(f"module 'imgtx.hub' has no attribute {name!r}")

@@ -13,7 +13,9 @@ The paper's argument for the trunk: most of the signal flows through the shortcu
 signal injected only into the branch is largely ignored.
 
 Discriminator: the projection discriminator of Miyato & Koyama 2018 ("cGANs with Projection
-Discriminator", eq. 3): ``D(x, y) = psi(phi(x)) + <embed(y), phi(x)>``.
+Discriminator", eq. 3): ``D(x, y) = psi(phi(x)) + <embed(y), phi(x)>``; optionally also an
+auxiliary classifier on the same features (Odena et al. 2017, "Conditional Image Synthesis with
+Auxiliary Classifier GANs", sec. 3), whose loss lives in :mod:`imgtx.gan.auxiliary`.
 
 Shapes: B batch, L latent width, E class-embedding width, C conditioning width, F features.
 """
@@ -108,27 +110,44 @@ class ClassCondition(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Critic head with an optional class projection (Miyato & Koyama 2018, eq. 3).
+    """Critic head with an optional class projection (Miyato & Koyama 2018, eq. 3) and an
+    optional auxiliary classifier (Odena et al. 2017).
 
-    ``out = linear(h) + <embed(y), h>``; with ``num_classes=0`` only ``linear(h)``.
+    ``out = linear(h) + <embed(y), h>``; with ``num_classes=0`` only ``linear(h)``. With
+    ``aux_classifier`` the head also has ``classifier = Linear(F, num_classes)``, whose logits
+    ``forward(..., return_class_logits=True)`` returns beside the critic value.
 
     Args:
         features_dim: width F of the pooled discriminator features ``h``.
         num_classes: number of classes, or 0 for an unconditional critic.
+        aux_classifier: add the auxiliary classifier (needs ``num_classes > 0``).
     """
 
-    def __init__(self, features_dim: int, num_classes: int = 0) -> None:
+    def __init__(self, features_dim: int, num_classes: int = 0,
+                 aux_classifier: bool = False) -> None:
         super().__init__()
+        if aux_classifier and not num_classes:
+            raise UserError("an auxiliary classifier needs a class-conditional discriminator "
+                            "(num_classes > 0)")
         self.num_classes = num_classes
         self.linear = nn.Linear(features_dim, 1)
         self.embed = nn.Embedding(num_classes, features_dim) if num_classes else None
         if self.embed is not None:
             nn.init.xavier_uniform_(self.embed.weight)
+        self.classifier = nn.Linear(features_dim, num_classes) if aux_classifier else None
 
-    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """``h`` ``(B, F)`` -> critic value ``(B,)``."""
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None,
+                return_class_logits: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``h`` ``(B, F)`` -> critic value ``(B,)``; with ``return_class_logits`` also the
+        auxiliary classifier's logits ``(B, num_classes)``."""
         labels = check_labels(labels, self.num_classes, h.shape[0], "discriminator")
         out = self.linear(h).squeeze(1)  # (B,)
         if self.embed is not None:
             out = out + (self.embed(labels) * h).sum(dim=1)
-        return out
+        if not return_class_logits:
+            return out
+        if self.classifier is None:
+            raise UserError("this discriminator has no auxiliary classifier "
+                            "(config aux_classifier=false)")
+        return out, self.classifier(h)

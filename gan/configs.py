@@ -123,6 +123,7 @@ class TransGANDiscriminatorConfig:
     noise: bool = True  # a learned scalar x per-token Gaussian noise before attention
     diffaug: str = "translation,cutout,color"  # DiffAugment policy applied inside forward
     num_classes: int = 0  # > 0: projection discriminator (Miyato & Koyama 2018)
+    aux_classifier: bool = False  # also an auxiliary classifier head (AC-GAN, Odena et al. 2017)
     checkpoint_blocks: bool = False  # activation checkpointing per block
 
     def __post_init__(self) -> None:

@@ -158,7 +158,12 @@ class STransGenerator(HubModel):
                                         c.cond_hidden) if c.num_classes else None
         layer_kwargs = adanorm_layer_kwargs(
             c.adanorm, self.condition.cond_dim if self.condition is not None else None)
-        self.to_tokens = nn.Linear(c.latent_dim, c.bottom**2 * c.dims[0])
+        # The input MLP reads z, or with ``label_input`` the conditioning vector (class embedding
+        # and z), so that the label shapes the image from the first step, not only through the
+        # norms' scales and shifts (which start at zero).
+        reads_cond = c.label_input and self.condition is not None
+        width_in = self.condition.cond_dim if reads_cond else c.latent_dim
+        self.to_tokens = nn.Linear(width_in, c.bottom**2 * c.dims[0])
         self.position = nn.Parameter(torch.zeros(1, c.bottom**2, c.dims[0]))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.stages = nn.ModuleList()
@@ -179,7 +184,8 @@ class STransGenerator(HubModel):
             cond = self.condition(z, labels)  # (B, C)
         else:
             cond = check_labels(labels, 0, b, "generator")  # None
-        x = self.to_tokens(z).view(b, c.bottom**2, c.dims[0]) + self.position  # (B, 16, D0)
+        tokens_in = cond if c.label_input and cond is not None else z  # (B, C) or (B, L)
+        x = self.to_tokens(tokens_in).view(b, c.bottom**2, c.dims[0]) + self.position
         for i, blocks in enumerate(self.stages):
             if i:
                 x = self.upsamples[i - 1](x)  # (B, 4N, D_i)
@@ -223,13 +229,15 @@ class STransDiscriminator(AugmentedInput, HubModel):
         self.downsamples = nn.ModuleList(Downsample(c.dims[i], c.dims[i + 1], c.downsample)
                                          for i in range(len(c.depths)))
         self.norm = nn.LayerNorm(c.dims[-1])
-        self.head = ProjectionHead(c.dims[-1], c.num_classes)
+        self.head = ProjectionHead(c.dims[-1], c.num_classes, c.aux_classifier)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-                augment: bool | None = None) -> torch.Tensor:
+                augment: bool | None = None, return_class_logits: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``images`` ``(B, 3, H, W)``, ``labels`` ``(B,)`` (conditional only) -> ``(B,)``.
 
         ``augment``: apply DiffAugment (default: in training mode only).
+        ``return_class_logits``: also return the auxiliary classifier's ``(B, classes)`` logits.
         """
         c = self.config
         images = self.checked_input(images, augment)  # (B, 3, H, W), augmented when training
@@ -238,4 +246,4 @@ class STransDiscriminator(AugmentedInput, HubModel):
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks)
             x = down(x, grid)  # (B, N/4, D_next)
         h = self.norm(x).mean(dim=1)  # (B, D_last)
-        return self.head(h, labels)
+        return self.head(h, labels, return_class_logits)

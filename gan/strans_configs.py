@@ -45,6 +45,7 @@ class STransGeneratorConfig:
     class_embed_dim: int = 128  # class-embedding width (conditional only)
     cond_hidden: int = 0  # 0: c = concat(embed(y), z); > 0: an MLP of it to this width
     adanorm: str = "trunk"  # AdaNorm-T placement: "branch" (a) | "trunk" (b) | "both" (c)
+    label_input: bool = False  # conditional: the input MLP reads c (class embedding and z), not z
     checkpoint_blocks: bool = False  # activation checkpointing per block (training memory)
     backend: str = "auto"  # attention backend, see imgtx.attention
 
@@ -84,6 +85,7 @@ class STransDiscriminatorConfig:
 
     image_size: int = 32  # input side in pixels
     num_classes: int = 0  # > 0: projection discriminator (Miyato & Koyama 2018)
+    aux_classifier: bool = False  # also an auxiliary classifier head (AC-GAN, Odena et al. 2017)
     stem_stride: int = 1  # 1: one token per pixel; 2: a 4x4/stride-2 conv halves the grid
     dims: tuple[int, ...] = (64, 128, 256, 256)  # len(depths) + 1 widths (last: head width)
     depths: tuple[int, ...] = (2, 2, 2)  # Swin blocks per stage

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from imgtx.errors import UserError, check_at_least, check_positive
+from imgtx.gan.auxiliary import AuxiliaryClassifierLoss
 from imgtx.gan.losses import LOSSES, make_loss
 from imgtx.gan.step import GANStep
 from imgtx.training import EMASettings, Run, RunSettings, Schedule
@@ -71,6 +72,7 @@ class GANTrainSettings(RunSettings):
     fid_data: str | None = None  # real images of the ticks (default: data)
     fid_split: str = "test"
     features: str = "imgtx-small"  # feature extractor (imgtx.eval.features.get_extractor)
+    aux_weight: float = 1.0  # AC-GAN class-loss weight, when D has aux_classifier
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -96,6 +98,7 @@ class GANTrainSettings(RunSettings):
         check_positive("clip_grad_norm", self.clip_grad_norm)
         check_positive("ema_kimg", self.ema_kimg)
         check_positive("ema_warmup", self.ema_warmup)
+        check_positive("aux_weight", self.aux_weight)
         check_at_least("num_samples", self.num_samples, 0)
         check_at_least("fid_every", self.fid_every, 0)
         check_at_least("fid_samples", self.fid_samples, 2)
@@ -190,7 +193,10 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
     run.print(f"G {parameter_count(G):,} / D {parameter_count(D):,} parameters; "
               f"{len(source):,} training images; {settings.loss}, n_critic {settings.n_critic}; "
               f"{run.num_processes} process(es)")
-    step = GANStep(make_loss(settings.loss, **settings.loss_options), settings.n_critic,
+    loss = make_loss(settings.loss, **settings.loss_options)
+    if getattr(D.config, "aux_classifier", False):
+        loss = AuxiliaryClassifierLoss(loss, settings.aux_weight)
+    step = GANStep(loss, settings.n_critic,
                    settings.clip_grad_norm, G.config.latent_dim, num_classes)
     record = run.fit(step, evaluate=lambda r: _evaluate(r, settings), samples=(
         (lambda r: _samples(r, settings)) if settings.num_samples else None))

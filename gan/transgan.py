@@ -219,7 +219,7 @@ class TransGANDiscriminator(AugmentedInput, HubModel):
         self.last_block = TransGANBlock(c.dim, c.heads, int(c.dim * c.mlp_ratio), c.grids[-1],
                                         relative_bias=False, extra_tokens=1, **kwargs)
         self.norm = nn.LayerNorm(c.dim, eps=LAYER_NORM_EPS) if c.norm == "ln" else PixelNorm()
-        self.head = ProjectionHead(c.dim, c.num_classes)
+        self.head = ProjectionHead(c.dim, c.num_classes, c.aux_classifier)
         for module in self.modules():  # Discriminator._init_weights
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -232,10 +232,12 @@ class TransGANDiscriminator(AugmentedInput, HubModel):
         return self
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-                augment: bool | None = None) -> torch.Tensor:
+                augment: bool | None = None, return_class_logits: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``images`` ``(B, 3, H, W)``, ``labels`` ``(B,)`` (conditional only) -> ``(B,)``.
 
         ``augment``: apply DiffAugment (default: in training mode only).
+        ``return_class_logits``: also return the auxiliary classifier's ``(B, classes)`` logits.
         """
         c = self.config
         images = self.checked_input(images, augment)  # (B, 3, H, W), augmented when training
@@ -250,4 +252,4 @@ class TransGANDiscriminator(AugmentedInput, HubModel):
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)  # (B, 1 + N, D)
         x = run_blocks(nn.ModuleList([self.last_block]), x, checkpointed=c.checkpoint_blocks)
-        return self.head(self.norm(x[:, 0]), labels)  # (B,)
+        return self.head(self.norm(x[:, 0]), labels, return_class_logits)  # (B,)

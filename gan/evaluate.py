@@ -32,7 +32,7 @@ from imgtx.eval.fid import (
     kernel_inception_distance,
 )
 
-__all__ = ["evaluate_generator", "real_images", "reference_statistics"]
+__all__ = ["evaluate_generator", "real_images", "reference_statistics", "spread_indices"]
 
 KID_SUBSETS = 100
 # Bińkowski et al. 2018 use subsets of 1000. With fewer than 2000 images on a side, subsets are
@@ -42,12 +42,22 @@ KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
 
 
+def spread_indices(total: int, count: int) -> list[int]:
+    """``min(count, total)`` indices spread evenly over ``range(total)`` (all of them when
+    ``count >= total``). Splits are often stored photo by photo or class by class, so the first
+    ``count`` rows can be one photo; evenly spaced rows cover the whole split, deterministically."""
+    if count >= total:
+        return list(range(total))
+    return [(i * total) // count for i in range(count)]
+
+
 def real_images(data: str, split: str, image_size: int, count: int) -> torch.Tensor:
-    """The first ``count`` images (or all, if fewer) of a split: ``(N, 3, S, S)`` uint8."""
+    """``count`` images (or all, if fewer) spread evenly over a split (:func:`spread_indices`):
+    ``(N, 3, S, S)`` uint8."""
     from imgtx.data import load_images
 
-    source = load_images(data, split=split, image_size=image_size, limit=count)
-    images = [item["image"] for _, item in zip(range(count), source)]
+    source = load_images(data, split=split, image_size=image_size)
+    images = [source[i]["image"] for i in spread_indices(len(source), count)]
     if len(images) < 2:
         raise UserError(f"{data!r} split {split!r} has {len(images)} images; FID needs >= 2")
     return torch.stack(images)  # (N, 3, S, S)
@@ -75,13 +85,13 @@ def reference_statistics(
     batch_size: int = 64,
     use_cache: bool = True,
 ) -> ReferenceStatistics:
-    """Features and Gaussian fit of the first ``count`` real images of a split, cached on disk.
+    """Features and Gaussian fit of ``count`` real images spread over a split, cached on disk.
 
     The cache key holds the data spec, split, image size, extractor name and weight fingerprint,
     and the requested ``count``; ``len(result.features)`` is the number of images really used.
     """
     key = {"data": data, "split": split, "image_size": image_size, "features": features,
-           "fingerprint": _fingerprint(extractor), "count": count}  # fmt: skip
+           "fingerprint": _fingerprint(extractor), "count": count, "rows": "spread"}  # fmt: skip
 
     def compute() -> np.ndarray:
         return compute_features(extractor, real_images(data, split, image_size, count), batch_size)

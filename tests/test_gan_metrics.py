@@ -34,7 +34,7 @@ from imgtx.eval.fid import (
     frechet_distance,
     kernel_inception_distance,
 )
-from imgtx.gan.evaluate import evaluate_generator, reference_statistics
+from imgtx.gan.evaluate import evaluate_generator, reference_statistics, spread_indices
 
 HAS_FEATURE_NET = (default_features_dir() / "model.safetensors").is_file()
 needs_feature_net = pytest.mark.skipif(not HAS_FEATURE_NET, reason="feature net not trained yet")
@@ -221,9 +221,21 @@ def test_reference_statistics_of_real_images_hit_the_cache_and_are_keyed_by_coun
     fewer = reference_statistics(*args, 30, "random", extractor)
     assert not first.from_cache and second.from_cache and not fewer.from_cache
     assert len(second.features) == 40 and len(fewer.features) == 30
-    np.testing.assert_allclose(fewer.features, first.features[:30])
     everything = reference_statistics(*args, 10_000, "random", extractor)
     assert len(everything.features) == 395  # the split has fewer: all of it is used
+    # The rows are spread over the split, not its first rows (a split stored photo by photo
+    # would otherwise give a one-photo reference).
+    np.testing.assert_allclose(fewer.features, everything.features[spread_indices(395, 30)],
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fewer.features, everything.features[:30])
+
+
+def test_spread_indices_cover_the_split_evenly():
+    assert spread_indices(5, 10) == [0, 1, 2, 3, 4]
+    picked = spread_indices(10_635, 512)
+    assert len(set(picked)) == 512 and picked == sorted(picked) and picked[0] == 0
+    gaps = np.diff(picked)
+    assert gaps.min() >= 20 and gaps.max() <= 21 and picked[-1] >= 10_635 - 21
 
 
 # ----------------------------------------------------------------------------------------------

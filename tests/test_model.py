@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hub_cache import write_offline_hub_cache  # noqa: E402 (tests/hub_cache.py)
 
-from imgtx import ImageTransformer, get_config  # noqa: E402
+from imgtx import ImageTransformer, ImageTransformerConfig, get_config  # noqa: E402
 from imgtx.hub import CheckpointMismatchError  # noqa: E402
 from imgtx.sampling import decode, sample  # noqa: E402
 
@@ -227,3 +227,13 @@ def test_incremental_decoder_alternates_outputs_and_feed():
         assert decoder.position == 1
         # position 0 sees nothing: its outputs equal the full forward's on any image
         assert torch.allclose(first, model(random_images(2))[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("field, value", [("image_size", 0), ("num_layers", -1),
+                                          ("hidden_size", 0), ("block_length", 0),
+                                          ("num_heads", 2.5), ("num_classes", -1)])
+def test_config_rejects_non_positive_sizes(field, value):
+    """A config.json with a zero or negative size fails with the field's name, not later
+    inside a tensor operation."""
+    with pytest.raises(ValueError, match=f"config.{field}"):
+        ImageTransformerConfig(**{field: value})

@@ -53,9 +53,10 @@ def config_from_dict(config_class: type, data: Mapping[str, Any],
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigMismatchError(
-            f"{where} has keys that {config_class.__name__} does not define: {unknown}. It was "
-            "probably saved by a newer imgtx; upgrade imgtx, or delete these keys if you are sure "
-            "they do not change the model.")
+            f"{where} has keys that {config_class.__name__} does not define: {unknown}. It is "
+            "either another kind of model's config (load it with that model's class) or was saved "
+            "by a newer imgtx (upgrade imgtx, or delete these keys if you are sure they do not "
+            "change the model).")
     required = [name for name, f in fields.items() if name not in data
                 and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if required:

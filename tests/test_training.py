@@ -262,3 +262,12 @@ if __name__ == "__main__":
     run.export("D")
     run.export("G", ema=True)
     run.end()
+
+
+def test_counters_and_learning_rates_are_not_drawn_as_curves():
+    """``kimg`` grows without bound; drawn beside losses it would flatten them."""
+    from imgtx.training.curves import curve_names
+
+    records = [{"step": 1, "images_seen": 16, "kimg": 0.016, "hours": 0.1, "lr_G": 1e-4,
+                "d_loss": 1.2, "g_loss": 0.7, "done": True}]
+    assert curve_names(records) == ["d_loss", "g_loss"]

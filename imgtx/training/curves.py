@@ -2,8 +2,9 @@
 
 Each evaluation of a run appends one JSON line (``step``, ``images_seen``, ``hours``, the
 family's training and held-out figures, learning rates). :func:`plot_curves` draws every figure
-other than the counters and learning rates against images seen: with matplotlib where it is
-installed, else with Pillow (axes, ticks and a legend, no other dependency).
+other than the counters (step, images seen, kimg, hours) and learning rates against images
+seen: with matplotlib where it is installed, else with Pillow (axes, ticks and a legend, no other
+dependency).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["append_record", "read_records", "plot_curves", "curve_names"]
 
-COUNTERS = ("step", "images_seen", "hours")
+COUNTERS = ("step", "images_seen", "kimg", "hours")  # kimg: images_seen / 1000 (GAN runs)
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
 
 

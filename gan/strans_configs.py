@@ -183,8 +183,10 @@ STRANS_CONFIGS: dict[str, STransEntry] = {
     # about an hour on one shared CPU core): the paper's conditional 32^2 G plot labels give
     # 1/2/2/3 blocks at 4^2/8^2/16^2/32^2; we keep 1/2/2 and use 1 block at 32^2, the stage that
     # costs most wall time on a CPU (1,024 tokens; G forward+backward about halves). FFN ratio 2;
-    # D sees a 16^2 grid after a stride-2 stem. DiffAugment without cutout: a 16^2 hole hides
-    # half a digit, and with it the class the projection head must judge.
+    # D sees a 16^2 grid after a stride-2 stem. D: identity residuals (they won the skip-projection
+    # ablation at this scale, docs/strans.md) and an auxiliary classifier beside the projection
+    # head (AC-GAN; the projection alone taught the classes too slowly). DiffAugment translation
+    # only: cutout hides half a digit, colour slows D's class learning and tints the grey digits.
     "strans-digits32-cond": STransEntry(
         _g(image_size=32, latent_dim=64, bottom=4, dims=(128, 128, 64, 32), depths=(1, 2, 2, 1),
            heads=(4, 4, 2, 1), window=8, swin_from=16, mlp_ratio=2.0, num_classes=10,
@@ -192,8 +194,8 @@ STRANS_CONFIGS: dict[str, STransEntry] = {
         "imgtx: CPU-sized; depths from the paper's 32^2 G plot labels, one block at 32^2",
         discriminator=_d(image_size=32, num_classes=10, stem_stride=2, dims=(32, 64, 128),
                          depths=(2, 2), heads=(1, 2), window=8, mlp_ratio=2.0,
-                         diffaug="translation,color"),
-        train={"batch_size": 32, "loss": "hinge", "n_critic": 1, "lr": 2e-4}),
+                         residual="identity", aux_classifier=True, diffaug="translation"),
+        train={"batch_size": 16, "loss": "hinge", "n_critic": 1, "lr": 2e-4}),
 }
 
 

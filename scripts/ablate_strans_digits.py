@@ -38,6 +38,10 @@ SCRIPT = Path(__file__).resolve().parent / "train_strans_digits.py"
 
 SMALL_G = ["image_size=16", "dims=[128,64,32]", "depths=[1,2,2]", "heads=[4,2,1]"]
 SMALL_D = ["image_size=16", "stem_stride=1"]
+# The rows' common D: the projection critic of the first shipped recipe (skip projections, no
+# auxiliary classifier, DiffAugment translation+color), pinned here so the ablation does not
+# change when the registry's shipped recipe does.
+BASE_D = ["residual=projection", "aux_classifier=false", "diffaug=translation,color"]
 ROWS = {
     "base": ([], []),
     "d-identity": ([], ["residual=identity"]),
@@ -50,6 +54,7 @@ LABELS = {"base": "skip projection / trunk (b)", "d-identity": "identity residua
 def train_row(name: str, args: argparse.Namespace) -> Path:
     """Train one row in a child process (so each starts from the same fresh state)."""
     g_sets, d_sets = ROWS[name]
+    d_sets = BASE_D + d_sets
     if not args.full_size:
         g_sets, d_sets = SMALL_G + g_sets, SMALL_D + d_sets
     command = [sys.executable, str(SCRIPT), "--out", str(Path(args.out) / name), "--export", "",

@@ -128,8 +128,8 @@ def _train(args: argparse.Namespace) -> int:
         "data", "out", "max_steps", "minutes", "kimg", "batch_size", "grad_accum", "loss", "lr",
         "lr_d", "warmup", "n_critic", "ema_kimg", "ema_warmup", "mixed_precision", "eval_every",
         "sample_every", "checkpoint_every", "num_samples", "fid_every", "fid_samples",
-        "fid_data", "fid_split", "features", "resume", "seed", "threads", "num_workers",
-        "report_to")}
+        "fid_data", "fid_split", "features", "aux_weight", "resume", "seed", "threads",
+        "num_workers", "report_to")}
     given["clip_grad_norm"] = None if args.clip_grad_norm == 0 else args.clip_grad_norm
     if loss_options:
         given["loss_options"] = loss_options
@@ -212,6 +212,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--fid-data", help="real images of the ticks (default: --data)")
     p.add_argument("--fid-split", help="split of --fid-data (default: test)")
     p.add_argument("--features", help="FID feature extractor (default: imgtx-small)")
+    p.add_argument("--aux-weight", type=float, help="weight of the AC-GAN class loss, when D "
+                   "has an auxiliary classifier (--set-d aux_classifier=true; default 1)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue from OUT/checkpoint")
     p.add_argument("--seed", type=int)

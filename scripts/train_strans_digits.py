@@ -1,14 +1,16 @@
 """Reproduce the shipped conditional generator ``checkpoints/strans-digits32-cond``.
 
-Trains the ``strans-digits32-cond`` pair (STrans-G with AdaNorm-T on the trunk, STrans-D with
-skip projections and a projection head; Xu et al. 2021, arXiv 2110.13107) on ``builtin:digits``
+Trains the ``strans-digits32-cond`` pair (STrans-G with AdaNorm-T on the trunk; Xu et al. 2021,
+arXiv 2110.13107; STrans-D with a projection head and an AC-GAN auxiliary classifier, Odena et
+al. 2017) on ``builtin:digits``
 train at 32x32 on the shared GAN run (``imgtx.gan.train.train_gan``), logging the residual norm
 ratios of G and D every ``--ratio-every`` steps (``imgtx.gan.ratio_logging``), then copies the
 EMA generator to ``--export`` with its training curve, ratio curves and a class grid (one row
 per class, seed 0).
 
-    python scripts/train_strans_digits.py --batch-size 16 --lr 5e-4 --lr-d 2e-4 \
-        --max-steps 3000 --minutes 55 --sample-every 200 --threads 1 \
+    python scripts/train_strans_digits.py --batch-size 16 --lr 2e-4 --lr-d 2e-4 \
+        --max-steps 20000 --minutes 60 --sample-every 500 --ratio-every 100 --eval-every 100 \
+        --checkpoint-every 250 --threads 1 \
         --out runs/strans-digits32-cond --export checkpoints/strans-digits32-cond
     python scripts/train_strans_digits.py --max-steps 3 --out /tmp/smoke --export ''  # smoke
 
@@ -16,7 +18,7 @@ The first command made the shipped checkpoint (docs/strans.md has its figures an
 runs). The same training without the ratio logging is
 
     imgtx gan train --config strans-digits32-cond --data builtin:digits --out DIR \
-        --batch-size 16 --lr 5e-4 --lr-d 2e-4 --max-steps 3000 --minutes 55 --ema-kimg 2 \
+        --batch-size 16 --lr 2e-4 --lr-d 2e-4 --max-steps 20000 --minutes 60 --ema-kimg 2 \
         --num-samples 100
 
 Settings not given here come from the registry entry's ``train`` (loss, lr, batch, n_critic),

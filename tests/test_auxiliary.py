@@ -122,3 +122,19 @@ def test_saved_pair_round_trips_with_the_classifier(tmp_path):
     bad.aux_classifier = False
     with pytest.raises(Exception, match="classifier"):
         STransDiscriminator(bad).load_state_dict(D.state_dict())
+
+
+def test_transgan_discriminator_gets_the_same_classifier():
+    from imgtx.gan.configs import gan_entry
+    from imgtx.gan.transgan import TransGANDiscriminator
+
+    config = copy.deepcopy(gan_entry("transgan-tiny").discriminator)
+    config.num_classes, config.aux_classifier = CLASSES, True
+    config.__post_init__()
+    torch.manual_seed(0)
+    D = TransGANDiscriminator(config).eval()
+    size = config.image_size
+    images, labels = torch.rand(2, 3, size, size) * 2 - 1, torch.tensor([0, 2])
+    out, logits = D(images, labels, return_class_logits=True)
+    torch.testing.assert_close(out, D(images, labels))
+    assert logits.shape == (2, CLASSES)

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/ablate-strans-digits")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--max-steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, default=32, help="the documented rows used 32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratio-every", type=int, default=25)
     p.add_argument("--num-samples", type=int, default=500, help="generated images per FID")

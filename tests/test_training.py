@@ -271,3 +271,17 @@ def test_counters_and_learning_rates_are_not_drawn_as_curves():
     records = [{"step": 1, "images_seen": 16, "kimg": 0.016, "hours": 0.1, "lr_G": 1e-4,
                 "d_loss": 1.2, "g_loss": 0.7, "done": True}]
     assert curve_names(records) == ["d_loss", "g_loss"]
+
+
+def test_exported_model_card_names_where_the_model_lives(tmp_path):
+    """The card's usage line names the final folder, then the shipped copy; never the temporary
+    ``.partial`` folder it was written in."""
+    from imgtx import ImageTransformer, get_config
+    from imgtx.training.checkpoints import export_model, export_run
+
+    final = export_model(ImageTransformer(get_config("tiny")), tmp_path / "run" / "final")
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert f'from_pretrained("{final}")' in (final / "README.md").read_text()
+    shipped = export_run(final, tmp_path / "shipped")
+    card = (shipped / "README.md").read_text()
+    assert f'from_pretrained("{shipped}")' in card and "partial" not in card

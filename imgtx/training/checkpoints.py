@@ -88,7 +88,18 @@ def export_model(model: nn.Module, path: Path, metrics: dict | None = None) -> P
         save_model(model, str(partial / "model.safetensors"))
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
+    _retarget_card(path, partial)
     return path
+
+
+def _retarget_card(folder: Path, written_at: Path) -> None:
+    """Make the model card's usage line in ``folder/README.md`` name ``folder``, where the card
+    was written at ``written_at`` (a temporary or run folder)."""
+    card = Path(folder) / "README.md"
+    if card.is_file():
+        text = card.read_text()
+        card.write_text(text.replace(f'from_pretrained("{written_at}")',
+                                     f'from_pretrained("{folder}")'))
 
 
 def batch_images(batch) -> int | None:
@@ -111,6 +122,7 @@ def export_run(final: Path, export: str | Path) -> Path:
     export = Path(export)
     shutil.rmtree(export, ignore_errors=True)
     shutil.copytree(final, export)
+    _retarget_card(export, Path(final))
     shutil.copy(Path(final).parent / "metrics.jsonl", export / "training_curve.jsonl")
     print(f"copied {final} -> {export}")
     return export

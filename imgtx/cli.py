@@ -191,6 +191,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def close_process_group() -> None:
+    """When this process is one of several (``torchrun``), wait for the others, then close the
+    process group: a process that exits with the group's communication threads still running
+    aborts ("terminate called without an active exception") and fails the whole launch."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _eval_bpd(args: argparse.Namespace) -> int:
     from imgtx.eval.bits_per_dim import evaluate_model
 
@@ -379,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        return args.func(args)
+        status = args.func(args)
+        close_process_group()
+        return status
     except _user_errors() as error:
         if os.environ.get("IMGTX_DEBUG"):
             raise

@@ -59,13 +59,12 @@ class ImageTransformerConfig:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"config.{name}={value!r}; expected one of {allowed}")
-        for name in ("image_size", "num_layers", "hidden_size", "ffn_size", "num_heads",
-                     "block_length", "num_mixtures"):
+        minimum = {"image_size": 1, "num_layers": 0, "hidden_size": 1, "ffn_size": 1,
+                   "num_heads": 1, "block_length": 1, "num_mixtures": 1, "num_classes": 0}
+        for name, least in minimum.items():  # (num_layers=0: embeddings and head only)
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
-        if self.num_classes < 0:
-            raise ValueError(f"config.num_classes must be >= 0, got {self.num_classes}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"config.{name} must be an integer >= {least}, got {value!r}")
         if self.hidden_size % 4:
             raise ValueError("hidden_size must be divisible by 4 (2D sinusoidal positions)")
 

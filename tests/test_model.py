@@ -230,6 +230,7 @@ def test_incremental_decoder_alternates_outputs_and_feed():
 
 
 @pytest.mark.parametrize("field, value", [("image_size", 0), ("num_layers", -1),
+                                          ("num_mixtures", 0),
                                           ("hidden_size", 0), ("block_length", 0),
                                           ("num_heads", 2.5), ("num_classes", -1)])
 def test_config_rejects_non_positive_sizes(field, value):

@@ -161,8 +161,8 @@ class STransGenerator(HubModel):
         # The input MLP reads z, or with ``label_input`` the conditioning vector (class embedding
         # and z), so that the label shapes the image from the first step, not only through the
         # norms' scales and shifts (which start at zero).
-        reads_cond = c.label_input and self.condition is not None
-        width_in = self.condition.cond_dim if reads_cond else c.latent_dim
+        self.reads_cond = c.label_input and self.condition is not None
+        width_in = self.condition.cond_dim if self.reads_cond else c.latent_dim
         self.to_tokens = nn.Linear(width_in, c.bottom**2 * c.dims[0])
         self.position = nn.Parameter(torch.zeros(1, c.bottom**2, c.dims[0]))
         nn.init.trunc_normal_(self.position, std=0.02)
@@ -184,7 +184,7 @@ class STransGenerator(HubModel):
             cond = self.condition(z, labels)  # (B, C)
         else:
             cond = check_labels(labels, 0, b, "generator")  # None
-        tokens_in = cond if c.label_input and cond is not None else z  # (B, C) or (B, L)
+        tokens_in = cond if self.reads_cond else z  # (B, C) or (B, L)
         x = self.to_tokens(tokens_in).view(b, c.bottom**2, c.dims[0]) + self.position
         for i, blocks in enumerate(self.stages):
             if i:

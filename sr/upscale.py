@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from imgtx.images import make_grid, read_image, save_image
 from imgtx.resample import upscale_bicubic
-from imgtx.sampling import decode
+from imgtx.sampling import decode, decode_fixed_point
 from imgtx.sr.anchor import StayNearAnchor, make_anchors
 from imgtx.sr.model import SuperResolutionTransformer
 
@@ -66,7 +66,8 @@ def _rule(model: SuperResolutionTransformer, rule):
 def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
                   use_cache: bool = True, return_logits: bool = False, progress: bool = False,
-                  anchors: torch.Tensor | None = None, rule: StayNearAnchor | str | None = "auto"):
+                  anchors: torch.Tensor | None = None, rule: StayNearAnchor | str | None = "auto",
+                  fixed_point: bool | None = None, stats: dict | None = None):
     """Sample high-resolution images for a batch of model-sized inputs.
 
     Args:
@@ -83,6 +84,11 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
         rule: at temperature 0, how an anchored model picks each value: ``"auto"`` (default)
             is :data:`DEFAULT_RULE`, a :class:`~imgtx.sr.anchor.StayNearAnchor` that keeps the
             anchor unless the model is confident; None is plain argmax. Ignored above 0.
+        fixed_point: at temperature 0, decode by fixed-point iteration from the anchors
+            (:func:`imgtx.sampling.decode_fixed_point`: whole-image forward passes, the same
+            output as one subpixel at a time). None (default): for anchored models with the
+            KV cache on and no logits asked for; at temperatures above 0 it is never used.
+        stats: with ``fixed_point``, receives the passes made (see ``decode_fixed_point``).
 
     Returns:
         ``(B, 3, H, W)`` uint8 (and the logits).
@@ -96,9 +102,20 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
     if anchors is None:
         anchors = model.anchors(low_res)
     context = model.encode(low_res)  # (B, Nin, D), once per batch
+    rule = _rule(model, rule)
+    if fixed_point is None:
+        fixed_point = anchors is not None and use_cache and not return_logits
+    if fixed_point and temperature == 0:
+        if anchors is None or return_logits:
+            raise ValueError("fixed-point decoding starts from the anchors of an anchored "
+                             "model and returns no per-step logits")
+        result = decode_fixed_point(model.decoder, anchors, rule=rule, context=context,
+                                    side=anchors, progress=progress, stats=stats)
+        model.train(was_training)
+        return result
     result = decode(model.decoder, low_res.shape[0], temperature=temperature,
                     use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                    progress=progress, context=context, side=anchors, rule=_rule(model, rule))
+                    progress=progress, context=context, side=anchors, rule=rule)
     model.train(was_training)
     return result
 

@@ -120,3 +120,15 @@ def test_registry_suggests_the_recipe_of_the_shipped_checkpoint(script, entry):
     recipe = script_recipe(ROOT / "scripts" / script)
     assert {"batch_size", "lr", "warmup", "schedule"} <= set(recipe)
     assert entry.train == recipe
+
+
+def test_fixed_point_upscale_of_the_shipped_model_equals_subpixel_by_subpixel(models, targets):
+    """The default temperature-0 upscale (fixed-point passes from the anchors) returns what the
+    KV-cached decoder gives one subpixel at a time, on real photos."""
+    _, model = models
+    low_res = make_low_res(targets[:6], model.config)
+    stats = {}
+    fast = upscale_batch(model, low_res, temperature=0, stats=stats)
+    slow = upscale_batch(model, low_res, temperature=0, fixed_point=False)
+    assert torch.equal(fast, slow)
+    assert stats["row_passes"] < 3 * len(low_res)  # the point: a few passes, not 3,072 steps

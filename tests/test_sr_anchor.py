@@ -19,7 +19,7 @@ from imgtx import ImageTransformer
 from imgtx.configs import get_config as imgtx_config
 from imgtx.resample import upscale_bicubic, upscale_nearest
 from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
-from imgtx.sr.anchor import AnchoredDecoder
+from imgtx.sr.anchor import AnchoredDecoder, StayNearAnchor
 from imgtx.sr.model import make_low_res
 from imgtx.sr.train import init_decoder_from, offset_log_prior
 from imgtx.sr.upscale import pad_to_tiles, upscale_batch, upscale_image
@@ -175,3 +175,63 @@ def test_warm_start_copies_the_body_but_keeps_the_anchored_value_head_at_zero(tm
     assert torch.equal(model.decoder.layers[0].ffn.fc1.weight,
                        source.layers[0].ffn.fc1.weight)
     assert not model.decoder.head.weight.any() and not model.decoder.head.bias.any()
+
+
+# -- fixed-point (Jacobi) decoding at temperature 0 -----------------------------------------------
+
+
+def departing(seed: int = 1) -> SuperResolutionTransformer:
+    """A tiny anchored model with its decoder weights scrambled, so that greedy decoding leaves
+    the anchors at many subpixels and each choice changes later ones."""
+    model = anchored(input_size=2)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("rule", [StayNearAnchor(0.0, 0.0), StayNearAnchor(0.2, 0.05)],
+                         ids=["argmax", "loose-rule"])
+def test_fixed_point_decoding_equals_decoding_one_subpixel_at_a_time(rule):
+    model = departing()
+    low = random_images(4, 2, seed=3)
+    stats = {}
+    fast = upscale_batch(model, low, temperature=0, rule=rule, fixed_point=True, stats=stats)
+    recompute = upscale_batch(model, low, temperature=0, rule=rule, fixed_point=False,
+                              use_cache=False)
+    cached = upscale_batch(model, low, temperature=0, rule=rule, fixed_point=False)
+    assert torch.equal(fast, recompute)
+    assert torch.equal(fast, cached)
+    departures = (fast != model.anchors(low)).sum().item()
+    assert departures > 20  # so the iteration had work to do ...
+    assert stats["passes"] > 2  # ... and needed more than one correcting pass
+    assert stats["row_passes"] <= 4 * stats["passes"]
+
+
+def test_fixed_point_decoding_is_the_default_at_temperature_zero_for_anchored_models(monkeypatch):
+    import imgtx.sr.upscale as upscale_module
+
+    calls = []
+    real = upscale_module.decode_fixed_point
+    monkeypatch.setattr(upscale_module, "decode_fixed_point",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = anchored(input_size=2)
+    low = random_images(2, 2)
+    upscale_batch(model, low, temperature=0)
+    upscale_batch(model, low, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    upscale_batch(model, low, temperature=0, return_logits=True)
+    assert calls == [1]  # only the first: sampling and per-step logits go subpixel by subpixel
+
+
+def test_fixed_point_decoding_refuses_what_it_cannot_do():
+    model = departing()
+    low = random_images(2, 2, seed=3)
+    with pytest.raises(RuntimeError, match="did not converge in 1 passes"):
+        from imgtx.sampling import decode_fixed_point
+
+        decode_fixed_point(model.decoder, model.anchors(low), rule=StayNearAnchor(0.0, 0.0),
+                           context=model.encode(low), side=model.anchors(low), max_iterations=1)
+    plain = anchored("none", input_size=2)
+    with pytest.raises(ValueError, match="starts from the anchors"):
+        upscale_batch(plain, low, temperature=0, fixed_point=True)

@@ -2,6 +2,8 @@
 
     python scripts/bench_sr_upscale.py --model checkpoints/sr-photos-8to32-small --json
     python scripts/bench_sr_upscale.py --size 64 --plain-step --json   # short; the unfused step
+    python scripts/bench_sr_upscale.py --temperature 0 --threads 2 --json  # fixed-point passes
+    python scripts/bench_sr_upscale.py --temperature 0 --sequential --json # subpixel by subpixel
 
 The input is scikit-image's bundled ``astronaut`` (512x512) area-downscaled to 256x256, so no
 download is needed. Writes the upscale and a bicubic comparison under ``--out`` and prints a final
@@ -34,6 +36,10 @@ def main() -> None:
     parser.add_argument("--plain-step", action="store_true",
                         help="decode with each layer's own step instead of the fused one "
                         "(imgtx.fused_step), to compare the two")
+    parser.add_argument("--sequential", action="store_true",
+                        help="at temperature 0, decode subpixel by subpixel (KV cache) instead of "
+                        "by fixed-point passes from the anchors (imgtx.sampling."
+                        "decode_fixed_point), to compare the two")
     parser.add_argument("--out", default="runs/bench_sr_upscale")
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed)")
     args = parser.parse_args()
@@ -52,8 +58,10 @@ def main() -> None:
     image = downscale_area(photo[None], factor)[0] if factor > 1 else photo
     model = SuperResolutionTransformer.from_pretrained(args.model)
     wall, cpu = time.time(), time.process_time()
+    stats = {}
     out = upscale_image(model, image, temperature=args.temperature, seed=0,
-                        batch_size=args.batch_size, progress=True)
+                        batch_size=args.batch_size, progress=True,
+                        fixed_point=False if args.sequential else None, stats=stats)
     wall, cpu = time.time() - wall, time.process_time() - cpu
     out_dir = Path(args.out)
     save_image(out, out_dir / "upscaled.png")
@@ -65,6 +73,8 @@ def main() -> None:
                       "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
                       "cores": os.cpu_count(), "plain_step": args.plain_step,
                       "temperature": args.temperature, "load_average": os.getloadavg(),
+                      "fixed_point_passes": stats.get("passes"),
+                      "fixed_point_tile_passes": stats.get("row_passes"),
                       "model": args.model, "out": str(out_dir)}))
 
 

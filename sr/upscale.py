@@ -124,11 +124,14 @@ def upscale_tiles(model: SuperResolutionTransformer, tiles: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
                   batch_size: int = 64, progress: bool = False,
                   anchors: torch.Tensor | None = None,
-                  rule: StayNearAnchor | str | None = "auto") -> torch.Tensor:
+                  rule: StayNearAnchor | str | None = "auto", fixed_point: bool | None = None,
+                  stats: dict | None = None) -> torch.Tensor:
     """Upscale ``(n, 3, h, w)`` uint8 model-sized tiles, ``batch_size`` at a time, with a
     progress bar over tiles (and one over the current batch's subpixels). ``anchors``
     ``(n, 3, H, W)``: the tiles' anchors for an anchored model (None: from each tile alone).
-    ``rule``: see :func:`upscale_batch`. Returns ``(n, 3, H, W)`` uint8 on the CPU."""
+    ``rule``, ``fixed_point``: see :func:`upscale_batch`. ``stats``, if given, receives the
+    fixed-point ``passes`` (most over the batches) and ``row_passes`` (summed).
+    Returns ``(n, 3, H, W)`` uint8 on the CPU."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     outputs = []
@@ -136,10 +139,15 @@ def upscale_tiles(model: SuperResolutionTransformer, tiles: torch.Tensor, *,
         for start in range(0, len(tiles), batch_size):
             batch = tiles[start : start + batch_size]
             batch_anchors = None if anchors is None else anchors[start : start + batch_size]
+            batch_stats = {}
             outputs.append(upscale_batch(model, batch, temperature=temperature,
                                          generator=generator, progress=progress,
-                                         anchors=batch_anchors, rule=rule).cpu())
+                                         anchors=batch_anchors, rule=rule,
+                                         fixed_point=fixed_point, stats=batch_stats).cpu())
             bar.update(len(batch))
+            if stats is not None and batch_stats:
+                stats["passes"] = max(stats.get("passes", 0), batch_stats["passes"])
+                stats["row_passes"] = stats.get("row_passes", 0) + batch_stats["row_passes"]
     return torch.cat(outputs)
 
 
@@ -181,7 +189,8 @@ def stitch_tiles(tiles: torch.Tensor, grid: tuple[int, int], height: int,
 def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
                   temperature: float | None = None, seed: int | None = None,
                   batch_size: int = 64, progress: bool = False,
-                  rule: StayNearAnchor | str | None = "auto") -> torch.Tensor:
+                  rule: StayNearAnchor | str | None = "auto", fixed_point: bool | None = None,
+                  stats: dict | None = None) -> torch.Tensor:
     """Upscale one RGB image of any size by ``config.scale`` (tiled; see the module docstring).
 
     Args:
@@ -191,6 +200,7 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
         batch_size: tiles decoded together.
         progress: show a progress bar over tiles.
         rule: the temperature-0 rule of anchored models, see :func:`upscale_batch`.
+        fixed_point, stats: see :func:`upscale_tiles`.
 
     Returns:
         ``(3, h * scale, w * scale)`` uint8.
@@ -209,7 +219,7 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
         anchors, _ = split_tiles(whole, config.output_size)
     upscaled = upscale_tiles(model, tiles, temperature=temperature, generator=generator,
                              batch_size=batch_size, progress=progress, anchors=anchors,
-                            rule=rule)
+                             rule=rule, fixed_point=fixed_point, stats=stats)
     return stitch_tiles(upscaled, grid, image.shape[1] * config.scale,
                         image.shape[2] * config.scale)
 

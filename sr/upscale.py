@@ -23,7 +23,10 @@ and column of tiles and is cropped away.
 
 Temperature 0: an anchored model keeps each subpixel at its anchor unless it is confident of
 another value (:class:`imgtx.sr.anchor.StayNearAnchor`, :data:`DEFAULT_RULE`), so a smooth input
-stays smooth instead of drifting into streaks; ``rule=None`` gives plain argmax decoding.
+stays smooth instead of drifting into streaks; ``rule=None`` gives plain argmax decoding. Since
+nearly every value is then the anchor, an anchored model decodes at temperature 0 by fixed-point
+passes started from the anchors (:func:`imgtx.sampling.decode_fixed_point`): whole-tile forward
+passes until no value changes, exactly the subpixel-by-subpixel output, about 3x faster on CPU.
 
 Reproducibility: with a ``seed`` the same image, temperature and batch size give the same output;
 temperature 0 (the most likely value of each subpixel, in decoding order) needs no seed.

@@ -10,6 +10,8 @@ match scripts/train_photos32_small.py.
 
     python scripts/train_sr_photos.py --minutes 62 --threads 2 --out runs/sr-photos-small
     python scripts/train_sr_photos.py --max-steps 3 --out /tmp/smoke --export ''   # smoke run
+    python scripts/train_sr_photos.py --data runs/photo_corpus --init checkpoints/sr-photos-8to32-small \
+        --minutes 80 --threads 1 --lr 5e-4 --out runs/sr-corpus --export checkpoints/sr-corpus-8to32-small
 
 The same run from the command line (the registry's suggestion for ``photos-8to32-small`` holds
 this batch size, lr, warm-up and ``--decoder-init``):
@@ -45,13 +47,22 @@ def main() -> None:
     parser.add_argument("--decoder-init", default="checkpoints/imgtx-photos32-small",
                         help="warm-start the decoder from this unconditional Image Transformer "
                              "('' for a fresh start)")
+    parser.add_argument("--init", default="",
+                        help="start from this whole super-resolution model instead (fine-tune "
+                             "it; --decoder-init is then ignored)")
+    parser.add_argument("--data", default="builtin:photos32",
+                        help="training data: builtin:photos32, or the photo corpus folder of "
+                             "scripts/fetch_photo_corpus.sh (runs/photo_corpus)")
+    parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     settings = TrainSettings(
-        data="builtin:photos32", out=args.out, minutes=args.minutes, max_steps=args.max_steps,
-        batch_size=8, lr=args.lr, warmup=args.warmup, schedule="noam", eval_every=150,
+        data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, schedule="noam", eval_every=150,
         eval_images=128,
         checkpoint_every=300, num_samples=4, resume=args.resume, threads=args.threads)
-    final = train(get_config("photos-8to32-small"), settings, decoder_init=args.decoder_init)
+    final = train(get_config("photos-8to32-small"), settings,
+                  decoder_init="" if args.init else args.decoder_init,
+                  model_init=args.init or None)
     if args.export:
         export_run(final, args.export)
 

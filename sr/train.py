@@ -98,12 +98,14 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
 
 
 def train(config: SuperResolutionConfig | str, settings: TrainSettings,
-          decoder_init: str | None = None) -> Path:
+          decoder_init: str | None = None, model_init: str | None = None) -> Path:
     """Train a super-resolution model; returns the path of the exported ``final/`` model.
 
     ``decoder_init``: warm-start the decoder from an unconditional Image Transformer (see
     :func:`init_decoder_from`). An anchored model's offset prior is set from the training data
-    (:func:`offset_log_prior`). Sample grids (``samples/step_*.png``) show, per held-out image, a
+    (:func:`offset_log_prior`). ``model_init``: start instead from a whole trained
+    super-resolution model of the same config (fine-tuning it on ``settings.data``; its
+    offset prior is kept). Sample grids (``samples/step_*.png``) show, per held-out image, a
     column of nearest-neighbour input, model upscale (``config.sampling_temperature``) and ground
     truth.
     """
@@ -128,9 +130,19 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
         rows = torch.cat([upscale_nearest(low_res, config.scale), output, high_res])
         return make_grid(rows, columns=count)[None]  # (1, 3, ., .) one pre-arranged grid
 
-    prior = offset_log_prior(train_source, config) if config.anchor != "none" else None
+    if model_init and decoder_init:
+        raise ValueError("pass decoder_init or model_init, not both")
+    prior = None
+    if config.anchor != "none" and not model_init:
+        prior = offset_log_prior(train_source, config)
 
     def build() -> SuperResolutionTransformer:
+        if model_init:
+            model = SuperResolutionTransformer.from_pretrained(model_init)
+            if model.config != config:
+                raise DecoderInitError(f"{model_init} has another config than the one being "
+                                       f"trained: {model.config} != {config}")
+            return model.train()
         model = SuperResolutionTransformer(config)
         if decoder_init:
             count = init_decoder_from(model, decoder_init)

@@ -132,3 +132,20 @@ def test_fixed_point_upscale_of_the_shipped_model_equals_subpixel_by_subpixel(mo
     slow = upscale_batch(model, low_res, temperature=0, fixed_point=False)
     assert torch.equal(fast, slow)
     assert stats["row_passes"] < 3 * len(low_res)  # the point: a few passes, not 3,072 steps
+
+
+@pytest.mark.parametrize("card", sorted((ROOT / "checkpoints").glob("*/README.md")),
+                         ids=lambda p: p.parent.name)
+def test_every_shipped_model_card_imports_what_it_says(card):
+    """The Usage block of each card names importable modules and names (a card written before
+    the package became one namespace said ``from sr.model import ...``)."""
+    import importlib
+
+    lines = [line for line in card.read_text().splitlines() if line.startswith("from ")]
+    assert lines, f"{card} has no usage import"
+    for line in lines:
+        tree = ast.parse(line)
+        node = tree.body[0]
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            assert hasattr(module, alias.name), f"{card}: {line}"

@@ -129,8 +129,9 @@ def register(subparsers) -> None:
     p.add_argument("input", help="image file (PNG, JPEG, ...; grayscale/RGBA become RGB)")
     p.add_argument("output", help="where to write the upscaled image (format from the suffix)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature; 0 = most likely value per subpixel "
-                   "(default: the model's sampling_temperature)")
+                   help="sampling temperature; 0 = most likely value per subpixel, kept at "
+                   "the anchor unless the model is confident, decoded by fast fixed-point "
+                   "passes (default: the model's sampling_temperature)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="tiles decoded together")
     p.add_argument("--bicubic", metavar="PATH", help="also write the bicubic upscale")

@@ -162,17 +162,25 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from imgtx.cli import default_device
+    from imgtx.cli import default_device, launch_accelerator
     from imgtx.gan.evaluate import evaluate_generator
     from imgtx.gan.sample import load_generator
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    accelerator = launch_accelerator(args.device)  # several processes share the samples
     device = default_device(args.device)
+    if accelerator is not None and accelerator.device.type != "cpu":  # one GPU per process
+        device = str(accelerator.device)
     generator = load_generator(args.model, device)
     result = evaluate_generator(generator, args.data, args.split, args.num_samples,
                                 args.features, baselines=args.baselines,
-                                batch_size=args.batch_size, device=device, seed=args.seed)
+                                batch_size=args.batch_size, device=device, seed=args.seed,
+                                accelerator=accelerator)
+    if accelerator is not None:
+        result["processes"] = accelerator.num_processes
+        if not accelerator.is_main_process:
+            return 0
     result["model"] = args.model
     if not args.json:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))

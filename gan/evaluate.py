@@ -14,6 +14,7 @@ must build a fresh one.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from imgtx.errors import UserError, check_at_least, check_positive
-from imgtx.eval.classifier import DIGITS_SPEC, class_accuracy, classifier_test_accuracy
+from imgtx.eval.classifier import DIGITS_SPEC, classifier_test_accuracy, predict_digits
 from imgtx.eval.features import FeatureExtractor, SmallFeatureNet, compute_features, get_extractor
 from imgtx.eval.fid import (
     ReferenceStatistics,
@@ -99,23 +100,75 @@ def reference_statistics(
     return cached_reference_statistics(key, compute, use_cache)
 
 
-def _generate(generator: Any, num: int, batch_size: int, seed: int) -> tuple[torch.Tensor, Any]:
-    """Samples in batches (seed ``seed + batch index``) and their balanced labels (or None)."""
+class _Shard:
+    """Which sample batches this process makes when several share an evaluation (``torchrun``,
+    ``accelerate launch``): batch ``i`` goes to process ``i % processes``. Each batch keeps its
+    seed (``seed + i``) and its size, so the gathered results are those of one process."""
+
+    def __init__(self, accelerator: Any = None) -> None:
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.processes = accelerator.num_processes if accelerator is not None else 1
+
+    def gather(self, items: list) -> list:
+        """Every process's ``items``, concatenated, on every process."""
+        if self.processes == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+
+def _labels(generator: Any, num: int) -> torch.Tensor | None:
+    """Balanced labels ``0, 1, ..., K-1, 0, ...`` for a conditional generator, else None."""
     num_classes = int(getattr(generator.config, "num_classes", 0) or 0)
-    labels = torch.arange(num) % num_classes if num_classes > 0 else None
+    return torch.arange(num) % num_classes if num_classes > 0 else None
+
+
+def _samples(generator: Any, num: int, batch_size: int, seed: int, shard: _Shard,
+             extractor: FeatureExtractor, with_probabilities: bool = False,
+             classifier: SmallFeatureNet | None = None) -> dict[str, Any]:
+    """Generate ``num`` samples in batches (seed ``seed + batch index``, balanced labels), this
+    process's share of the batches only, and reduce each batch at once to what the metrics need:
+    extractor features, class probabilities (``with_probabilities``) and, with a ``classifier``
+    and a conditional generator, how many samples it assigns to their label. Gathered over the
+    processes, in batch order.
+
+    Returns ``features`` ``(N, dim)`` float64, ``probabilities`` ``(N, K)`` or None,
+    ``class_accuracy`` or None, and ``per_process`` (samples made by each process).
+    """
+    labels = _labels(generator, num)
     parameter = next(generator.parameters(), None) if isinstance(generator, nn.Module) else None
     device = parameter.device if parameter is not None else torch.device("cpu")
-    chunks = []
+    mine = []
     with torch.no_grad():
         for index, start in enumerate(range(0, num, batch_size)):
-            part = None if labels is None else labels[start : start + batch_size].to(device)
+            if index % shard.processes != shard.rank:
+                continue
             n = min(batch_size, num - start)
-            chunks.append(generator.generate(n, labels=part, seed=seed + index).cpu())
-    images = torch.cat(chunks)  # (N, 3, H, W)
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise UserError(f"generate must return (N, 3, H, W) uint8, got {images.dtype} "
-                        f"{tuple(images.shape)}")  # fmt: skip
-    return images, labels
+            part = None if labels is None else labels[start : start + n]
+            images = generator.generate(n, labels=None if part is None else part.to(device),
+                                        seed=seed + index).cpu()
+            if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+                raise UserError(f"generate must return (N, 3, H, W) uint8, got {images.dtype} "
+                                f"{tuple(images.shape)}")  # fmt: skip
+            probs = extractor.probabilities(images).double().cpu() if with_probabilities else None
+            correct = None
+            if classifier is not None and part is not None:
+                correct = int((predict_digits(images, classifier, batch_size) == part).sum())
+            mine.append((index, compute_features(extractor, images, batch_size), probs, correct,
+                         shard.rank))
+    batches = sorted(shard.gather(mine), key=lambda item: item[0])
+    per_process = [0] * shard.processes
+    for _, features, *_, rank in batches:
+        per_process[rank] += len(features)
+    counted = [item[3] for item in batches]
+    return {
+        "features": np.concatenate([item[1] for item in batches]),
+        "probabilities": torch.cat([item[2] for item in batches]) if with_probabilities else None,
+        "class_accuracy": (sum(counted) / num) if counted and counted[0] is not None else None,
+        "per_process": per_process,
+    }
 
 
 def _distances(
@@ -151,6 +204,7 @@ def evaluate_generator(
     device: str | torch.device = "cpu",
     seed: int = 0,
     use_cache: bool = True,
+    accelerator: Any = None,
 ) -> dict[str, Any]:
     """FID/KID (and IS, class accuracy, baselines) of ``generator`` against real images.
 
@@ -168,6 +222,10 @@ def evaluate_generator(
             untrained generator's initialisation.
         use_cache: read/write the real-image statistics cache
             (:func:`imgtx.eval.fid.fid_stats_dir`).
+        accelerator: an ``accelerate.Accelerator`` of several processes (``torchrun``): each
+            generates and extracts features for every ``processes``-th batch of samples, the
+            results are gathered, and every process returns the figures of one process (the
+            main process computes the real statistics first and caches them for the others).
 
     Returns:
         ``fid``, ``kid``, ``kid_std``, ``num_samples``, ``num_real``, ``features``, ``data``,
@@ -182,14 +240,28 @@ def evaluate_generator(
     check_at_least("num_samples", num_samples, 2)
     check_positive("batch_size", batch_size)
     image_size = int(generator.config.image_size)
+    shard = _Shard(accelerator)
     extractor = get_extractor(features, device)
-    real = reference_statistics(
-        data, split, image_size, num_samples, features, extractor, batch_size, use_cache
-    )
-    fake_images, labels = _generate(generator, num_samples, batch_size, seed)
-    fake = compute_features(extractor, fake_images, batch_size)
+
+    def real_statistics(real_split: str) -> ReferenceStatistics:
+        first = accelerator.main_process_first() if accelerator is not None else nullcontext()
+        with first:
+            return reference_statistics(data, real_split, image_size, num_samples, features,
+                                        extractor, batch_size, use_cache)
+
+    real = real_statistics(split)
+    probabilities = getattr(extractor, "probabilities", None)
+    fits_data = features.startswith("inception") or data == DIGITS_SPEC
+    with_is = probabilities is not None and fits_data and num_samples >= IS_SPLITS
+    conditional = _labels(generator, 1) is not None
+    classifier = None
+    if conditional:
+        classifier = extractor if isinstance(extractor, SmallFeatureNet) else None
+        classifier = classifier or get_extractor("imgtx-small", device)
+    fake = _samples(generator, num_samples, batch_size, seed, shard, extractor, with_is,
+                    classifier)
     result: dict[str, Any] = {
-        **_distances(fake, real, seed),
+        **_distances(fake["features"], real, seed),
         "num_samples": num_samples,
         "num_real": len(real.features),
         "features": features,
@@ -197,19 +269,12 @@ def evaluate_generator(
         "split": split,
         "seed": seed,
     }
-    probabilities = getattr(extractor, "probabilities", None)
-    fits_data = features.startswith("inception") or data == DIGITS_SPEC
-    with_is = probabilities is not None and fits_data
-    if with_is and num_samples >= IS_SPLITS:
-        probs = torch.cat([probabilities(fake_images[i : i + batch_size])
-                           for i in range(0, num_samples, batch_size)])  # fmt: skip
-        result["is"], result["is_std"] = inception_score(probs.double().cpu(), IS_SPLITS)
-
-    classifier = None
-    if labels is not None:
-        classifier = extractor if isinstance(extractor, SmallFeatureNet) else None
-        classifier = classifier or get_extractor("imgtx-small", device)
-        result["class_accuracy"] = class_accuracy(fake_images, labels, classifier, batch_size)
+    if shard.processes > 1:
+        result["samples_per_process"] = fake["per_process"]
+    if with_is:
+        result["is"], result["is_std"] = inception_score(fake["probabilities"], IS_SPLITS)
+    if conditional:
+        result["class_accuracy"] = fake["class_accuracy"]
         result["classifier_test_accuracy"] = classifier_test_accuracy(classifier)
         if data != DIGITS_SPEC:
             result["class_accuracy_caveat"] = (
@@ -218,19 +283,14 @@ def evaluate_generator(
             )
 
     if baselines:
-        untrained = _untrained_copy(generator, seed)
-        untrained_images, _ = _generate(untrained, num_samples, batch_size, seed)
-        untrained_features = compute_features(extractor, untrained_images, batch_size)
-        result.update(_distances(untrained_features, real, seed, "untrained_"))
-        if labels is not None:
-            result["untrained_class_accuracy"] = class_accuracy(
-                untrained_images, labels, classifier, batch_size
-            )
+        untrained = _samples(_untrained_copy(generator, seed), num_samples, batch_size, seed,
+                             shard, extractor, classifier=classifier)
+        result.update(_distances(untrained["features"], real, seed, "untrained_"))
+        if conditional:
+            result["untrained_class_accuracy"] = untrained["class_accuracy"]
         # As many real training images as generated ones (or all there are), so the floor has
         # the same small-sample bias as ``fid``.
-        train = reference_statistics(
-            data, "train", image_size, num_samples, features, extractor, batch_size, use_cache
-        )
+        train = real_statistics("train")
         result.update(_distances(train.features, real, seed, "floor_"))
         result["num_floor"] = len(train.features)
     return result

@@ -246,3 +246,34 @@ def test_draws_for_the_global_batch_give_each_process_its_share(draw, args, monk
         torch.manual_seed(7)
         shares.append(function(*args))
     assert torch.equal(torch.cat(shares), one_process)
+
+
+def test_gan_eval_over_two_processes_shares_the_samples_and_equals_one_process(tmp_path):
+    """``imgtx gan eval`` under torchrun: each process makes every other batch of samples (10
+    samples in batches of 4: batches 0 and 2 on process 0, batch 1 on process 1), the features
+    are gathered, and FID/KID and the baselines are those of one process."""
+    from imgtx.gan.cli import build_gan
+    from imgtx.gan.evaluate import evaluate_generator
+
+    torch.manual_seed(0)
+    generator, _ = build_gan("transgan-tiny")
+    generator.save_pretrained(tmp_path / "g")
+    ENV["IMGTX_CACHE"] = str(tmp_path / "cache")  # the real statistics' cache, kept here
+    try:
+        result = torchrun("gan", "eval", "--model", str(tmp_path / "g"), "--data",
+                          "builtin:photos32", "--num-samples", "10", "--batch-size", "4",
+                          "--features", "random", "--baselines", "--json", "--threads", "1",
+                          cwd=tmp_path)
+    finally:
+        del ENV["IMGTX_CACHE"]
+    assert any((tmp_path / "cache").rglob("*")), "the main process cached the real statistics"
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # the main process reports
+    shared = json.loads(lines[0])
+    assert shared["processes"] == 2
+    assert shared["samples_per_process"] == [6, 4]
+    alone = evaluate_generator(type(generator).from_pretrained(tmp_path / "g"),
+                               "builtin:photos32", num_samples=10, features="random",
+                               baselines=True, batch_size=4, use_cache=False)
+    for key in ("fid", "kid", "kid_std", "untrained_fid", "untrained_kid", "floor_fid"):
+        assert shared[key] == pytest.approx(alone[key], rel=1e-6, abs=1e-9), key

@@ -13,6 +13,11 @@ wall-clock limited, so it can be split: ``--resume`` continues from the run's ch
     imgtx eval-bpd --model checkpoints/imgtx-photos-dmol-small \
         --data runs/photo_corpus/heldout-native --split test --json
 
+The categorical comparison (same body, recipe and data; one value of 256 per subpixel):
+
+    python scripts/train_photos_dmol.py --config small --minutes 75 --threads 1 \
+        --out runs/photos-cat --export ''
+
 The same run from the command line:
 
     imgtx train --config small-dmol --data runs/photo_corpus --out runs/photos-dmol \
@@ -41,6 +46,10 @@ def main() -> None:
     parser.add_argument("--export", default="checkpoints/imgtx-photos-dmol-small",
                         help="where to copy the final Hub-format model ('' to skip)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--config", default="small-dmol",
+                        help="small-dmol (the shipped model) or small (the same body with a "
+                             "categorical head over 256 values per subpixel, for the comparison "
+                             "in docs/benchmarks.md)")
     args = parser.parse_args()
     if not (Path(args.data) / "train").is_dir():
         raise SystemExit(UserError(f"{args.data}/train not found: run "
@@ -50,7 +59,7 @@ def main() -> None:
         data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
         batch_size=16, lr=2e-3, warmup=200, schedule="noam", eval_every=200, eval_images=256,
         checkpoint_every=200, num_samples=4, threads=args.threads, resume=args.resume)
-    final = train(get_config("small-dmol"), settings)
+    final = train(get_config(args.config), settings)
     if args.export:
         export_run(final, args.export)
 

@@ -372,3 +372,31 @@ def test_cli_train_runs_and_exports_a_loadable_model(image_folder, tmp_path, cap
     assert list((out / "samples").glob("step_*.png"))
     loaded = SuperResolutionTransformer.from_pretrained(out / "final")
     assert loaded.config == get_config("tiny", input_size=2)
+
+
+def test_training_can_fine_tune_a_whole_model_of_the_same_config(image_folder, tmp_path):
+    """``train(model_init=...)``: the run starts from that model's weights (one step at a tiny
+    learning rate stays next to them, far from a fresh model), and a model of another config is
+    refused."""
+    from imgtx.sr.train import DecoderInitError, train
+    from imgtx.training.likelihood import TrainSettings
+
+    config = get_config("tiny", input_size=2)
+    source = tiny_model(seed=7, input_size=2)
+    source.save_pretrained(tmp_path / "source")
+
+    def settings(out: str) -> TrainSettings:
+        return TrainSettings(data=str(image_folder), out=str(tmp_path / out), max_steps=1,
+                             batch_size=2, lr=1e-7, warmup=1, eval_every=0,
+                             checkpoint_every=0, num_samples=0)
+
+    final = train(config, settings("tuned"), model_init=str(tmp_path / "source"))
+    tuned = SuperResolutionTransformer.from_pretrained(final)
+    fresh = tiny_model(seed=0, input_size=2)
+    pairs = list(zip(tuned.state_dict().values(), source.state_dict().values(),
+                     fresh.state_dict().values()))
+    assert max((a - b).abs().max().item() for a, b, _ in pairs) < 1e-4
+    assert max((a - c).abs().max().item() for a, _, c in pairs) > 0.1
+    with pytest.raises(DecoderInitError, match="another config"):
+        train(get_config("tiny", input_size=4), settings("other"),
+              model_init=str(tmp_path / "source"))

@@ -10,8 +10,10 @@ match scripts/train_photos32_small.py.
 
     python scripts/train_sr_photos.py --minutes 62 --threads 2 --out runs/sr-photos-small
     python scripts/train_sr_photos.py --max-steps 3 --out /tmp/smoke --export ''   # smoke run
-    python scripts/train_sr_photos.py --data runs/photo_corpus --init checkpoints/sr-photos-8to32-small \
-        --minutes 80 --threads 1 --lr 5e-4 --out runs/sr-corpus --export checkpoints/sr-corpus-8to32-small
+    # fine-tune the shipped model on the photo corpus (scripts/fetch_photo_corpus.sh)
+    python scripts/train_sr_photos.py --data runs/photo_corpus \
+        --init checkpoints/sr-photos-8to32-small --minutes 80 --threads 1 --lr 5e-4 \
+        --warmup 50 --out runs/sr-corpus --export checkpoints/sr-corpus-8to32-small
 
 The same run from the command line (the registry's suggestion for ``photos-8to32-small`` holds
 this batch size, lr, warm-up and ``--decoder-init``):

@@ -16,7 +16,8 @@ from imgtx.sr.configs import get_config  # noqa: E402
 from imgtx.sr.model import SuperResolutionTransformer  # noqa: E402
 from imgtx.sr.upscale import DEFAULT_RULE, pad_to_tiles, split_tiles, upscale_tiles  # noqa: E402
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "sr-photos-8to32-small"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+SHIPPED = ["sr-photos-8to32-small", "sr-corpus-8to32-small"]  # photos32; fine-tuned on the corpus
 COLOURS = [(128, 128, 128), (201, 152, 120), (24, 48, 110), (250, 250, 245)]
 
 
@@ -64,11 +65,12 @@ def test_rule_needs_temperature_zero_and_side_values():
     assert torch.equal(a, b)
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    if not (CHECKPOINT / "model.safetensors").exists():
+@pytest.fixture(scope="module", params=SHIPPED)
+def shipped(request):
+    checkpoint = CHECKPOINTS / request.param
+    if not (checkpoint / "model.safetensors").exists():
         pytest.skip("the shipped checkpoint is not in this checkout")
-    return SuperResolutionTransformer.from_pretrained(CHECKPOINT).eval()
+    return SuperResolutionTransformer.from_pretrained(checkpoint).eval()
 
 
 @pytest.fixture(scope="module")

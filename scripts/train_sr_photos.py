@@ -62,8 +62,9 @@ def main() -> None:
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, schedule="noam", eval_every=150,
         eval_images=128,
         checkpoint_every=300, num_samples=4, resume=args.resume, threads=args.threads)
-    final = train(get_config("photos-8to32-small"), settings,
-                  decoder_init="" if args.init else args.decoder_init,
+    if args.init:  # the whole model comes from --init
+        args.decoder_init = ""
+    final = train(get_config("photos-8to32-small"), settings, decoder_init=args.decoder_init,
                   model_init=args.init or None)
     if args.export:
         export_run(final, args.export)

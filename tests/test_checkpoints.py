@@ -65,13 +65,17 @@ def test_conditioning_on_the_input_lowers_bits_per_dim(models, targets):
 
 
 @pytest.mark.slow
-def test_greedy_upscale_stays_within_1_db_of_bicubic(models, targets):
-    """docs/benchmarks.md: 26.70 dB greedy vs 27.50 dB bicubic over all 395 test images."""
+def test_greedy_upscale_does_not_lose_to_bicubic(models, targets):
+    """At temperature 0 the anchor rule keeps the shipped model at bicubic's PSNR (plain argmax
+    lost 1.7 dB to drift: docs/sampling.md); so does the model fine-tuned on the corpus."""
     _, model = models
+    corpus = SuperResolutionTransformer.from_pretrained(ROOT / "checkpoints" /
+                                                        "sr-corpus-8to32-small").eval()
     low_res = make_low_res(targets, model.config)
-    output = upscale_batch(model, low_res, temperature=0)
     bicubic = psnr(upscale_bicubic(low_res, 4), targets)
-    assert psnr(output, targets) > bicubic - 1.0  # here: 25.52 vs 25.97 dB
+    for candidate in (model, corpus):
+        output = upscale_batch(candidate, low_res, temperature=0)
+        assert psnr(output, targets) >= bicubic - 1e-4
 
 
 @torch.no_grad()

@@ -106,7 +106,6 @@ class _Shard:
     seed (``seed + i``) and its size, so the gathered results are those of one process."""
 
     def __init__(self, accelerator: Any = None) -> None:
-        self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.processes = accelerator.num_processes if accelerator is not None else 1
 
@@ -119,9 +118,14 @@ class _Shard:
         return gather_object(items)
 
 
+def _num_classes(generator: Any) -> int:
+    """The generator's class count (0: unconditional)."""
+    return int(getattr(generator.config, "num_classes", 0) or 0)
+
+
 def _labels(generator: Any, num: int) -> torch.Tensor | None:
     """Balanced labels ``0, 1, ..., K-1, 0, ...`` for a conditional generator, else None."""
-    num_classes = int(getattr(generator.config, "num_classes", 0) or 0)
+    num_classes = _num_classes(generator)
     return torch.arange(num) % num_classes if num_classes > 0 else None
 
 
@@ -253,7 +257,7 @@ def evaluate_generator(
     probabilities = getattr(extractor, "probabilities", None)
     fits_data = features.startswith("inception") or data == DIGITS_SPEC
     with_is = probabilities is not None and fits_data and num_samples >= IS_SPLITS
-    conditional = _labels(generator, 1) is not None
+    conditional = _num_classes(generator) > 0
     classifier = None
     if conditional:
         classifier = extractor if isinstance(extractor, SmallFeatureNet) else None

@@ -45,6 +45,15 @@ def _images_from_values(model: ImageTransformer, values: torch.Tensor) -> torch.
     return raster.reshape(raster.shape[0], size, size, 3).permute(0, 3, 1, 2).to(torch.uint8)
 
 
+def _rule_side_values(model: ImageTransformer, side, batch: int) -> torch.Tensor:
+    """The side values ``(B, N)`` (model order) a temperature-0 decoding rule compares with."""
+    side_values = model.side_values(side, batch)
+    if side_values is None:
+        raise ValueError("a decoding rule needs a model with side values (an anchored "
+                         "decoder's anchors)")
+    return side_values
+
+
 @torch.no_grad()
 def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
            labels: torch.Tensor | None = None, use_cache: bool = True,
@@ -77,10 +86,7 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
         decoder = model.incremental_decoder(batch, labels=labels, context=context, side=side)
     side_values = None
     if rule is not None and temperature == 0:
-        side_values = model.side_values(side, batch)  # (B, N, ...) model order
-        if side_values is None:
-            raise ValueError("a decoding rule needs a model with side values (an anchored "
-                             "decoder's anchors)")
+        side_values = _rule_side_values(model, side, batch)  # (B, N) model order
     for t in tqdm(range(n), desc="sampling", unit="pos", disable=not progress, leave=False):
         if decoder is not None:
             out = decoder.outputs()  # (B, 256 | 10K)
@@ -140,10 +146,7 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
         raise ValueError("fixed-point decoding needs a categorical model (argmax per subpixel)")
     images = initial.to(torch.uint8).clone()
     batch = images.shape[0]
-    side_values = model.side_values(side, batch) if rule is not None else None
-    if rule is not None and side_values is None:
-        raise ValueError("a decoding rule needs a model with side values (an anchored "
-                         "decoder's anchors)")
+    side_values = _rule_side_values(model, side, batch) if rule is not None else None
     limit = config.sequence_length + 1 if max_iterations is None else max_iterations
     active = torch.arange(batch, device=images.device)
     passes = row_passes = 0
@@ -162,7 +165,7 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
             if rule is not None:
                 chosen = rule(flat, side_values[active].reshape(-1))
             else:
-                chosen = flat.argmax(dim=-1)
+                chosen = draw(flat, config.likelihood, 0.0, None)  # argmax
             new = _images_from_values(model, chosen.view(len(active), -1))
             changed = (new != current).flatten(1).any(dim=1)
             images[active] = new

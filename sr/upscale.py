@@ -114,11 +114,10 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
                              "model and returns no per-step logits")
         result = decode_fixed_point(model.decoder, anchors, rule=rule, context=context,
                                     side=anchors, progress=progress, stats=stats)
-        model.train(was_training)
-        return result
-    result = decode(model.decoder, low_res.shape[0], temperature=temperature,
-                    use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                    progress=progress, context=context, side=anchors, rule=rule)
+    else:
+        result = decode(model.decoder, low_res.shape[0], temperature=temperature,
+                        use_cache=use_cache, generator=generator, return_outputs=return_logits,
+                        progress=progress, context=context, side=anchors, rule=rule)
     model.train(was_training)
     return result
 

@@ -174,7 +174,8 @@ def train_settings(args: argparse.Namespace, suggested: dict):
         mixed_precision=args.mixed_precision, eval_every=args.eval_every,
         eval_images=args.eval_images, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-        threads=args.threads, report_to=args.report_to, num_workers=args.num_workers)
+        threads=args.threads, report_to=args.report_to, num_workers=args.num_workers,
+        hflip=args.hflip)
     if settings.max_steps is None and settings.minutes is None:
         raise UserError("give --max-steps or --minutes (or both) so training knows when to stop")
     settings.validate()
@@ -187,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = get_named_config(get_config, args.config)
     apply_overrides(config, args.set)
-    train(config, train_settings(args, CONFIGS[args.config].train))
+    train(config, train_settings(args, CONFIGS[args.config].train), init=args.init)
     return 0
 
 
@@ -261,6 +262,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, help="optimiser steps of linear warm-up")
     p.add_argument("--schedule", default=None, choices=["noam", "constant", "cosine"],
                    help="learning-rate schedule (default: the config's suggestion, else noam)")
+    p.add_argument("--hflip", action="store_true",
+                   help="mirror each training image left-right with probability 1/2")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-images", type=int, default=128)
@@ -302,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an Image Transformer (accelerate)")
     p.add_argument("--config", required=True, help="registry name, e.g. small, cifar10-cat-1d")
+    p.add_argument("--init", default=None,
+                   help="warm-start from this trained model (dir or Hub id); the config may add "
+                        "neighbour_inputs to it")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 

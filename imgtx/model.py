@@ -40,6 +40,11 @@ __all__ = ["ImageTransformer", "IncrementalDecoder", "check_images", "pattern_fo
 
 LN2 = math.log(2.0)
 
+#: (row, column) offsets of the pixels ``neighbour_inputs`` feeds a position: left, two left, the
+#: three above (left, centre, right) and two above. PixelCNN (van den Oord et al. 2016) and the
+#: LOCO-I / JPEG-LS predictor read the same causal neighbourhood.
+NEIGHBOURS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
+
 
 def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = None) -> Pattern:
     """The self-attention pattern of a config on its sequence grid."""
@@ -49,6 +54,28 @@ def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = N
     if config.attention == "local2d":
         return Local2D(rows, cols, config.query_shape, config.memory_flange)
     return Causal()
+
+
+def neighbour_index(config: ImageTransformerConfig) -> torch.Tensor:
+    """``(N, len(NEIGHBOURS))`` model-order index of each position's neighbours; ``N`` (one past
+    the last position, a zero slot) where a neighbour is off the image or not decoded before the
+    position (local 2D's block order decodes some upper-right pixels later)."""
+    rows, cols = config.sequence_grid
+    n = rows * cols
+    raster = torch.arange(n)
+    if config.attention == "local2d":
+        raster = raster_to_block_raster(raster[None], rows, cols, config.query_shape)[0]
+    order = torch.empty(n, dtype=torch.long)
+    order[raster] = torch.arange(n)  # raster index -> model position
+    r, c = raster // cols, raster % cols  # (N,) of each model position
+    index = torch.full((n, len(NEIGHBOURS)), n, dtype=torch.long)
+    for j, (dr, dc) in enumerate(NEIGHBOURS):
+        nr, nc = r + dr, c + dc
+        inside = (nr >= 0) & (nc >= 0) & (nc < cols)
+        position = order[(nr.clamp(min=0) * cols + nc.clamp(0, cols - 1))]
+        before = inside & (position < torch.arange(n))
+        index[before, j] = position[before]
+    return index
 
 
 def check_images(images: torch.Tensor, size: int) -> None:
@@ -100,6 +127,10 @@ class ImageTransformer(HubModel):
         else:
             self.embed = nn.Linear(3, d)  # a pixel's 3 values in [-1, 1] -> one position
             self.head = nn.Linear(d, 10 * c.num_mixtures)
+        self.neighbours = None
+        if c.neighbour_inputs:
+            self.neighbours = nn.Linear(3 * len(NEIGHBOURS), d)
+            self.register_buffer("neighbour_index", neighbour_index(c), persistent=False)
         if c.positions == "learned":
             self.learned_positions = LearnedPositions2D(self.rows, self.cols, d)
         else:
@@ -162,6 +193,9 @@ class ImageTransformer(HubModel):
             nn.init.normal_(self.embed.weight, std=d**-0.5)  # then scaled by sqrt(d), as T2T
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=d**-0.5)
+        if self.neighbours is not None:  # zero: adding it to a trained model changes nothing
+            nn.init.zeros_(self.neighbours.weight)
+            nn.init.zeros_(self.neighbours.bias)
 
     def positions(self) -> torch.Tensor:
         """Position encodings in model order, ``(N, D)``."""
@@ -174,6 +208,15 @@ class ImageTransformer(HubModel):
         if self.config.likelihood == "cat":
             return self.embed(values + 256 * channel) * math.sqrt(self.config.hidden_size)
         return self.embed(values.float() / 127.5 - 1.0)
+
+    def neighbour_embeddings(self, scaled: torch.Tensor, here: slice | None = None) -> torch.Tensor:
+        """``neighbour_inputs``: each position's earlier neighbours through one linear layer.
+
+        ``scaled`` is ``(B, N + 1, 3)``: the pixels decoded so far in model order, scaled to
+        ``[-1, 1]``, with zeros for those not decoded and in the last (off-image) slot. Returns
+        ``(B, n, D)`` for the positions ``here`` (all when None)."""
+        index = self.neighbour_index if here is None else self.neighbour_index[here]
+        return self.neighbours(scaled[:, index].flatten(2))  # (B, n, 6, 3) -> (B, n, D)
 
     def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The class embedding ``(B, 1, D)`` added at every position, or None."""
@@ -246,6 +289,9 @@ class ImageTransformer(HubModel):
         # Shift right by one position (zero start): position t sees values < t only.
         x = nn.functional.pad(x[:, :-1], (0, 0, 1, 0))
         x = x + self.positions()
+        if self.neighbours is not None:
+            scaled = nn.functional.pad(values.to(x.dtype) / 127.5 - 1.0, (0, 0, 0, 1))
+            x = x + self.neighbour_embeddings(scaled)
         own = self.position_inputs(self.channel, side)
         if own is not None:
             x = x + own
@@ -269,7 +315,7 @@ class ImageTransformer(HubModel):
         targets = self.targets(images)
         if self.config.likelihood == "cat":
             return categorical_nll(outputs, targets)
-        return dmol_nll_per_pixel(outputs, targets)
+        return dmol_nll_per_pixel(outputs, targets, self.config.dmol_coefficients)
 
     def bits_per_dim(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                      context: torch.Tensor | None = None, side=None) -> torch.Tensor:
@@ -314,6 +360,11 @@ class IncrementalDecoder:
         self.previous = torch.zeros(batch, 1, model.config.hidden_size, device=parameter.device,
                                     dtype=parameter.dtype)
         self.waiting_for_value = False
+        # neighbour_inputs: the pixels fed so far, scaled, model order, one zero slot at the end.
+        self.canvas = None
+        if model.neighbours is not None:
+            self.canvas = torch.zeros(batch, self.length + 1, 3, device=parameter.device,
+                                      dtype=parameter.dtype)
         # Fused steps (imgtx.fused_step) when every layer is a plain one and the model is in
         # eval mode (dropout off); otherwise each layer's own step.
         self.fused = None
@@ -334,6 +385,8 @@ class IncrementalDecoder:
         model = self.model
         here, side = self._here()
         x = self.previous + self.positions[here]  # (B, 1, D)
+        if self.canvas is not None:
+            x = x + model.neighbour_embeddings(self.canvas, here)
         own = model.position_inputs(model.channel[here], side)
         if own is not None:
             x = x + own
@@ -358,5 +411,7 @@ class IncrementalDecoder:
         here, side = self._here()
         self.previous = self.model.input_embeddings(value[:, None], self.model.channel[here],
                                                     side)
+        if self.canvas is not None:
+            self.canvas[:, self.position] = value.to(self.canvas.dtype) / 127.5 - 1.0
         self.position += 1
         self.waiting_for_value = False

@@ -23,7 +23,7 @@ from imgtx.training.likelihood import TrainSettings, fit
 from imgtx.training.schedules import noam
 
 __all__ = ["TrainSettings", "train", "fit", "noam", "image_transformer_loss",
-           "image_transformer_bits", "export_run", "config_help"]
+           "image_transformer_bits", "export_run", "config_help", "init_from"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -50,8 +50,33 @@ def image_transformer_bits(model: nn.Module, batch: dict) -> torch.Tensor:
     return model.bits_per_dim(batch["image"], labels)
 
 
-def train(config: ImageTransformerConfig | str, settings: TrainSettings) -> Path:
-    """Train an Image Transformer; returns the path of the exported ``final/`` model."""
+def init_from(model: nn.Module, source: str) -> list[str]:
+    """Warm-start ``model`` from a trained Image Transformer (``save_pretrained`` dir or Hub id).
+
+    Every tensor of the source must have a counterpart of the same shape. ``model`` may add
+    inputs that start at zero (``neighbour_inputs``), so that it begins as the source's function,
+    and may change ``dmol_coefficients`` (equal near 0, ``tanh(a) ~ a``). Returns the names of the
+    tensors left at their initialisation; raises a ``UserError`` on anything else."""
+    from imgtx.model import ImageTransformer
+
+    weights = ImageTransformer.from_pretrained(source).state_dict()
+    target = model.state_dict()
+    for name, tensor in weights.items():
+        if name not in target or target[name].shape != tensor.shape:
+            raise UserError(f"cannot warm-start from {source}: its {name} "
+                            f"{tuple(tensor.shape)} has no counterpart of that shape")
+    fresh = sorted(set(target) - set(weights))
+    if any(not name.startswith("neighbours.") for name in fresh):
+        raise UserError(f"cannot warm-start from {source}: it lacks {', '.join(fresh)}")
+    model.load_state_dict(weights, strict=False)
+    return fresh
+
+
+def train(config: ImageTransformerConfig | str, settings: TrainSettings,
+          init: str | None = None) -> Path:
+    """Train an Image Transformer; returns the path of the exported ``final/`` model.
+
+    ``init``: warm-start from a trained model (:func:`init_from`) instead of a fresh one."""
     from imgtx.data import load_images
 
     if isinstance(config, str):
@@ -72,7 +97,16 @@ def train(config: ImageTransformerConfig | str, settings: TrainSettings) -> Path
 
     from imgtx.model import ImageTransformer
 
-    return fit(lambda: ImageTransformer(config), settings, train_source, eval_source,
+    def build() -> ImageTransformer:
+        model = ImageTransformer(config)
+        if init:
+            fresh = init_from(model, init)
+            from accelerate import PartialState
+
+            PartialState().print(f"warm-started from {init}; new: {', '.join(fresh) or 'none'}")
+        return model
+
+    return fit(build, settings, train_source, eval_source,
                loss=image_transformer_loss, bits=image_transformer_bits, samples=samples)
 
 

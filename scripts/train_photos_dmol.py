@@ -47,9 +47,17 @@ def main() -> None:
                         help="where to copy the final Hub-format model ('' to skip)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--config", default="small-dmol",
-                        help="small-dmol (the shipped model) or small (the same body with a "
-                             "categorical head over 256 values per subpixel, for the comparison "
-                             "in docs/benchmarks.md)")
+                        help="small-dmol (the shipped model's first stage), small-dmol-photo "
+                             "(its second stage: neighbour inputs, linear coefficients) or small "
+                             "(the same body with a categorical head over 256 values per "
+                             "subpixel, for the comparison in docs/benchmarks.md)")
+    parser.add_argument("--init", default=None,
+                        help="warm-start from this trained model (imgtx.train.init_from)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--schedule", default="noam", help="noam | constant | cosine (to --max-steps)")
+    parser.add_argument("--hflip", action="store_true",
+                        help="mirror half the training images left-right")
     args = parser.parse_args()
     if not (Path(args.data) / "train").is_dir():
         raise SystemExit(UserError(f"{args.data}/train not found: run "
@@ -57,9 +65,10 @@ def main() -> None:
                                    "folder of train/ and test/)"))
     settings = TrainSettings(
         data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
-        batch_size=16, lr=2e-3, warmup=200, schedule="noam", eval_every=200, eval_images=256,
-        checkpoint_every=200, num_samples=4, threads=args.threads, resume=args.resume)
-    final = train(get_config(args.config), settings)
+        batch_size=16, lr=args.lr, warmup=args.warmup, schedule=args.schedule, eval_every=200,
+        eval_images=256, checkpoint_every=200, num_samples=4, threads=args.threads,
+        resume=args.resume, hflip=args.hflip)
+    final = train(get_config(args.config), settings, init=args.init)
     if args.export:
         export_run(final, args.export)
 

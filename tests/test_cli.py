@@ -327,6 +327,45 @@ def test_cli_train_resume_ends_where_an_uninterrupted_run_ends(capsys, tmp_path,
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
 
 
+def test_mirror_half_flips_about_half_the_images_whole_and_keeps_the_labels():
+    from imgtx.training.likelihood import mirror_half
+
+    images = torch.randint(0, 256, (64, 3, 5, 5), dtype=torch.uint8)
+    labels = torch.arange(64)
+    torch.manual_seed(3)
+    out = mirror_half({"image": images, "label": labels})
+    same = (out["image"] == images).flatten(1).all(1)
+    flipped = (out["image"] == images.flip(-1)).flatten(1).all(1)
+    assert bool((same | flipped).all()) and 16 < int(flipped.sum()) < 48
+    assert out["label"] is labels
+    torch.manual_seed(3)
+    assert torch.equal(mirror_half({"image": images})["image"], out["image"])
+
+
+@pytest.mark.slow
+def test_cli_train_warm_started_with_neighbours_and_mirroring_resumes_exactly(capsys, tmp_path,
+                                                                               image_folder):
+    """--init grows a trained DMOL model by neighbour inputs; --hflip draws from the run's
+    generator, so a resumed run still ends where an uninterrupted one ends."""
+    dmol = ["--config", "tiny", "--set", "likelihood=dmol", "--set", "block_length=16",
+            "--data", str(image_folder), "--max-steps", "2", "--batch-size", "2",
+            "--eval-images", "2", "--checkpoint-every", "1"]
+    assert run_cli(capsys, "train", *dmol, "--out", str(tmp_path / "base"))[0] == 0
+    grown = ["train", *dmol, "--set", "neighbour_inputs=true", "--init",
+             str(tmp_path / "base" / "final"), "--hflip"]
+    grown[grown.index("--max-steps") + 1] = "4"
+    assert run_cli(capsys, *grown, "--out", str(tmp_path / "straight"))[0] == 0
+    cut = [*grown, "--out", str(tmp_path / "resumed")]
+    cut[cut.index("--max-steps") + 1] = "3"
+    assert run_cli(capsys, *cut)[0] == 0
+    assert run_cli(capsys, *grown, "--out", str(tmp_path / "resumed"), "--resume")[0] == 0
+    straight = ImageTransformer.from_pretrained(tmp_path / "straight" / "final")
+    resumed = ImageTransformer.from_pretrained(tmp_path / "resumed" / "final").state_dict()
+    assert straight.config.neighbour_inputs
+    assert straight.neighbours.weight.abs().sum() > 0  # trained away from its zero start
+    assert all(torch.equal(v, resumed[k]) for k, v in straight.state_dict().items())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),

@@ -22,12 +22,19 @@ VARIANTS = {
     "dmol-2d": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
                     memory_flange=(1, 2)),
     "cat-causal-cond": dict(attention="causal", num_classes=3),
+    "dmol-1d-neighbours-linear": dict(likelihood="dmol", block_length=8, neighbour_inputs=True,
+                                      dmol_coefficients="linear"),
+    "dmol-2d-neighbours": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
+                               memory_flange=(1, 2), neighbour_inputs=True),
 }
 
 
 def make_model(**overrides) -> ImageTransformer:
     torch.manual_seed(0)
-    return ImageTransformer(get_config("tiny", **overrides)).eval()
+    model = ImageTransformer(get_config("tiny", **overrides)).eval()
+    if model.neighbours is not None:  # zero at initialisation: give the path something to leak
+        torch.nn.init.normal_(model.neighbours.weight, std=0.5)
+    return model
 
 
 def random_images(batch: int, size: int = 8, seed: int = 1) -> torch.Tensor:
@@ -238,3 +245,58 @@ def test_config_rejects_non_positive_sizes(field, value):
     inside a tensor operation."""
     with pytest.raises(ValueError, match=f"config.{field}"):
         ImageTransformerConfig(**{field: value})
+
+
+def test_neighbour_index_reads_only_earlier_pixels_in_model_order():
+    """Each position's neighbours are the pixels at NEIGHBOURS offsets, decoded before it."""
+    from imgtx.model import NEIGHBOURS, neighbour_index
+
+    for overrides in (VARIANTS["dmol-1d-neighbours-linear"], VARIANTS["dmol-2d-neighbours"]):
+        model = make_model(**overrides)
+        index = neighbour_index(model.config)  # (N, 6), N = zero slot
+        n = model.config.sequence_length
+        raster = model.to_sequence(torch.arange(n)[None])[0]  # raster index of each position
+        for t in range(n):
+            r, c = divmod(raster[t].item(), 8)
+            for j, (dr, dc) in enumerate(NEIGHBOURS):
+                i = index[t, j].item()
+                if i == n:
+                    continue
+                assert i < t and raster[i].item() == (r + dr) * 8 + (c + dc)
+        # raster order (1D) drops only the off-image ones: pixel (3, 4) has all six
+        if overrides.get("attention") != "local2d":
+            assert (index[3 * 8 + 4] < n).all()
+        else:  # block order decodes some upper-right pixels later: those are left out
+            assert (index == n).sum() > (neighbour_index(make_model(
+                **VARIANTS["dmol-1d-neighbours-linear"]).config) == n).sum()
+
+
+def test_neighbour_inputs_start_at_zero_and_warm_start_keeps_the_function(tmp_path):
+    from imgtx.errors import UserError
+    from imgtx.train import init_from
+
+    torch.manual_seed(0)
+    plain = ImageTransformer(get_config("tiny", likelihood="dmol", block_length=8)).eval()
+    plain.save_pretrained(tmp_path / "plain")
+    grown = ImageTransformer(get_config("tiny", likelihood="dmol", block_length=8,
+                                        neighbour_inputs=True)).eval()
+    assert grown.neighbours.weight.abs().sum() == 0
+    fresh = init_from(grown, str(tmp_path / "plain"))
+    assert fresh == ["neighbours.bias", "neighbours.weight"]
+    images = random_images(3)
+    assert torch.equal(grown.bits_per_dim(images), plain.bits_per_dim(images))
+    # a body of another shape, or a source with tensors the target lacks, is refused
+    wide = ImageTransformer(get_config("tiny", likelihood="dmol", block_length=8,
+                                       hidden_size=64))
+    with pytest.raises(UserError, match="no counterpart"):
+        init_from(wide, str(tmp_path / "plain"))
+    grown.save_pretrained(tmp_path / "grown")
+    with pytest.raises(UserError, match="no counterpart"):
+        init_from(plain, str(tmp_path / "grown"))
+
+
+def test_neighbour_inputs_need_the_dmol_head():
+    with pytest.raises(ValueError, match="neighbour_inputs"):
+        get_config("tiny", neighbour_inputs=True)
+    with pytest.raises(ValueError, match="dmol_coefficients"):
+        get_config("tiny", likelihood="dmol", dmol_coefficients="sigmoid")

@@ -41,6 +41,7 @@ class TrainSettings(RunSettings):
     schedule: str = "noam"  # "noam" | "constant" | "cosine" (to max_steps)
     eval_images: int = 128  # held-out images per evaluation
     num_samples: int = 4  # images per sample grid (0: no grids)
+    hflip: bool = False  # mirror each training image left-right with probability 1/2
 
     def validate(self) -> None:
         super().validate()
@@ -99,6 +100,8 @@ def fit(build_model: Callable[[], nn.Module], settings: TrainSettings, train_sou
               f"{run.num_processes}")
 
     def step(run: Run, batch: dict) -> dict:
+        if settings.hflip:
+            batch = mirror_half(batch)
         batch_loss = loss(run.models["model"], batch)
         run.backward(batch_loss)
         run.optimizer_step("model")
@@ -123,6 +126,14 @@ def fit(build_model: Callable[[], nn.Module], settings: TrainSettings, train_sou
     run.save_samples(make_grid)
     run.end()
     return final
+
+
+def mirror_half(batch: dict) -> dict:
+    """The batch with each image mirrored left-right with probability 1/2 (torch's global
+    generator, which the run seeds and checkpoints, so a resumed run draws the same)."""
+    images = batch["image"]  # (B, 3, H, W)
+    mirror = torch.rand(images.shape[0], device=images.device) < 0.5
+    return {**batch, "image": torch.where(mirror[:, None, None, None], images.flip(-1), images)}
 
 
 def _length(source) -> int | None:

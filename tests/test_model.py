@@ -300,3 +300,31 @@ def test_neighbour_inputs_need_the_dmol_head():
         get_config("tiny", neighbour_inputs=True)
     with pytest.raises(ValueError, match="dmol_coefficients"):
         get_config("tiny", likelihood="dmol", dmol_coefficients="sigmoid")
+
+
+def test_warm_start_from_tanh_to_linear_coefficients_refits_them(tmp_path):
+    """A trained model's saturated tanh coefficients, copied raw into a linear-coefficient model,
+    would be far off; the least-squares refit on training images keeps the likelihood close."""
+    from imgtx.errors import UserError
+    from imgtx.train import init_from
+
+    torch.manual_seed(0)
+    source = ImageTransformer(get_config("tiny", likelihood="dmol", block_length=8)).eval()
+    with torch.no_grad():  # large coefficient pre-activations, as training leaves them
+        source.head.weight[-30:] *= 40.0
+        source.head.bias[-30:] = 2.0
+    source.save_pretrained(tmp_path / "tanh")
+    linear = dict(likelihood="dmol", block_length=8, dmol_coefficients="linear",
+                  neighbour_inputs=True)
+    images = random_images(16, seed=4)
+    refitted = ImageTransformer(get_config("tiny", **linear)).eval()
+    init_from(refitted, str(tmp_path / "tanh"), images)
+    raw = ImageTransformer(get_config("tiny", **linear)).eval()
+    raw.load_state_dict(source.state_dict(), strict=False)
+    held_out = random_images(8, seed=5)
+    target = source.bits_per_dim(held_out).mean().item()
+    close = abs(refitted.bits_per_dim(held_out).mean().item() - target)
+    far = abs(raw.bits_per_dim(held_out).mean().item() - target)
+    assert close < 0.25 * far and close < 0.2, (close, far)
+    with pytest.raises(UserError, match="pass images"):
+        init_from(ImageTransformer(get_config("tiny", **linear)), str(tmp_path / "tanh"))

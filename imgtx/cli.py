@@ -175,7 +175,7 @@ def train_settings(args: argparse.Namespace, suggested: dict):
         eval_images=args.eval_images, sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
         threads=args.threads, report_to=args.report_to, num_workers=args.num_workers,
-        hflip=args.hflip)
+        hflip=args.hflip, grey=args.grey)
     if settings.max_steps is None and settings.minutes is None:
         raise UserError("give --max-steps or --minutes (or both) so training knows when to stop")
     settings.validate()
@@ -264,6 +264,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule (default: the config's suggestion, else noam)")
     p.add_argument("--hflip", action="store_true",
                    help="mirror each training image left-right with probability 1/2")
+    p.add_argument("--grey", type=float, default=0.0,
+                   help="probability of turning a training image grey (its BT.601 luma in all "
+                        "three channels)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-images", type=int, default=128)

@@ -46,8 +46,6 @@ class ImageTransformerConfig:
     num_classes: int = 0  # > 0: class-conditional (a class embedding added at every position)
     layer_norm_eps: float = 1e-6
     init_gain: float = 0.2 ** 0.5  # xavier_uniform gain (T2T uniform_unit_scaling 0.2)
-    # DMOL channel coefficients: "tanh" (PixelCNN++) | "linear" (lets a grey pixel copy g = r).
-    dmol_coefficients: str = "tanh"
     # DMOL: also feed each position the pixels around it that come before it (left, two left,
     # the three above, two above), through one linear layer, zero at initialisation.
     neighbour_inputs: bool = False
@@ -60,7 +58,6 @@ class ImageTransformerConfig:
             "attention": (self.attention, ("local1d", "local2d", "causal")),
             "norm": (self.norm, ("post", "pre")),
             "positions": (self.positions, ("sinusoid", "learned")),
-            "dmol_coefficients": (self.dmol_coefficients, ("tanh", "linear")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -165,13 +162,13 @@ CONFIGS: dict[str, RegistryEntry] = {
         _cfg(likelihood="dmol", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
              block_length=64, dropout=0.0, norm="pre", positions="learned"),
         "imgtx: CPU-sized DMOL model", train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
-    # scripts/train_photos_dmol.py: small-dmol with the pixels around each position as inputs and
-    # linear channel coefficients (photographs, some black and white; docs/benchmarks.md).
+    # scripts/train_photos_dmol.py: small-dmol with the pixels around each position as inputs
+    # (docs/benchmarks.md).
     "small-dmol-photo": RegistryEntry(
         _cfg(likelihood="dmol", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
              block_length=64, dropout=0.0, norm="pre", positions="learned",
-             dmol_coefficients="linear", neighbour_inputs=True),
-        "imgtx: CPU-sized DMOL photo model (neighbour inputs, linear coefficients)",
+             neighbour_inputs=True),
+        "imgtx: CPU-sized DMOL photo model (small-dmol with neighbour inputs)",
         train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
 }
 

@@ -18,11 +18,7 @@ The last axis of ``params`` holds ``10 * K`` numbers for ``K`` mixtures (``K = 1
     [ logits (K) | means (K, 3) | log_scales (K, 3) | coeffs (K, 3) ]
 
 Each ``(K, 3)`` block is mixture-major: entry ``k * 3 + c`` belongs to mixture ``k``, channel
-``c`` (r=0, g=1, b=2). Log-scales are clamped at ``>= -7``; coefficients pass through ``tanh``
-(PixelCNN++), or, with ``coefficients="linear"``, are used as they are. ``tanh`` bounds them to
-``(-1, 1)`` and so can only approach the coefficient 1 of a grey pixel (g = r, b = g) with a vanishing
-gradient; a model for photographs, some of them black and white, learns that copy far more easily
-with linear coefficients.
+``c`` (r=0, g=1, b=2). Log-scales are clamped at ``>= -7``; coefficients pass through ``tanh``.
 Within mixture ``k`` the channel means are autoregressive in the pixel's own values ``x`` (scaled to
 ``[-1, 1]`` by ``v / 127.5 - 1``)::
 
@@ -126,8 +122,7 @@ class DMOLParams:
         logits: ``(..., K)`` unnormalised mixture logits.
         means: ``(..., K, 3)`` channel locations before the autoregressive shift.
         log_scales: ``(..., K, 3)`` clamped at ``>= -7``.
-        coeffs: ``(..., K, 3)`` (g<-r, b<-r, b<-g): in ``(-1, 1)`` after tanh, or as output
-            (``coefficients="linear"``).
+        coeffs: ``(..., K, 3)`` in ``(-1, 1)`` (after tanh): (g<-r, b<-r, b<-g).
     """
 
     logits: Tensor
@@ -141,21 +136,15 @@ class DMOLParams:
         return self.logits.shape[-1]
 
 
-COEFFICIENTS = ("tanh", "linear")
-
-
-def dmol_split_params(params: Tensor, coefficients: str = "tanh") -> DMOLParams:
+def dmol_split_params(params: Tensor) -> DMOLParams:
     """Split ``(..., 10K)`` DMOL outputs into their parts, in float32 (float64 kept).
 
     Args:
         params: ``(..., 10K)`` raw network outputs.
-        coefficients: ``"tanh"`` (PixelCNN++) or ``"linear"`` (see the module docstring).
 
     Returns:
-        ``DMOLParams`` with the clamp on log-scales and the coefficients' activation applied.
+        ``DMOLParams`` with the clamp on log-scales and the tanh on coefficients applied.
     """
-    if coefficients not in COEFFICIENTS:
-        raise ValueError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
     size = params.shape[-1]
     if size == 0 or size % PARAMS_PER_MIXTURE != 0:
         raise ValueError(
@@ -170,7 +159,7 @@ def dmol_split_params(params: Tensor, coefficients: str = "tanh") -> DMOLParams:
         logits=logits,  # (..., K)
         means=means.reshape(mixture_shape),  # (..., K, 3)
         log_scales=log_scales.reshape(mixture_shape).clamp(min=MIN_LOG_SCALE),  # (..., K, 3)
-        coeffs=(torch.tanh(coeffs) if coefficients == "tanh" else coeffs).reshape(mixture_shape),
+        coeffs=torch.tanh(coeffs.reshape(mixture_shape)),  # (..., K, 3)
     )
 
 
@@ -254,25 +243,23 @@ def _log_probs_per_channel(p: DMOLParams, pixels: Tensor) -> Tensor:
     return discretized_logistic_log_prob(x.unsqueeze(-2), means, p.log_scales)  # (..., K, 3)
 
 
-def dmol_log_probs_per_channel(params: Tensor, pixels: Tensor,
-                               coefficients: str = "tanh") -> Tensor:
+def dmol_log_probs_per_channel(params: Tensor, pixels: Tensor) -> Tensor:
     """Per-mixture, per-channel conditional log-probabilities ``log p_k(x_c | x_<c)``.
 
     Args:
         params: ``(..., 10K)`` raw DMOL outputs.
         pixels: ``(..., 3)`` integer values 0..255 (channel last); the batch shapes of params and
             pixels broadcast.
-        coefficients: ``"tanh"`` or ``"linear"`` (see :func:`dmol_split_params`).
 
     Returns:
         ``(..., K, 3)`` nats. The mixture log-likelihood of the pixel is
         ``logsumexp_k(log_softmax(logits)_k + sum_c out[..., k, c])``.
     """
     _check_pixels(params, pixels)
-    return _log_probs_per_channel(dmol_split_params(params, coefficients), pixels)
+    return _log_probs_per_channel(dmol_split_params(params), pixels)
 
 
-def dmol_nll_per_pixel(params: Tensor, pixels: Tensor, coefficients: str = "tanh") -> Tensor:
+def dmol_nll_per_pixel(params: Tensor, pixels: Tensor) -> Tensor:
     """Negative log-likelihood in nats of each pixel under the DMOL head.
 
     The mixture is over the joint of the three channels, so the NLL cannot be split by channel;
@@ -283,21 +270,19 @@ def dmol_nll_per_pixel(params: Tensor, pixels: Tensor, coefficients: str = "tanh
         params: ``(..., 10K)`` raw DMOL outputs (bf16/fp16 are upcast to float32).
         pixels: ``(..., 3)`` integer values 0..255 (channel last); the batch shapes of params and
             pixels broadcast.
-        coefficients: ``"tanh"`` or ``"linear"`` (see :func:`dmol_split_params`).
 
     Returns:
         ``(...)`` nats per pixel, no reduction.
     """
     _check_pixels(params, pixels)
-    p = dmol_split_params(params, coefficients)
+    p = dmol_split_params(params)
     log_probs = _log_probs_per_channel(p, pixels)  # (..., K, 3)
     joint = log_probs.sum(-1) + F.log_softmax(p.logits, dim=-1)  # (..., K)
     return -torch.logsumexp(joint, dim=-1)  # (...)
 
 
 def dmol_sample(
-    params: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-    coefficients: str = "tanh",
+    params: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
 ) -> Tensor:
     """Draw one pixel per position from the DMOL head.
 
@@ -312,14 +297,13 @@ def dmol_sample(
         params: ``(..., 10K)`` raw DMOL outputs.
         temperature: ``>= 0``.
         generator: optional ``torch.Generator`` on ``params.device``.
-        coefficients: ``"tanh"`` or ``"linear"`` (see :func:`dmol_split_params`).
 
     Returns:
         ``(..., 3)`` uint8 pixels (channel last).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    p = dmol_split_params(params, coefficients)
+    p = dmol_split_params(params)
     dtype, device = p.logits.dtype, p.logits.device
 
     def uniform(shape: tuple[int, ...]) -> Tensor:

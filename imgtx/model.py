@@ -315,7 +315,7 @@ class ImageTransformer(HubModel):
         targets = self.targets(images)
         if self.config.likelihood == "cat":
             return categorical_nll(outputs, targets)
-        return dmol_nll_per_pixel(outputs, targets, self.config.dmol_coefficients)
+        return dmol_nll_per_pixel(outputs, targets)
 
     def bits_per_dim(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                      context: torch.Tensor | None = None, side=None) -> torch.Tensor:

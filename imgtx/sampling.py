@@ -22,16 +22,15 @@ __all__ = ["sample", "decode", "decode_fixed_point", "draw"]
 
 
 def draw(outputs: torch.Tensor, likelihood: str, temperature: float,
-         generator: torch.Generator | None, coefficients: str = "tanh") -> torch.Tensor:
+         generator: torch.Generator | None) -> torch.Tensor:
     """One value per row of head outputs ``(B, 256 | 10K)`` -> ``(B,)`` long | ``(B, 3)`` long.
 
     Categorical: multinomial over ``softmax(logits / temperature)``; temperature 0 is argmax.
-    DMOL: :func:`imgtx.likelihood.dmol_sample` with the model's ``coefficients``.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if likelihood == "dmol":
-        return dmol_sample(outputs, temperature, generator, coefficients).long()
+        return dmol_sample(outputs, temperature, generator).long()
     if temperature == 0:
         return outputs.argmax(dim=-1)
     logits = outputs.float()
@@ -97,8 +96,7 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
         if side_values is not None:
             values[:, t] = rule(out, side_values[:, t])
         else:
-            values[:, t] = draw(out, config.likelihood, temperature, generator,
-                                config.dmol_coefficients)
+            values[:, t] = draw(out, config.likelihood, temperature, generator)
         if decoder is not None:
             decoder.feed(values[:, t])
         if return_outputs:
@@ -167,8 +165,7 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
             if rule is not None:
                 chosen = rule(flat, side_values[active].reshape(-1))
             else:
-                chosen = draw(flat, config.likelihood, 0.0, None,  # argmax
-                              config.dmol_coefficients)
+                chosen = draw(flat, config.likelihood, 0.0, None)  # argmax
             new = _images_from_values(model, chosen.view(len(active), -1))
             changed = (new != current).flatten(1).any(dim=1)
             images[active] = new

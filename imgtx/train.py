@@ -50,20 +50,16 @@ def image_transformer_bits(model: nn.Module, batch: dict) -> torch.Tensor:
     return model.bits_per_dim(batch["image"], labels)
 
 
-def init_from(model: nn.Module, source: str, images: torch.Tensor | None = None) -> list[str]:
+def init_from(model: nn.Module, source: str) -> list[str]:
     """Warm-start ``model`` from a trained Image Transformer (``save_pretrained`` dir or Hub id).
 
     Every tensor of the source must have a counterpart of the same shape. ``model`` may add
     inputs that start at zero (``neighbour_inputs``), so that it begins as the source's function.
-    It may also switch DMOL coefficients from ``tanh`` to ``linear``: the head's coefficient rows
-    are then refitted by least squares on ``images`` (``(B, 3, S, S)`` uint8, training images) so
-    that the new linear outputs approximate the old ``tanh`` ones (copied as they are, a trained
-    model's large pre-activations would start at about 16 bits/dim). Returns the names of the
-    tensors left at their initialisation; raises a ``UserError`` on anything else."""
+    Returns the names of the tensors left at their initialisation; raises a ``UserError`` on
+    anything else."""
     from imgtx.model import ImageTransformer
 
-    trained = ImageTransformer.from_pretrained(source)
-    weights = trained.state_dict()
+    weights = ImageTransformer.from_pretrained(source).state_dict()
     target = model.state_dict()
     for name, tensor in weights.items():
         if name not in target or target[name].shape != tensor.shape:
@@ -73,32 +69,7 @@ def init_from(model: nn.Module, source: str, images: torch.Tensor | None = None)
     if any(not name.startswith("neighbours.") for name in fresh):
         raise UserError(f"cannot warm-start from {source}: it lacks {', '.join(fresh)}")
     model.load_state_dict(weights, strict=False)
-    if (model.config.likelihood == "dmol" and trained.config.dmol_coefficients == "tanh"
-            and model.config.dmol_coefficients == "linear"):
-        if images is None:
-            raise UserError("switching DMOL coefficients from tanh to linear refits them on "
-                            "training images: pass images")
-        _refit_coefficients(trained, model.head, images)
     return fresh
-
-
-@torch.no_grad()
-def _refit_coefficients(trained: nn.Module, head: nn.Linear, images: torch.Tensor) -> None:
-    """Set the coefficient rows (the last ``3K`` outputs) of ``head`` to the least-squares fit of
-    ``tanh`` of ``trained``'s coefficient outputs from the features entering its head."""
-    features = []
-    hook = trained.head.register_forward_hook(lambda _, args, __: features.append(args[0]))
-    try:
-        outputs = trained.eval()(images)  # (B, N, 10K)
-    finally:
-        hook.remove()
-    x = features[0].reshape(-1, features[0].shape[-1]).double()  # (B N, D)
-    coefficients = 3 * trained.config.num_mixtures
-    y = torch.tanh(outputs[..., -coefficients:].reshape(len(x), -1).double())  # (B N, 3K)
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-    solution = torch.linalg.lstsq(x1, y).solution  # (D + 1, 3K)
-    head.weight[-coefficients:] = solution[:-1].T.to(head.weight.dtype)
-    head.bias[-coefficients:] = solution[-1].to(head.bias.dtype)
 
 
 def train(config: ImageTransformerConfig | str, settings: TrainSettings,
@@ -129,10 +100,7 @@ def train(config: ImageTransformerConfig | str, settings: TrainSettings,
     def build() -> ImageTransformer:
         model = ImageTransformer(config)
         if init:
-            # 64 training images spread over the set, for a coefficient refit
-            spread = torch.linspace(0, len(train_source) - 1, min(len(train_source), 64))
-            images = torch.stack([train_source[int(i)]["image"] for i in spread.long()])
-            fresh = init_from(model, init, images)
+            fresh = init_from(model, init)
             from accelerate import PartialState
 
             PartialState().print(f"warm-started from {init}; new: {', '.join(fresh) or 'none'}")

@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--schedule", default="noam", help="noam | constant | cosine (to --max-steps)")
     parser.add_argument("--hflip", action="store_true",
                         help="mirror half the training images left-right")
+    parser.add_argument("--grey", type=float, default=0.0,
+                        help="probability of turning a training image grey (BT.601 luma)")
     args = parser.parse_args()
     if not (Path(args.data) / "train").is_dir():
         raise SystemExit(UserError(f"{args.data}/train not found: run "
@@ -67,7 +69,7 @@ def main() -> None:
         data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
         batch_size=16, lr=args.lr, warmup=args.warmup, schedule=args.schedule, eval_every=200,
         eval_images=256, checkpoint_every=200, num_samples=4, threads=args.threads,
-        resume=args.resume, hflip=args.hflip)
+        resume=args.resume, hflip=args.hflip, grey=args.grey)
     final = train(get_config(args.config), settings, init=args.init)
     if args.export:
         export_run(final, args.export)

@@ -342,6 +342,22 @@ def test_mirror_half_flips_about_half_the_images_whole_and_keeps_the_labels():
     assert torch.equal(mirror_half({"image": images})["image"], out["image"])
 
 
+def test_make_grey_gives_luma_in_all_three_channels_with_the_given_probability():
+    from imgtx.training.likelihood import make_grey
+
+    images = torch.randint(0, 256, (200, 3, 4, 4), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    out = make_grey({"image": images}, 0.25)["image"]
+    grey = (out[:, 0] == out[:, 1]).all(-1).all(-1) & (out[:, 1] == out[:, 2]).all(-1).all(-1)
+    assert 25 < int(grey.sum()) < 75  # about 50 of 200
+    assert torch.equal(out[~grey], images[~grey])
+    r, g, b = images[grey].double().unbind(1)
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    assert (out[grey][:, 0].double() - luma).abs().max() <= 0.5 + 1e-9  # the nearest level
+    assert torch.equal(make_grey({"image": images}, 0.0)["image"], images)
+
+
 @pytest.mark.slow
 def test_cli_train_warm_started_with_neighbours_and_mirroring_resumes_exactly(capsys, tmp_path,
                                                                                image_folder):

@@ -179,29 +179,26 @@ def test_dmol_params_broadcast_over_pixels():
         dmol_nll_per_pixel(random_dmol_params(2, seed=11), pixels)
 
 
-@pytest.mark.parametrize("coefficients", ["tanh", "linear"])
-def test_dmol_conditionals_each_sum_to_one_for_every_conditioning_value(coefficients):
+def test_dmol_conditionals_each_sum_to_one_for_every_conditioning_value():
     """Every per-mixture, per-channel conditional is a pmf over the 256 values."""
     params = random_dmol_params(num_mixtures=10, seed=3)
-    if coefficients == "linear":
-        params[70:] *= 2.0  # coefficients up to about +-5: means far outside [-1, 1]
     # red: depends on nothing
     red = torch.stack([ALL_VALUES, torch.zeros(256), torch.zeros(256)], -1).long()
-    lp = dmol_log_probs_per_channel(params.expand(256, 100), red, coefficients)  # (256, K, 3)
+    lp = dmol_log_probs_per_channel(params.expand(256, 100), red)  # (256, K, 3)
     torch.testing.assert_close(
         lp[..., 0].exp().sum(0), torch.ones(10, dtype=torch.float64), rtol=0, atol=1e-4
     )
     # green given every red value: pixels (r, v, 0) for all r, v
     r, v = torch.meshgrid(ALL_VALUES, ALL_VALUES, indexing="ij")
     green = torch.stack([r, v, torch.zeros_like(r)], -1)  # (256 r, 256 v, 3)
-    lp = dmol_log_probs_per_channel(params.expand(256, 256, 100), green, coefficients)
+    lp = dmol_log_probs_per_channel(params.expand(256, 256, 100), green)  # (r, v, K, 3)
     sums = lp[..., 1].exp().sum(1)  # (r, K)
     torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-4)
     # blue given a spread of (r, g) including the edges
     cond = torch.tensor([[0, 0], [255, 255], [0, 255], [255, 0], [128, 64], [3, 250], [77, 140]])
     cond = cond[:, None, :].expand(-1, 256, -1)
     blue = torch.cat([cond, ALL_VALUES[None, :, None].expand(len(cond), -1, -1)], -1)
-    lp = dmol_log_probs_per_channel(params.expand(len(cond), 256, 100), blue, coefficients)
+    lp = dmol_log_probs_per_channel(params.expand(len(cond), 256, 100), blue)
     sums = lp[..., 2].exp().sum(1)  # (cond, K)
     torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-4)
 
@@ -256,12 +253,11 @@ def test_dmol_gradients_are_finite_at_the_edge_values(edge_value):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("coefficients", ["tanh", "linear"])
-def test_dmol_sample_at_temperature_zero_is_the_mean_of_the_top_mixture(coefficients):
+def test_dmol_sample_at_temperature_zero_is_the_mean_of_the_top_mixture():
     params = random_dmol_params(5, num_mixtures=10, seed=6).float()
-    sample = dmol_sample(params, temperature=0.0, coefficients=coefficients)
+    sample = dmol_sample(params, temperature=0.0)
     assert sample.dtype == torch.uint8 and sample.shape == (5, 3)
-    p = dmol_split_params(params, coefficients)
+    p = dmol_split_params(params)
     top = p.logits.argmax(-1)
     for i in range(5):
         k = top[i]
@@ -274,22 +270,6 @@ def test_dmol_sample_at_temperature_zero_is_the_mean_of_the_top_mixture(coeffici
         g = disc(mu[1] + c[0] * (r / 127.5 - 1))
         b = disc(mu[2] + c[1] * (r / 127.5 - 1) + c[2] * (g / 127.5 - 1))
         assert sample[i].tolist() == [r, g, b]
-
-
-def test_linear_coefficients_let_a_grey_pixel_copy_red_exactly():
-    """Coefficient 1 (g <- r) and 0/1 (b <- r, g) with a tiny scale: g = r and b = g cost almost
-    nothing for every r. tanh cannot reach 1, so the same raw outputs put g a few levels off."""
-    params = torch.zeros(10, dtype=torch.float64)  # one mixture: logit, means, log-scales, coeffs
-    params[4:7] = -7.0  # log-scales of r, g, b: the clamp
-    params[7:10] = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)  # g <- r, b <- r, b <- g
-    grey = ALL_VALUES[:, None].expand(256, 3).long()
-    linear = dmol_log_probs_per_channel(params.expand(256, 10), grey, "linear")[:, 0]
-    tanh = dmol_log_probs_per_channel(params.expand(256, 10), grey, "tanh")[:, 0]
-    assert (-linear[:, 1:].sum(-1) / math.log(2)).max() < 0.1  # bits for g and b together
-    assert (-tanh[:, 1:].sum(-1) / math.log(2)).mean() > 5.0
-    assert torch.equal(dmol_split_params(params, "linear").coeffs[0], params[7:10])
-    with pytest.raises(ValueError, match="coefficients"):
-        dmol_split_params(params, "sigmoid")
 
 
 def test_dmol_sample_is_reproducible_with_a_generator():

@@ -22,8 +22,7 @@ VARIANTS = {
     "dmol-2d": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
                     memory_flange=(1, 2)),
     "cat-causal-cond": dict(attention="causal", num_classes=3),
-    "dmol-1d-neighbours-linear": dict(likelihood="dmol", block_length=8, neighbour_inputs=True,
-                                      dmol_coefficients="linear"),
+    "dmol-1d-neighbours": dict(likelihood="dmol", block_length=8, neighbour_inputs=True),
     "dmol-2d-neighbours": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
                                memory_flange=(1, 2), neighbour_inputs=True),
 }
@@ -251,7 +250,7 @@ def test_neighbour_index_reads_only_earlier_pixels_in_model_order():
     """Each position's neighbours are the pixels at NEIGHBOURS offsets, decoded before it."""
     from imgtx.model import NEIGHBOURS, neighbour_index
 
-    for overrides in (VARIANTS["dmol-1d-neighbours-linear"], VARIANTS["dmol-2d-neighbours"]):
+    for overrides in (VARIANTS["dmol-1d-neighbours"], VARIANTS["dmol-2d-neighbours"]):
         model = make_model(**overrides)
         index = neighbour_index(model.config)  # (N, 6), N = zero slot
         n = model.config.sequence_length
@@ -268,7 +267,7 @@ def test_neighbour_index_reads_only_earlier_pixels_in_model_order():
             assert (index[3 * 8 + 4] < n).all()
         else:  # block order decodes some upper-right pixels later: those are left out
             assert (index == n).sum() > (neighbour_index(make_model(
-                **VARIANTS["dmol-1d-neighbours-linear"]).config) == n).sum()
+                **VARIANTS["dmol-1d-neighbours"]).config) == n).sum()
 
 
 def test_neighbour_inputs_start_at_zero_and_warm_start_keeps_the_function(tmp_path):
@@ -298,33 +297,4 @@ def test_neighbour_inputs_start_at_zero_and_warm_start_keeps_the_function(tmp_pa
 def test_neighbour_inputs_need_the_dmol_head():
     with pytest.raises(ValueError, match="neighbour_inputs"):
         get_config("tiny", neighbour_inputs=True)
-    with pytest.raises(ValueError, match="dmol_coefficients"):
-        get_config("tiny", likelihood="dmol", dmol_coefficients="sigmoid")
 
-
-def test_warm_start_from_tanh_to_linear_coefficients_refits_them(tmp_path):
-    """A trained model's saturated tanh coefficients, copied raw into a linear-coefficient model,
-    would be far off; the least-squares refit on training images keeps the likelihood close."""
-    from imgtx.errors import UserError
-    from imgtx.train import init_from
-
-    torch.manual_seed(0)
-    source = ImageTransformer(get_config("tiny", likelihood="dmol", block_length=8)).eval()
-    with torch.no_grad():  # large coefficient pre-activations, as training leaves them
-        source.head.weight[-30:] *= 40.0
-        source.head.bias[-30:] = 2.0
-    source.save_pretrained(tmp_path / "tanh")
-    linear = dict(likelihood="dmol", block_length=8, dmol_coefficients="linear",
-                  neighbour_inputs=True)
-    images = random_images(16, seed=4)
-    refitted = ImageTransformer(get_config("tiny", **linear)).eval()
-    init_from(refitted, str(tmp_path / "tanh"), images)
-    raw = ImageTransformer(get_config("tiny", **linear)).eval()
-    raw.load_state_dict(source.state_dict(), strict=False)
-    held_out = random_images(8, seed=5)
-    target = source.bits_per_dim(held_out).mean().item()
-    close = abs(refitted.bits_per_dim(held_out).mean().item() - target)
-    far = abs(raw.bits_per_dim(held_out).mean().item() - target)
-    assert close < 0.25 * far and close < 0.2, (close, far)
-    with pytest.raises(UserError, match="pass images"):
-        init_from(ImageTransformer(get_config("tiny", **linear)), str(tmp_path / "tanh"))

@@ -42,6 +42,7 @@ class TrainSettings(RunSettings):
     eval_images: int = 128  # held-out images per evaluation
     num_samples: int = 4  # images per sample grid (0: no grids)
     hflip: bool = False  # mirror each training image left-right with probability 1/2
+    grey: float = 0.0  # turn each training image grey (BT.601 luma) with this probability
 
     def validate(self) -> None:
         super().validate()
@@ -49,6 +50,8 @@ class TrainSettings(RunSettings):
         check_at_least("warmup", self.warmup, 0)
         check_at_least("eval_images", self.eval_images, 1)
         check_at_least("num_samples", self.num_samples, 0)
+        if not 0.0 <= self.grey <= 1.0:
+            raise UserError(f"grey={self.grey} is a probability: give a value in [0, 1]")
         if self.schedule not in SCHEDULES:
             raise UserError(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
         if self.schedule == "cosine" and self.max_steps is None:
@@ -102,6 +105,8 @@ def fit(build_model: Callable[[], nn.Module], settings: TrainSettings, train_sou
     def step(run: Run, batch: dict) -> dict:
         if settings.hflip:
             batch = mirror_half(batch)
+        if settings.grey:
+            batch = make_grey(batch, settings.grey)
         batch_loss = loss(run.models["model"], batch)
         run.backward(batch_loss)
         run.optimizer_step("model")
@@ -134,6 +139,18 @@ def mirror_half(batch: dict) -> dict:
     images = batch["image"]  # (B, 3, H, W)
     mirror = torch.rand(images.shape[0], device=images.device) < 0.5
     return {**batch, "image": torch.where(mirror[:, None, None, None], images.flip(-1), images)}
+
+
+def make_grey(batch: dict, probability: float) -> dict:
+    """The batch with each image made grey with ``probability``: its ITU-R BT.601 luma
+    ``0.299 r + 0.587 g + 0.114 b``, rounded, in all three channels (black-and-white photographs
+    are stored so; a model must learn that g and b then copy r exactly)."""
+    images = batch["image"]  # (B, 3, H, W) uint8
+    r, g, b = images.long().unbind(1)
+    luma = (299 * r + 587 * g + 114 * b + 500) // 1000  # integer: no float rounding ties
+    grey = luma[:, None].to(images.dtype).expand_as(images)
+    chosen = torch.rand(images.shape[0], device=images.device) < probability
+    return {**batch, "image": torch.where(chosen[:, None, None, None], grey, images)}
 
 
 def _length(source) -> int | None:

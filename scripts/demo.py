@@ -1,8 +1,10 @@
 """The imgtx demo (``make demo``): bits/dim, KV-cached sampling and super-resolution, offline.
 
-1. **Bits/dim.** Evaluates ``checkpoints/imgtx-photos32-small`` on ``builtin:photos32`` test
-   (the first ``--limit`` images; the full-split command is printed) with
-   :func:`imgtx.eval.bits_per_dim.evaluate_model`, next to PNG and lossless WebP on the same images.
+1. **Bits/dim.** Evaluates ``checkpoints/imgtx-photos-dmol-small``, the photo model (trained on
+   the Debian wallpaper photographs of ``scripts/fetch_photo_corpus.sh``, never on scikit-image's),
+   on ``builtin:photos32`` test (the first ``--limit`` images; the full-split command is printed)
+   with :func:`imgtx.eval.bits_per_dim.evaluate_model`, next to PNG and lossless WebP on the same
+   images.
    Without the checkpoint it says so and trains a ``tiny`` model at 32x32 for a few steps
    instead, so the demo still runs end to end (its figures then mean nothing).
 2. **Sampling.** ``--num-samples`` 32x32 images with the KV cache -> ``runs/demo/samples.png``.
@@ -43,7 +45,7 @@ from imgtx.images import read_image, save_grid, save_image  # noqa: E402
 from imgtx.model import ImageTransformer  # noqa: E402
 from imgtx.sampling import sample  # noqa: E402
 
-CHECKPOINT = Path("checkpoints/imgtx-photos32-small")
+CHECKPOINT = Path("checkpoints/imgtx-photos-dmol-small")
 SR_CHECKPOINT = Path("checkpoints/sr-photos-8to32-small")
 GAN_CHECKPOINT = Path("checkpoints/transgan-photos32-small")
 DATA = "builtin:photos32"
@@ -177,7 +179,7 @@ def main() -> None:
     if (CHECKPOINT / "config.json").is_file():
         model_path = CHECKPOINT
     else:
-        say(f"{CHECKPOINT} not found (reproduce it with scripts/train_photos32_small.py). "
+        say(f"{CHECKPOINT} not found (reproduce it with scripts/train_photos_dmol.py). "
             f"Training a `tiny` 32x32 model for {args.fallback_steps} steps instead, so the demo "
             "runs end to end; its figures are not meaningful.")
         model_path = fallback_model(out / "fallback-tiny", args.fallback_steps)

@@ -281,6 +281,22 @@ def dmol_nll_per_pixel(params: Tensor, pixels: Tensor) -> Tensor:
     return -torch.logsumexp(joint, dim=-1)  # (...)
 
 
+def dmol_nll_per_channel(params: Tensor, pixels: Tensor) -> Tensor:
+    """:func:`dmol_nll_per_pixel` split by channel: nats of r, of g given r, of b given r and g.
+
+    With mixture weights ``pi_k`` and per-channel conditionals ``p_k``, ``-log p(r) = -log sum_k
+    pi_k p_k(r)``, ``-log p(g | r) = -log sum_k pi_k p_k(r) p_k(g | r) + log sum_k pi_k p_k(r)``,
+    and b likewise (the posterior over ``k`` carries from one channel to the next). The three add
+    up to the pixel's NLL. Returns ``(..., 3)`` nats.
+    """
+    _check_pixels(params, pixels)
+    p = dmol_split_params(params)
+    log_probs = _log_probs_per_channel(p, pixels)  # (..., K, 3)
+    log_weights = F.log_softmax(p.logits, dim=-1).unsqueeze(-1)  # (..., K, 1)
+    joint = torch.logsumexp(log_weights + log_probs.cumsum(-1), dim=-2)  # (..., 3): r, rg, rgb
+    return -torch.cat([joint[..., :1], joint[..., 1:] - joint[..., :-1]], dim=-1)
+
+
 def dmol_sample(
     params: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
 ) -> Tensor:

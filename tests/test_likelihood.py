@@ -11,6 +11,7 @@ from imgtx.likelihood import (
     categorical_nll,
     discretized_logistic_log_prob,
     dmol_log_probs_per_channel,
+    dmol_nll_per_channel,
     dmol_nll_per_pixel,
     dmol_sample,
     dmol_split_params,
@@ -201,6 +202,24 @@ def test_dmol_conditionals_each_sum_to_one_for_every_conditioning_value():
     lp = dmol_log_probs_per_channel(params.expand(len(cond), 256, 100), blue)
     sums = lp[..., 2].exp().sum(1)  # (cond, K)
     torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-4)
+
+
+def test_dmol_nll_per_channel_adds_up_to_the_pixel_and_is_each_channels_conditional():
+    params = random_dmol_params(50, num_mixtures=4, seed=9)
+    pixels = torch.randint(0, 256, (50, 3), generator=torch.Generator().manual_seed(9))
+    per_channel = dmol_nll_per_channel(params, pixels)  # (50, 3)
+    torch.testing.assert_close(per_channel.sum(-1), dmol_nll_per_pixel(params, pixels))
+    # r's marginal, by brute force: sum over every (g, b) of the joint pmf
+    g, b = torch.meshgrid(ALL_VALUES, ALL_VALUES, indexing="ij")
+    for i in range(3):
+        grid = torch.stack([torch.full_like(g, int(pixels[i, 0])), g, b], -1).reshape(-1, 3)
+        marginal = torch.exp(-dmol_nll_per_pixel(params[i], grid.long())).sum()
+        assert per_channel[i, 0].item() == pytest.approx(-math.log(marginal.item()), abs=1e-6)
+    # a mixture of one: each channel is its own discretised logistic
+    one = random_dmol_params(7, num_mixtures=1, seed=10)
+    pixels = pixels[:7]
+    expected = -dmol_log_probs_per_channel(one, pixels)[:, 0]  # (7, 3)
+    torch.testing.assert_close(dmol_nll_per_channel(one, pixels), expected)
 
 
 @pytest.mark.slow

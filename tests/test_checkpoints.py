@@ -153,3 +153,24 @@ def test_every_shipped_model_card_imports_what_it_says(card):
         module = importlib.import_module(node.module)
         for alias in node.names:
             assert hasattr(module, alias.name), f"{card}: {line}"
+
+
+@torch.no_grad()
+def test_the_shipped_photo_model_reads_its_neighbours_and_keeps_its_likelihood():
+    """checkpoints/imgtx-photos-dmol-small (the demo's model): neighbour inputs trained away from
+    zero, the same bits/dim as when it was exported (mean over REGRESSION_SUBSET, one thread),
+    and sampling with the KV cache equal to recomputing the whole model."""
+    from imgtx.sampling import decode
+
+    model = ImageTransformer.from_pretrained(ROOT / "checkpoints" / "imgtx-photos-dmol-small").eval()
+    assert model.config.neighbour_inputs and model.neighbours.weight.abs().max() > 0
+    source = load_images("builtin:photos32", "test", 32)
+    targets = torch.stack([source[i]["image"] for i in REGRESSION_SUBSET])
+    assert abs(model.bits_per_dim(targets).double().mean().item() - 4.69272184278816) <= 1e-5
+    one = model.bits_per_dim(targets[:4])
+    zeroed = ImageTransformer.from_pretrained(ROOT / "checkpoints" / "imgtx-photos-dmol-small")
+    zeroed.neighbours.weight.zero_()
+    assert (zeroed.eval().bits_per_dim(targets[:4]) - one).abs().min() > 0.01  # they matter
+    cached = decode(model, 1, generator=torch.Generator().manual_seed(0))
+    recomputed = decode(model, 1, use_cache=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cached, recomputed)

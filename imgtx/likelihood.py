@@ -163,7 +163,7 @@ def dmol_split_params(params: Tensor) -> DMOLParams:
     )
 
 
-def _scale_pixels(pixels: Tensor, dtype: torch.dtype) -> Tensor:
+def scale_pixels(pixels: Tensor, dtype: torch.dtype) -> Tensor:
     """Values 0..255 -> [-1, 1] by ``v / 127.5 - 1``."""
     return pixels.to(dtype) / 127.5 - 1.0
 
@@ -238,7 +238,7 @@ def _check_pixels(params: Tensor, pixels: Tensor) -> None:
 
 def _log_probs_per_channel(p: DMOLParams, pixels: Tensor) -> Tensor:
     """log p_k(x_c | x_<c): (..., K, 3), from split params and (..., 3) integer pixels."""
-    x = _scale_pixels(pixels, p.means.dtype)  # (..., 3)
+    x = scale_pixels(pixels, p.means.dtype)  # (..., 3)
     means = _conditional_means(p, x)  # (..., K, 3)
     return discretized_logistic_log_prob(x.unsqueeze(-2), means, p.log_scales)  # (..., K, 3)
 

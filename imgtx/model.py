@@ -33,7 +33,7 @@ from imgtx.attention import (
 from imgtx.configs import ImageTransformerConfig
 from imgtx.fused_step import FusedStep
 from imgtx.hub import HubModel
-from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel
+from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel, scale_pixels
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
 __all__ = ["ImageTransformer", "IncrementalDecoder", "check_images", "pattern_for"]
@@ -207,7 +207,7 @@ class ImageTransformer(HubModel):
         -> ``(B, n, D)``; DMOL ``values`` ``(B, n, 3)`` long pixels -> ``(B, n, D)``."""
         if self.config.likelihood == "cat":
             return self.embed(values + 256 * channel) * math.sqrt(self.config.hidden_size)
-        return self.embed(values.float() / 127.5 - 1.0)
+        return self.embed(scale_pixels(values, torch.float32))
 
     def neighbour_embeddings(self, scaled: torch.Tensor, here: slice | None = None) -> torch.Tensor:
         """``neighbour_inputs``: each position's earlier neighbours through one linear layer.
@@ -290,7 +290,7 @@ class ImageTransformer(HubModel):
         x = nn.functional.pad(x[:, :-1], (0, 0, 1, 0))
         x = x + self.positions()
         if self.neighbours is not None:
-            scaled = nn.functional.pad(values.to(x.dtype) / 127.5 - 1.0, (0, 0, 0, 1))
+            scaled = nn.functional.pad(scale_pixels(values, x.dtype), (0, 0, 0, 1))
             x = x + self.neighbour_embeddings(scaled)
         own = self.position_inputs(self.channel, side)
         if own is not None:
@@ -412,6 +412,6 @@ class IncrementalDecoder:
         self.previous = self.model.input_embeddings(value[:, None], self.model.channel[here],
                                                     side)
         if self.canvas is not None:
-            self.canvas[:, self.position] = value.to(self.canvas.dtype) / 127.5 - 1.0
+            self.canvas[:, self.position] = scale_pixels(value, self.canvas.dtype)
         self.position += 1
         self.waiting_for_value = False

@@ -49,6 +49,10 @@ class ImageTransformerConfig:
     # DMOL: also feed each position the pixels around it that come before it (left, two left,
     # the three above, two above), through one linear layer, zero at initialisation.
     neighbour_inputs: bool = False
+    # DMOL: "med" centres each pixel's channel means on the LOCO-I median edge detector of its
+    # left, upper and upper-left neighbours, so the head predicts a correction to that guess;
+    # "none": the head predicts the means themselves.
+    predictor: str = "none"
 
     def __post_init__(self) -> None:
         self.query_shape = tuple(self.query_shape)
@@ -58,6 +62,7 @@ class ImageTransformerConfig:
             "attention": (self.attention, ("local1d", "local2d", "causal")),
             "norm": (self.norm, ("post", "pre")),
             "positions": (self.positions, ("sinusoid", "learned")),
+            "predictor": (self.predictor, ("none", "med")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -71,6 +76,9 @@ class ImageTransformerConfig:
         if self.neighbour_inputs and self.likelihood != "dmol":
             raise ValueError("config.neighbour_inputs needs likelihood='dmol' (one position per "
                              "pixel)")
+        if self.predictor != "none" and self.likelihood != "dmol":
+            raise ValueError(f"config.predictor={self.predictor!r} needs likelihood='dmol' (one "
+                             "position per pixel)")
         if self.hidden_size % 4:
             raise ValueError("hidden_size must be divisible by 4 (2D sinusoidal positions)")
 
@@ -170,6 +178,14 @@ CONFIGS: dict[str, RegistryEntry] = {
              neighbour_inputs=True),
         "imgtx: CPU-sized DMOL photo model (small-dmol with neighbour inputs)",
         train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
+    # scripts/train_photos_dmol.py: small-dmol-photo whose means are corrections to the LOCO-I
+    # median edge predictor (docs/benchmarks.md).
+    "small-dmol-med": RegistryEntry(
+        _cfg(likelihood="dmol", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
+             block_length=64, dropout=0.0, norm="pre", positions="learned",
+             neighbour_inputs=True, predictor="med"),
+        "imgtx: CPU-sized DMOL photo model (small-dmol-photo, means relative to the median edge "
+        "predictor)", train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
 }
 
 

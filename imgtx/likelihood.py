@@ -168,6 +168,35 @@ def scale_pixels(pixels: Tensor, dtype: torch.dtype) -> Tensor:
     return pixels.to(dtype) / 127.5 - 1.0
 
 
+def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
+    """Re-centre DMOL outputs on a per-pixel guess: the channel means become ``base`` plus the
+    network's means, with the autoregressive coefficients acting on the residuals ``x - base``::
+
+        mean_r = base_r + means[k, 0]
+        mean_g = base_g + means[k, 1] + coeffs[k, 0] * (x_r - base_r)
+        mean_b = base_b + means[k, 2] + coeffs[k, 1] * (x_r - base_r) + coeffs[k, 2] * (x_g - base_g)
+
+    ``base`` depends only on earlier pixels, so this is the same DMOL family in new coordinates
+    (likelihoods stay exact and normalised): it is folded into the raw means, and every DMOL
+    function (NLL, sampling) is unchanged.
+
+    Args:
+        params: ``(..., 10K)`` raw DMOL outputs.
+        base: ``(..., 3)`` the guess, scaled like the pixels (``[-1, 1]``).
+
+    Returns:
+        ``(..., 10K)`` outputs whose means include the shift.
+    """
+    k = params.shape[-1] // PARAMS_PER_MIXTURE
+    logits, means, log_scales, coeffs = params.split([k, 3 * k, 3 * k, 3 * k], dim=-1)
+    a = torch.tanh(coeffs.unflatten(-1, (k, 3)))  # (..., K, 3)
+    base = base.to(params.dtype).unsqueeze(-2)  # (..., 1, 3)
+    r, g, b = base.unbind(-1)  # (..., 1) each
+    shift = torch.stack(torch.broadcast_tensors(
+        r, g - a[..., 0] * r, b - a[..., 1] * r - a[..., 2] * g), dim=-1)  # (..., K, 3)
+    return torch.cat([logits, means + shift.flatten(-2), log_scales, coeffs], dim=-1)
+
+
 def _conditional_means(p: DMOLParams, x: Tensor) -> Tensor:
     """Channel means given the conditioning values. x: (..., 3) scaled; returns (..., K, 3)."""
     x = x.unsqueeze(-2)  # (..., 1, 3)

@@ -33,7 +33,7 @@ from imgtx.attention import (
 from imgtx.configs import ImageTransformerConfig
 from imgtx.fused_step import FusedStep
 from imgtx.hub import HubModel
-from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel, scale_pixels
+from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel, dmol_shift_means, scale_pixels
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
 __all__ = ["ImageTransformer", "IncrementalDecoder", "check_images", "pattern_for"]
@@ -44,6 +44,23 @@ LN2 = math.log(2.0)
 #: three above (left, centre, right) and two above. PixelCNN (van den Oord et al. 2016) and the
 #: LOCO-I / JPEG-LS predictor read the same causal neighbourhood.
 NEIGHBOURS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
+#: Where left, upper-left and upper sit in NEIGHBOURS (the median edge predictor's inputs).
+LEFT, UPPER_LEFT, UPPER = 0, 2, 3
+
+
+def median_edge_prediction(left: torch.Tensor, upper_left: torch.Tensor, upper: torch.Tensor,
+                           has_left: torch.Tensor, has_upper: torch.Tensor) -> torch.Tensor:
+    """The LOCO-I / JPEG-LS median edge detector (Weinberger, Seroussi & Sapiro 2000, eq. 2):
+    ``min(a, b)`` if ``c >= max(a, b)``, ``max(a, b)`` if ``c <= min(a, b)``, else ``a + b - c``,
+    for left ``a``, upper ``b`` and upper-left ``c``. On the top row it is the left pixel, in the
+    first column the upper one, and 0 (mid-grey when scaled) for the first pixel.
+
+    Values are any tensors of one shape; ``has_left``/``has_upper`` broadcast against them."""
+    low, high = torch.minimum(left, upper), torch.maximum(left, upper)
+    med = torch.where(upper_left >= high, low,
+                      torch.where(upper_left <= low, high, left + upper - upper_left))
+    edge = torch.where(has_left, left, torch.where(has_upper, upper, torch.zeros_like(left)))
+    return torch.where(has_left & has_upper, med, edge)
 
 
 def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = None) -> Pattern:
@@ -130,6 +147,7 @@ class ImageTransformer(HubModel):
         self.neighbours = None
         if c.neighbour_inputs:
             self.neighbours = nn.Linear(3 * len(NEIGHBOURS), d)
+        if c.neighbour_inputs or c.predictor != "none":
             self.register_buffer("neighbour_index", neighbour_index(c), persistent=False)
         if c.positions == "learned":
             self.learned_positions = LearnedPositions2D(self.rows, self.cols, d)
@@ -218,6 +236,20 @@ class ImageTransformer(HubModel):
         index = self.neighbour_index if here is None else self.neighbour_index[here]
         return self.neighbours(scaled[:, index].flatten(2))  # (B, n, 6, 3) -> (B, n, D)
 
+    def predict_means(self, outputs: torch.Tensor, scaled: torch.Tensor,
+                      here: slice | None = None) -> torch.Tensor:
+        """``predictor='med'``: centre the DMOL outputs ``(B, n, 10K)`` of the positions ``here``
+        on the median edge prediction from ``scaled`` (as for :meth:`neighbour_embeddings`), with
+        :func:`imgtx.likelihood.dmol_shift_means`. Identity for ``predictor='none'``."""
+        if self.config.predictor == "none":
+            return outputs
+        index = self.neighbour_index if here is None else self.neighbour_index[here]
+        index = index[:, [LEFT, UPPER_LEFT, UPPER]]  # (n, 3)
+        left, upper_left, upper = scaled[:, index].unbind(2)  # (B, n, 3) each
+        inside = (index < self.rows * self.cols)[:, :, None]  # (n, 3, 1)
+        base = median_edge_prediction(left, upper_left, upper, inside[:, 0], inside[:, 2])
+        return dmol_shift_means(outputs, base)
+
     def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The class embedding ``(B, 1, D)`` added at every position, or None."""
         if self.class_embed is None:
@@ -289,8 +321,10 @@ class ImageTransformer(HubModel):
         # Shift right by one position (zero start): position t sees values < t only.
         x = nn.functional.pad(x[:, :-1], (0, 0, 1, 0))
         x = x + self.positions()
-        if self.neighbours is not None:
+        scaled = None
+        if self.config.neighbour_inputs or self.config.predictor != "none":
             scaled = nn.functional.pad(scale_pixels(values, x.dtype), (0, 0, 0, 1))
+        if self.neighbours is not None:
             x = x + self.neighbour_embeddings(scaled)
         own = self.position_inputs(self.channel, side)
         if own is not None:
@@ -301,7 +335,10 @@ class ImageTransformer(HubModel):
         x = self.dropout(x)
         for layer, context_kv in zip(self.layers, self.context_kv(context)):
             x = layer(x, context_kv)  # (B, N, D)
-        return self.to_raster(self.head_outputs(x, side))
+        outputs = self.head_outputs(x, side)
+        if scaled is not None:
+            outputs = self.predict_means(outputs, scaled)
+        return self.to_raster(outputs)
 
     def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None,
             context: torch.Tensor | None = None, side=None) -> torch.Tensor:
@@ -362,7 +399,7 @@ class IncrementalDecoder:
         self.waiting_for_value = False
         # neighbour_inputs: the pixels fed so far, scaled, model order, one zero slot at the end.
         self.canvas = None
-        if model.neighbours is not None:
+        if model.config.neighbour_inputs or model.config.predictor != "none":
             self.canvas = torch.zeros(batch, self.length + 1, 3, device=parameter.device,
                                       dtype=parameter.dtype)
         # Fused steps (imgtx.fused_step) when every layer is a plain one and the model is in
@@ -385,7 +422,7 @@ class IncrementalDecoder:
         model = self.model
         here, side = self._here()
         x = self.previous + self.positions[here]  # (B, 1, D)
-        if self.canvas is not None:
+        if model.neighbours is not None:
             x = x + model.neighbour_embeddings(self.canvas, here)
         own = model.position_inputs(model.channel[here], side)
         if own is not None:
@@ -401,7 +438,10 @@ class IncrementalDecoder:
             for layer, cache, context_kv in zip(model.layers, self.caches, self.context_kvs):
                 x = layer.step(x, cache, context_kv)  # (B, 1, D)
         self.waiting_for_value = True
-        return model.head_outputs(x, side)[:, 0]
+        outputs = model.head_outputs(x, side)
+        if self.canvas is not None:
+            outputs = model.predict_means(outputs, self.canvas, here)
+        return outputs[:, 0]
 
     def feed(self, value: torch.Tensor) -> None:
         """The value chosen at position ``self.position``: ``(B,)`` long subpixels, or ``(B, 3)``

@@ -55,11 +55,15 @@ def init_from(model: nn.Module, source: str) -> list[str]:
 
     Every tensor of the source must have a counterpart of the same shape. ``model`` may add
     inputs that start at zero (``neighbour_inputs``), so that it begins as the source's function.
-    Returns the names of the tensors left at their initialisation; raises a ``UserError`` on
-    anything else."""
+    It may also add a ``predictor``: the source's means were absolute and become corrections to
+    the prediction, so the head's mean rows restart at zero (every mixture centred on the
+    prediction; log-scales, logits and coefficients carry over).
+    Returns the names of the tensors (or ``head.means``) left at their initialisation; raises a
+    ``UserError`` on anything else."""
     from imgtx.model import ImageTransformer
 
-    weights = ImageTransformer.from_pretrained(source).state_dict()
+    loaded = ImageTransformer.from_pretrained(source)
+    weights = loaded.state_dict()
     target = model.state_dict()
     for name, tensor in weights.items():
         if name not in target or target[name].shape != tensor.shape:
@@ -69,6 +73,17 @@ def init_from(model: nn.Module, source: str) -> list[str]:
     if any(not name.startswith("neighbours.") for name in fresh):
         raise UserError(f"cannot warm-start from {source}: it lacks {', '.join(fresh)}")
     model.load_state_dict(weights, strict=False)
+    predictor = getattr(model.config, "predictor", "none")
+    if predictor != loaded.config.predictor:
+        if loaded.config.predictor != "none":
+            raise UserError(f"cannot warm-start from {source}: its means are relative to the "
+                            f"{loaded.config.predictor!r} predictor, this model's to "
+                            f"{predictor!r}")
+        k = model.config.num_mixtures
+        with torch.no_grad():  # [logits K | means 3K | ...] (imgtx.likelihood)
+            model.head.weight[k:4 * k].zero_()
+            model.head.bias[k:4 * k].zero_()
+        fresh.append("head.means")
     return fresh
 
 

@@ -14,6 +14,7 @@ from imgtx.likelihood import (
     dmol_nll_per_channel,
     dmol_nll_per_pixel,
     dmol_sample,
+    dmol_shift_means,
     dmol_split_params,
     nats_to_bits,
 )
@@ -220,6 +221,57 @@ def test_dmol_nll_per_channel_adds_up_to_the_pixel_and_is_each_channels_conditio
     pixels = pixels[:7]
     expected = -dmol_log_probs_per_channel(one, pixels)[:, 0]  # (7, 3)
     torch.testing.assert_close(dmol_nll_per_channel(one, pixels), expected)
+
+
+def slow_shifted_dmol_nll(params: torch.Tensor, base: list[float], pixel: tuple[int, int, int]
+                          ) -> float:
+    """Reference for :func:`dmol_shift_means`: the documented residual means written out, one
+    mixture and channel at a time, as plain discretised logistics (no tiny bins here)."""
+    k = params.shape[-1] // 10
+    logits = torch.log_softmax(params[:k], 0).tolist()
+    means = params[k : 4 * k].reshape(k, 3).tolist()
+    log_scales = params[4 * k : 7 * k].reshape(k, 3).tolist()
+    a = torch.tanh(params[7 * k :].reshape(k, 3)).tolist()
+    x = [v / 127.5 - 1 for v in pixel]
+    res = [x[c] - base[c] for c in range(3)]
+    total = 0.0
+    for j in range(k):
+        mu = [base[0] + means[j][0],
+              base[1] + means[j][1] + a[j][0] * res[0],
+              base[2] + means[j][2] + a[j][1] * res[0] + a[j][2] * res[1]]
+        prob = math.exp(logits[j])
+        for c in range(3):
+            s = math.exp(log_scales[j][c])
+            upper = 1.0 if pixel[c] == 255 else 1 / (1 + math.exp(-(x[c] + 1 / 255 - mu[c]) / s))
+            lower = 0.0 if pixel[c] == 0 else 1 / (1 + math.exp(-(x[c] - 1 / 255 - mu[c]) / s))
+            prob *= upper - lower
+        total += prob
+    return -math.log(total)
+
+
+def test_dmol_shift_means_centres_each_channel_on_its_residual():
+    """The shifted outputs are the documented residual parameterisation, and still a pmf."""
+    params = random_dmol_params(40, num_mixtures=3, seed=12, log_scale_range=(-2.5, -0.5))
+    g = torch.Generator().manual_seed(12)
+    base = torch.rand(40, 3, generator=g, dtype=torch.float64) * 2 - 1
+    pixels = ((base + 1) * 127.5).round().long() + torch.randint(-6, 7, (40, 3), generator=g)
+    pixels = pixels.clamp(0, 255)
+    shifted = dmol_shift_means(params, base)
+    nll = dmol_nll_per_pixel(shifted, pixels)
+    for i in range(40):
+        expected = slow_shifted_dmol_nll(params[i], base[i].tolist(), tuple(pixels[i].tolist()))
+        assert nll[i].item() == pytest.approx(expected, abs=1e-9)
+    # logits, log-scales and coefficients pass through; a zero base changes nothing
+    k = 3
+    torch.testing.assert_close(shifted[:, :k], params[:, :k])
+    torch.testing.assert_close(shifted[:, 4 * k:], params[:, 4 * k:])
+    torch.testing.assert_close(dmol_shift_means(params, torch.zeros(40, 3)), params)
+    # a pmf: green given red sums to one over its 256 values with the shift in place
+    r, v = torch.meshgrid(ALL_VALUES, ALL_VALUES, indexing="ij")
+    grid = torch.stack([r, v, torch.zeros_like(r)], -1)  # (256 r, 256 v, 3)
+    lp = dmol_log_probs_per_channel(shifted[0].expand(256, 256, -1), grid)
+    sums = lp[..., 1].exp().sum(1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow

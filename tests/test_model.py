@@ -25,6 +25,10 @@ VARIANTS = {
     "dmol-1d-neighbours": dict(likelihood="dmol", block_length=8, neighbour_inputs=True),
     "dmol-2d-neighbours": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
                                memory_flange=(1, 2), neighbour_inputs=True),
+    "dmol-1d-med": dict(likelihood="dmol", block_length=8, neighbour_inputs=True,
+                        predictor="med"),
+    "dmol-2d-med": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
+                        memory_flange=(1, 2), predictor="med"),
 }
 
 
@@ -292,6 +296,86 @@ def test_neighbour_inputs_start_at_zero_and_warm_start_keeps_the_function(tmp_pa
     grown.save_pretrained(tmp_path / "grown")
     with pytest.raises(UserError, match="no counterpart"):
         init_from(plain, str(tmp_path / "grown"))
+
+
+def slow_median_edge(image: torch.Tensor) -> torch.Tensor:
+    """LOCO-I's median edge detector pixel by pixel, in 0..255: ``(3, H, W)`` -> ``(3, H, W)``
+    float64; left on the top row, upper in the first column, 127.5 (0 scaled) at the origin."""
+    x = image.double()
+    out = torch.empty_like(x)
+    _, rows, cols = x.shape
+    for r in range(rows):
+        for c in range(cols):
+            for ch in range(3):
+                if r == 0 and c == 0:
+                    out[ch, r, c] = 127.5
+                elif r == 0:
+                    out[ch, r, c] = x[ch, r, c - 1]
+                elif c == 0:
+                    out[ch, r, c] = x[ch, r - 1, c]
+                else:
+                    a, b, d = x[ch, r, c - 1], x[ch, r - 1, c], x[ch, r - 1, c - 1]
+                    if d >= max(a, b):
+                        out[ch, r, c] = min(a, b)
+                    elif d <= min(a, b):
+                        out[ch, r, c] = max(a, b)
+                    else:
+                        out[ch, r, c] = a + b - d
+    return out
+
+
+@pytest.mark.parametrize("variant", ["dmol-1d-med", "dmol-2d-med"])
+def test_med_predictor_centres_every_pixel_on_the_median_edge_prediction(variant):
+    """With a zero head every mixture's channel means are the median edge prediction of the
+    pixel's left, upper and upper-left neighbours, in 1D and in 2D block order alike."""
+    model = make_model(**VARIANTS[variant])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    images = random_images(2)
+    images[1] = torch.linspace(0, 255, 64).reshape(1, 8, 8).round().to(torch.uint8)  # a ramp
+    k = model.config.num_mixtures
+    with torch.no_grad():
+        means = model(images)[..., k:4 * k].unflatten(-1, (k, 3))  # (B, H*W, K, 3), raster
+    for i in range(2):
+        expected = slow_median_edge(images[i]).permute(1, 2, 0).reshape(64, 1, 3) / 127.5 - 1
+        torch.testing.assert_close(means[i].double(), expected.expand(64, k, 3),
+                                   rtol=0, atol=1e-6)
+    # so on smooth images it starts far below a head that predicts the means itself
+    plain = make_model(likelihood="dmol", block_length=8)
+    with torch.no_grad():
+        plain.head.weight.zero_()
+        plain.head.bias.zero_()
+        for m in (model, plain):  # narrow logistics (scale 0.02 of the [-1, 1] range)
+            m.head.bias[4 * k:7 * k] = math.log(0.02)
+    ramp = images[1:]
+    assert model.bits_per_dim(ramp).item() < plain.bits_per_dim(ramp).item() - 1.0
+
+
+def test_warm_starting_a_med_model_restarts_the_means_at_the_prediction(tmp_path):
+    from imgtx.errors import UserError
+    from imgtx.train import init_from
+
+    plain = make_model(likelihood="dmol", block_length=8)
+    plain.save_pretrained(tmp_path / "plain")
+    med = make_model(**VARIANTS["dmol-1d-med"])
+    fresh = init_from(med, str(tmp_path / "plain"))
+    assert fresh == ["neighbours.bias", "neighbours.weight", "head.means"]
+    k = med.config.num_mixtures
+    assert med.head.weight[k:4 * k].abs().sum() == 0 and med.head.bias[k:4 * k].abs().sum() == 0
+    torch.testing.assert_close(med.head.weight[4 * k:], plain.head.weight[4 * k:])
+    # means relative to a predictor cannot seed a model whose means are absolute
+    med.save_pretrained(tmp_path / "med")
+    with pytest.raises(UserError, match="predictor"):
+        init_from(make_model(likelihood="dmol", block_length=8, neighbour_inputs=True),
+                  str(tmp_path / "med"))
+
+
+def test_predictor_needs_the_dmol_head_and_a_known_name():
+    with pytest.raises(ValueError, match="predictor"):
+        get_config("tiny", predictor="med")
+    with pytest.raises(ValueError, match="predictor"):
+        get_config("tiny", likelihood="dmol", predictor="calic")
 
 
 def test_neighbour_inputs_need_the_dmol_head():

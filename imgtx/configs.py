@@ -49,9 +49,9 @@ class ImageTransformerConfig:
     # DMOL: also feed each position the pixels around it that come before it (left, two left,
     # the three above, two above), through one linear layer, zero at initialisation.
     neighbour_inputs: bool = False
-    # DMOL: "med" centres each pixel's channel means on the LOCO-I median edge detector of its
-    # left, upper and upper-left neighbours, so the head predicts a correction to that guess;
-    # "none": the head predicts the means themselves.
+    # "med": predict each value relative to the LOCO-I median edge detector of its left, upper
+    # and upper-left neighbours (DMOL: the means are corrections to it; categorical: logits over
+    # the offset from it are added); "none": no predictor.
     predictor: str = "none"
 
     def __post_init__(self) -> None:
@@ -76,9 +76,6 @@ class ImageTransformerConfig:
         if self.neighbour_inputs and self.likelihood != "dmol":
             raise ValueError("config.neighbour_inputs needs likelihood='dmol' (one position per "
                              "pixel)")
-        if self.predictor != "none" and self.likelihood != "dmol":
-            raise ValueError(f"config.predictor={self.predictor!r} needs likelihood='dmol' (one "
-                             "position per pixel)")
         if self.hidden_size % 4:
             raise ValueError("hidden_size must be divisible by 4 (2D sinusoidal positions)")
 

@@ -44,8 +44,9 @@ LN2 = math.log(2.0)
 #: three above (left, centre, right) and two above. PixelCNN (van den Oord et al. 2016) and the
 #: LOCO-I / JPEG-LS predictor read the same causal neighbourhood.
 NEIGHBOURS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
-#: Where left, upper-left and upper sit in NEIGHBOURS (the median edge predictor's inputs).
-LEFT, UPPER_LEFT, UPPER = 0, 2, 3
+#: (row, pixel column) offsets of the median edge predictor's inputs: left, upper-left, upper.
+#: For a categorical model they are the same channel's subpixels (three columns per pixel).
+MED_NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0))
 
 
 def median_edge_prediction(left: torch.Tensor, upper_left: torch.Tensor, upper: torch.Tensor,
@@ -53,14 +54,23 @@ def median_edge_prediction(left: torch.Tensor, upper_left: torch.Tensor, upper: 
     """The LOCO-I / JPEG-LS median edge detector (Weinberger, Seroussi & Sapiro 2000, eq. 2):
     ``min(a, b)`` if ``c >= max(a, b)``, ``max(a, b)`` if ``c <= min(a, b)``, else ``a + b - c``,
     for left ``a``, upper ``b`` and upper-left ``c``. On the top row it is the left pixel, in the
-    first column the upper one, and 0 (mid-grey when scaled) for the first pixel.
+    first column the upper one, and mid-grey for the first pixel (0 on the scaled [-1, 1] range).
 
-    Values are any tensors of one shape; ``has_left``/``has_upper`` broadcast against them."""
+    Values are scaled pixels of any one shape; ``has_left``/``has_upper`` broadcast against
+    them."""
     low, high = torch.minimum(left, upper), torch.maximum(left, upper)
     med = torch.where(upper_left >= high, low,
                       torch.where(upper_left <= low, high, left + upper - upper_left))
     edge = torch.where(has_left, left, torch.where(has_upper, upper, torch.zeros_like(left)))
     return torch.where(has_left & has_upper, med, edge)
+
+
+def offset_logits(table: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Logits over the 256 values from a table over offsets ``v - centre``: ``table``
+    ``(..., 511)`` (offset -255..255 at index 0..510) and ``centre`` ``(...)`` long ->
+    ``(..., 256)``."""
+    index = torch.arange(256, device=table.device) + 255 - centre[..., None]
+    return table.gather(-1, index)
 
 
 def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = None) -> Pattern:
@@ -73,10 +83,12 @@ def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = N
     return Causal()
 
 
-def neighbour_index(config: ImageTransformerConfig) -> torch.Tensor:
-    """``(N, len(NEIGHBOURS))`` model-order index of each position's neighbours; ``N`` (one past
-    the last position, a zero slot) where a neighbour is off the image or not decoded before the
-    position (local 2D's block order decodes some upper-right pixels later)."""
+def neighbour_index(config: ImageTransformerConfig,
+                    offsets: tuple[tuple[int, int], ...] = NEIGHBOURS) -> torch.Tensor:
+    """``(N, len(offsets))`` model-order index of each position's neighbours at the (row, pixel
+    column) ``offsets``; ``N`` (one past the last position, a zero slot) where a neighbour is off
+    the image or not decoded before the position (local 2D's block order decodes some
+    upper-right pixels later). A categorical model's neighbours are the same channel's."""
     rows, cols = config.sequence_grid
     n = rows * cols
     raster = torch.arange(n)
@@ -85,9 +97,10 @@ def neighbour_index(config: ImageTransformerConfig) -> torch.Tensor:
     order = torch.empty(n, dtype=torch.long)
     order[raster] = torch.arange(n)  # raster index -> model position
     r, c = raster // cols, raster % cols  # (N,) of each model position
-    index = torch.full((n, len(NEIGHBOURS)), n, dtype=torch.long)
-    for j, (dr, dc) in enumerate(NEIGHBOURS):
-        nr, nc = r + dr, c + dc
+    per_pixel = cols // config.image_size  # 1 (DMOL) or 3 subpixels
+    index = torch.full((n, len(offsets)), n, dtype=torch.long)
+    for j, (dr, dc) in enumerate(offsets):
+        nr, nc = r + dr, c + dc * per_pixel
         inside = (nr >= 0) & (nc >= 0) & (nc < cols)
         position = order[(nr.clamp(min=0) * cols + nc.clamp(0, cols - 1))]
         before = inside & (position < torch.arange(n))
@@ -147,8 +160,16 @@ class ImageTransformer(HubModel):
         self.neighbours = None
         if c.neighbour_inputs:
             self.neighbours = nn.Linear(3 * len(NEIGHBOURS), d)
-        if c.neighbour_inputs or c.predictor != "none":
+        if c.neighbour_inputs:
             self.register_buffer("neighbour_index", neighbour_index(c), persistent=False)
+        # predictor="med": categorical models add logits over the offset from the prediction
+        # (zero at initialisation); DMOL models shift their means (dmol_shift_means).
+        self.predictor_head = None
+        if c.predictor != "none":
+            self.register_buffer("med_index", neighbour_index(c, MED_NEIGHBOURS),
+                                 persistent=False)
+            if c.likelihood == "cat":
+                self.predictor_head = nn.Linear(d, 511)
         if c.positions == "learned":
             self.learned_positions = LearnedPositions2D(self.rows, self.cols, d)
         else:
@@ -211,9 +232,10 @@ class ImageTransformer(HubModel):
             nn.init.normal_(self.embed.weight, std=d**-0.5)  # then scaled by sqrt(d), as T2T
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=d**-0.5)
-        if self.neighbours is not None:  # zero: adding it to a trained model changes nothing
-            nn.init.zeros_(self.neighbours.weight)
-            nn.init.zeros_(self.neighbours.bias)
+        for added in (self.neighbours, self.predictor_head):
+            if added is not None:  # zero: adding it to a trained model changes nothing
+                nn.init.zeros_(added.weight)
+                nn.init.zeros_(added.bias)
 
     def positions(self) -> torch.Tensor:
         """Position encodings in model order, ``(N, D)``."""
@@ -236,19 +258,35 @@ class ImageTransformer(HubModel):
         index = self.neighbour_index if here is None else self.neighbour_index[here]
         return self.neighbours(scaled[:, index].flatten(2))  # (B, n, 6, 3) -> (B, n, D)
 
-    def predict_means(self, outputs: torch.Tensor, scaled: torch.Tensor,
-                      here: slice | None = None) -> torch.Tensor:
-        """``predictor='med'``: centre the DMOL outputs ``(B, n, 10K)`` of the positions ``here``
-        on the median edge prediction from ``scaled`` (as for :meth:`neighbour_embeddings`), with
-        :func:`imgtx.likelihood.dmol_shift_means`. Identity for ``predictor='none'``."""
+    def canvas_of(self, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The values in model order ``(B, N)`` or ``(B, N, 3)``, scaled to ``[-1, 1]``, with a
+        zero slot appended: ``(B, N + 1[, 3])``, what :meth:`neighbour_embeddings` and
+        :meth:`outputs_at` read (the decoder fills one like it as it goes)."""
+        scaled = scale_pixels(values, dtype)
+        return nn.functional.pad(scaled, (0, 0, 0, 1) if scaled.dim() == 3 else (0, 1))
+
+    def outputs_at(self, x: torch.Tensor, side: torch.Tensor | None, canvas: torch.Tensor | None,
+                   here: slice | None = None) -> torch.Tensor:
+        """:meth:`head_outputs` of the positions ``here`` (all when None) and, for
+        ``predictor='med'``, the median edge prediction from the ``canvas`` of earlier values
+        (:meth:`canvas_of`): DMOL means are shifted onto it
+        (:func:`imgtx.likelihood.dmol_shift_means`); categorical logits gain the predictor head's
+        logits over the offset from it. The likelihood stays exact and normalised."""
+        outputs = self.head_outputs(x, side)
         if self.config.predictor == "none":
             return outputs
-        index = self.neighbour_index if here is None else self.neighbour_index[here]
-        index = index[:, [LEFT, UPPER_LEFT, UPPER]]  # (n, 3)
-        left, upper_left, upper = scaled[:, index].unbind(2)  # (B, n, 3) each
-        inside = (index < self.rows * self.cols)[:, :, None]  # (n, 3, 1)
-        base = median_edge_prediction(left, upper_left, upper, inside[:, 0], inside[:, 2])
-        return dmol_shift_means(outputs, base)
+        index = self.med_index if here is None else self.med_index[here]  # (n, 3)
+        left, upper_left, upper = canvas[:, index].unbind(2)  # (B, n[, 3]) each
+        inside = index < self.rows * self.cols  # (n, 3)
+        if canvas.dim() == 3:
+            inside = inside[:, :, None]
+        centre = median_edge_prediction(left, upper_left, upper, inside[:, 0], inside[:, 2])
+        if self.config.likelihood == "dmol":
+            return dmol_shift_means(outputs, centre)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        centre = ((centre + 1.0) * 127.5).round().long().clamp(0, 255)  # back to 0..255
+        return outputs + offset_logits(self.predictor_head(x), centre)
 
     def condition(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The class embedding ``(B, 1, D)`` added at every position, or None."""
@@ -321,11 +359,11 @@ class ImageTransformer(HubModel):
         # Shift right by one position (zero start): position t sees values < t only.
         x = nn.functional.pad(x[:, :-1], (0, 0, 1, 0))
         x = x + self.positions()
-        scaled = None
+        canvas = None
         if self.config.neighbour_inputs or self.config.predictor != "none":
-            scaled = nn.functional.pad(scale_pixels(values, x.dtype), (0, 0, 0, 1))
+            canvas = self.canvas_of(values, x.dtype)
         if self.neighbours is not None:
-            x = x + self.neighbour_embeddings(scaled)
+            x = x + self.neighbour_embeddings(canvas)
         own = self.position_inputs(self.channel, side)
         if own is not None:
             x = x + own
@@ -335,10 +373,7 @@ class ImageTransformer(HubModel):
         x = self.dropout(x)
         for layer, context_kv in zip(self.layers, self.context_kv(context)):
             x = layer(x, context_kv)  # (B, N, D)
-        outputs = self.head_outputs(x, side)
-        if scaled is not None:
-            outputs = self.predict_means(outputs, scaled)
-        return self.to_raster(outputs)
+        return self.to_raster(self.outputs_at(x, side, canvas))
 
     def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None,
             context: torch.Tensor | None = None, side=None) -> torch.Tensor:
@@ -397,11 +432,13 @@ class IncrementalDecoder:
         self.previous = torch.zeros(batch, 1, model.config.hidden_size, device=parameter.device,
                                     dtype=parameter.dtype)
         self.waiting_for_value = False
-        # neighbour_inputs: the pixels fed so far, scaled, model order, one zero slot at the end.
+        # neighbour_inputs / predictor: the values fed so far, scaled, model order, one zero slot
+        # at the end (ImageTransformer.canvas_of).
         self.canvas = None
         if model.config.neighbour_inputs or model.config.predictor != "none":
-            self.canvas = torch.zeros(batch, self.length + 1, 3, device=parameter.device,
-                                      dtype=parameter.dtype)
+            per_position = (3,) if model.config.likelihood == "dmol" else ()
+            self.canvas = torch.zeros(batch, self.length + 1, *per_position,
+                                      device=parameter.device, dtype=parameter.dtype)
         # Fused steps (imgtx.fused_step) when every layer is a plain one and the model is in
         # eval mode (dropout off); otherwise each layer's own step.
         self.fused = None
@@ -438,10 +475,7 @@ class IncrementalDecoder:
             for layer, cache, context_kv in zip(model.layers, self.caches, self.context_kvs):
                 x = layer.step(x, cache, context_kv)  # (B, 1, D)
         self.waiting_for_value = True
-        outputs = model.head_outputs(x, side)
-        if self.canvas is not None:
-            outputs = model.predict_means(outputs, self.canvas, here)
-        return outputs[:, 0]
+        return model.outputs_at(x, side, self.canvas, here)[:, 0]
 
     def feed(self, value: torch.Tensor) -> None:
         """The value chosen at position ``self.position``: ``(B,)`` long subpixels, or ``(B, 3)``

@@ -14,6 +14,10 @@ match scripts/train_photos32_small.py.
     python scripts/train_sr_photos.py --data runs/photo_corpus \
         --init checkpoints/sr-photos-8to32-small --minutes 80 --threads 1 --lr 5e-4 \
         --warmup 50 --out runs/sr-corpus --export checkpoints/sr-corpus-8to32-small
+    # grow that model by the median edge predictor and fine-tune it (docs/benchmarks.md)
+    python scripts/train_sr_photos.py --data runs/photo_corpus --config photos-8to32-med \
+        --init checkpoints/sr-corpus-8to32-small --minutes 70 --threads 1 --lr 3e-4 \
+        --warmup 50 --out runs/sr-med --export ''
 
 The same run from the command line (the registry's suggestion for ``photos-8to32-small`` holds
 this batch size, lr, warm-up and ``--decoder-init``):
@@ -56,6 +60,9 @@ def main() -> None:
                         help="training data: builtin:photos32, or the photo corpus folder of "
                              "scripts/fetch_photo_corpus.sh (runs/photo_corpus)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--config", default="photos-8to32-small",
+                        help="photos-8to32-small, or photos-8to32-med (plus the median edge "
+                             "predictor; --init may be a photos-8to32-small model)")
     args = parser.parse_args()
     settings = TrainSettings(
         data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
@@ -64,7 +71,7 @@ def main() -> None:
         checkpoint_every=300, num_samples=4, resume=args.resume, threads=args.threads)
     if args.init:  # the whole model comes from --init
         args.decoder_init = ""
-    final = train(get_config("photos-8to32-small"), settings, decoder_init=args.decoder_init,
+    final = train(get_config(args.config), settings, decoder_init=args.decoder_init,
                   model_init=args.init or None)
     if args.export:
         export_run(final, args.export)

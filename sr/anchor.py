@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from imgtx.configs import ImageTransformerConfig
-from imgtx.model import ImageTransformer
+from imgtx.model import ImageTransformer, offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
 from imgtx.sr.configs import SuperResolutionConfig
 
@@ -160,6 +160,4 @@ class AnchoredDecoder(ImageTransformer):
         ``(B, n, D)`` with anchors ``side`` ``(B, n)`` -> ``(B, n, 256)``."""
         if self.final_norm is not None:
             x = self.final_norm(x)
-        offsets = self.offset_head(x)  # (B, n, 511): offset -255..255 at index 0..510
-        index = torch.arange(256, device=x.device) + 255 - side[..., None]  # (B, n, 256)
-        return self.head(x) + offsets.gather(-1, index)
+        return self.head(x) + offset_logits(self.offset_head(x), side)

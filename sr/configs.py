@@ -56,6 +56,9 @@ class SuperResolutionConfig:
     anchor: str = "none"  # imgtx extension, not in the paper: "bicubic" | "nearest" gives the
     #                       decoder that upscale of the input as a per-subpixel anchor (an input
     #                       embedding and logits over the offset from it); "none": the paper's model
+    predictor: str = "none"  # imgtx extension: "med" adds logits over the offset from the LOCO-I
+    #                          median edge prediction of the output's decoded neighbours
+    #                          (ImageTransformerConfig.predictor); "none": the paper's model
 
     def __post_init__(self) -> None:
         self.query_shape = tuple(self.query_shape)
@@ -93,7 +96,8 @@ class SuperResolutionConfig:
             hidden_size=self.hidden_size, attention_size=self.attention_size,
             ffn_size=self.ffn_size, num_heads=self.num_heads, dropout=self.dropout,
             attention_dropout=self.attention_dropout, norm=self.norm, positions=self.positions,
-            num_classes=0, layer_norm_eps=self.layer_norm_eps, init_gain=self.init_gain)
+            num_classes=0, layer_norm_eps=self.layer_norm_eps, init_gain=self.init_gain,
+            predictor=self.predictor)
 
 
 def _cfg(**kwargs) -> SuperResolutionConfig:
@@ -136,6 +140,11 @@ CONFIGS: dict[str, RegistryEntry] = {
     "photos-8to32-small": RegistryEntry(
         _cfg(attention="local1d", block_length=96, **_SMALL),
         "imgtx: CPU-sized 4x model for builtin:photos32", train=dict(PHOTOS_RECIPE)),
+    # scripts/train_sr_photos.py --config photos-8to32-med: photos-8to32-small plus logits over
+    # the offset from the median edge prediction (ImageTransformerConfig.predictor).
+    "photos-8to32-med": RegistryEntry(
+        _cfg(attention="local1d", block_length=96, predictor="med", **_SMALL),
+        "imgtx: CPU-sized 4x model with the median edge predictor", train=dict(PHOTOS_RECIPE)),
     "photos-8to32-small-2d": RegistryEntry(
         _cfg(attention="local2d", query_shape=(4, 24), memory_flange=(4, 12), **_SMALL),
         "imgtx: CPU-sized 4x model, local 2D decoder", train=dict(_SMALL_TRAIN)),

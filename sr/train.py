@@ -12,6 +12,7 @@ super-resolution: 8x8 inputs area-downscaled from 32x32 targets).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -97,6 +98,25 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
     return len(copied)
 
 
+def init_model_from(config: SuperResolutionConfig, source: str) -> SuperResolutionTransformer:
+    """A super-resolution model of ``config`` starting from the trained model ``source``: the
+    same config, or the same plus ``predictor`` (whose head starts at zero, so the model begins
+    as the source's function). Anything else raises a :class:`DecoderInitError`."""
+    trained = SuperResolutionTransformer.from_pretrained(source)
+    if trained.config == config:
+        return trained
+    if (trained.config.predictor != "none"
+            or dataclasses.replace(config, predictor="none") != trained.config):
+        raise DecoderInitError(f"{source} has another config than the one being trained: "
+                               f"{trained.config} != {config}")
+    model = SuperResolutionTransformer(config)
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("decoder.predictor_head.") for name in missing):
+        raise DecoderInitError(f"cannot grow {source} by a predictor: missing {missing}, "
+                               f"unexpected {unexpected}")
+    return model
+
+
 def train(config: SuperResolutionConfig | str, settings: TrainSettings,
           decoder_init: str | None = None, model_init: str | None = None) -> Path:
     """Train a super-resolution model; returns the path of the exported ``final/`` model.
@@ -138,11 +158,7 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
 
     def build() -> SuperResolutionTransformer:
         if model_init:
-            model = SuperResolutionTransformer.from_pretrained(model_init)
-            if model.config != config:
-                raise DecoderInitError(f"{model_init} has another config than the one being "
-                                       f"trained: {model.config} != {config}")
-            return model.train()
+            return init_model_from(config, model_init).train()
         model = SuperResolutionTransformer(config)
         if decoder_init:
             count = init_decoder_from(model, decoder_init)

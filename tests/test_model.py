@@ -29,14 +29,18 @@ VARIANTS = {
                         predictor="med"),
     "dmol-2d-med": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
                         memory_flange=(1, 2), predictor="med"),
+    "cat-1d-med": dict(predictor="med"),
+    "cat-2d-med": dict(attention="local2d", query_shape=(2, 8), memory_flange=(2, 4),
+                       predictor="med"),
 }
 
 
 def make_model(**overrides) -> ImageTransformer:
     torch.manual_seed(0)
     model = ImageTransformer(get_config("tiny", **overrides)).eval()
-    if model.neighbours is not None:  # zero at initialisation: give the path something to leak
-        torch.nn.init.normal_(model.neighbours.weight, std=0.5)
+    for added in (model.neighbours, model.predictor_head):
+        if added is not None:  # zero at initialisation: give the path something to leak
+            torch.nn.init.normal_(added.weight, std=0.5)
     return model
 
 
@@ -371,9 +375,29 @@ def test_warm_starting_a_med_model_restarts_the_means_at_the_prediction(tmp_path
                   str(tmp_path / "med"))
 
 
-def test_predictor_needs_the_dmol_head_and_a_known_name():
-    with pytest.raises(ValueError, match="predictor"):
-        get_config("tiny", predictor="med")
+@pytest.mark.parametrize("variant", ["cat-1d-med", "cat-2d-med"])
+def test_categorical_med_predictor_adds_logits_over_the_offset_from_the_prediction(variant):
+    """A categorical model's predictor reads the same channel's left, upper and upper-left
+    subpixels: with only a peaked offset table, every subpixel's argmax is its prediction."""
+    model = make_model(**VARIANTS[variant])
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.predictor_head.weight.zero_()
+        model.predictor_head.bias.copy_(-torch.arange(-255, 256).abs().float())
+    images = random_images(2)
+    images[1] = torch.linspace(0, 255, 64).reshape(1, 8, 8).round().to(torch.uint8)
+    with torch.no_grad():
+        logits = model(images)  # (B, H*W*3, 256) raster
+    for i in range(2):
+        expected = slow_median_edge(images[i]).permute(1, 2, 0).reshape(-1)  # (H*W*3,)
+        expected = expected.round().long()  # the origin's 127.5 rounds to 128
+        assert torch.equal(logits[i].argmax(-1), expected)
+    flat = torch.full((1, 3, 8, 8), 77, dtype=torch.uint8)  # 8 bits/dim without the table
+    assert model.bits_per_dim(flat).item() < 3.0
+
+
+def test_predictor_needs_a_known_name():
     with pytest.raises(ValueError, match="predictor"):
         get_config("tiny", likelihood="dmol", predictor="calic")
 

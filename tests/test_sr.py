@@ -36,16 +36,22 @@ torch.set_num_threads(1)  # the tests share the machine with training runs
 def tiny_model(name: str = "tiny", seed: int = 0, **overrides) -> SuperResolutionTransformer:
     """``name`` is a config, optionally with ``+ANCHOR`` (``tiny+bicubic``): an anchored model
     whose two output heads get random weights, so that its logits depend on what it sees (a
-    fresh anchored model's are zero: it predicts the offset prior everywhere)."""
+    fresh anchored model's are zero: it predicts the offset prior everywhere); ``+med`` adds the
+    median edge predictor, its head random too."""
     torch.manual_seed(seed)
-    base, _, anchor = name.partition("+")
-    if anchor:
-        overrides["anchor"] = anchor
+    base, *extras = name.split("+")
+    if "med" in extras:
+        extras.remove("med")
+        overrides["predictor"] = "med"
+    if extras:
+        overrides["anchor"] = extras[0]
     model = SuperResolutionTransformer(get_config(base, **overrides)).eval()
-    if anchor:
-        with torch.no_grad():
-            for head in (model.decoder.head, model.decoder.offset_head):
-                head.weight.normal_(std=0.3)
+    heads = [model.decoder.predictor_head] if "predictor" in overrides else []
+    if extras:
+        heads += [model.decoder.head, model.decoder.offset_head]
+    with torch.no_grad():
+        for head in heads:
+            head.weight.normal_(std=0.3)
     return model
 
 
@@ -131,7 +137,7 @@ def test_backend_is_chosen_at_run_time_for_encoder_and_decoder(name):
 # ---------------------------------------------------------------------------------------------
 
 
-MODELS = ["tiny", "tiny-2d", "tiny+bicubic", "tiny-2d+bicubic"]
+MODELS = ["tiny", "tiny-2d", "tiny+bicubic", "tiny-2d+bicubic", "tiny+bicubic+med"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -197,7 +203,8 @@ def test_cached_upscaling_logits_equal_full_recompute(name):
     assert (step_logits - full).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny+bicubic", "tiny+nearest"])
+@pytest.mark.parametrize("name", ["tiny", "tiny+bicubic", "tiny+nearest", "tiny+med",
+                                  "tiny-2d+bicubic+med"])
 def test_cached_decoding_equals_decoding_without_cache(name):
     """Against the slow path that re-runs the whole decoder for every subpixel (small output)."""
     model = tiny_model(name, input_size=2, scale=2, block_length=4)
@@ -372,6 +379,25 @@ def test_cli_train_runs_and_exports_a_loadable_model(image_folder, tmp_path, cap
     assert list((out / "samples").glob("step_*.png"))
     loaded = SuperResolutionTransformer.from_pretrained(out / "final")
     assert loaded.config == get_config("tiny", input_size=2)
+
+
+def test_a_trained_model_grows_by_the_predictor_and_keeps_its_function(tmp_path):
+    from imgtx.sr.train import DecoderInitError, init_model_from
+
+    source = tiny_model("tiny+bicubic")
+    source.save_pretrained(tmp_path / "plain")
+    grown = init_model_from(get_config("tiny", anchor="bicubic", predictor="med"),
+                            str(tmp_path / "plain")).eval()
+    assert grown.decoder.predictor_head.weight.abs().sum() == 0
+    low, high = random_pair(source.config, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(low, high), source(low, high))
+    with pytest.raises(DecoderInitError, match="another config"):
+        init_model_from(get_config("tiny", anchor="nearest", predictor="med"),
+                        str(tmp_path / "plain"))
+    grown.save_pretrained(tmp_path / "grown")  # and not back
+    with pytest.raises(DecoderInitError, match="another config"):
+        init_model_from(source.config, str(tmp_path / "grown"))
 
 
 def test_training_can_fine_tune_a_whole_model_of_the_same_config(image_folder, tmp_path):

@@ -180,10 +180,10 @@ def test_warm_start_copies_the_body_but_keeps_the_anchored_value_head_at_zero(tm
 # -- fixed-point (Jacobi) decoding at temperature 0 -----------------------------------------------
 
 
-def departing(seed: int = 1) -> SuperResolutionTransformer:
+def departing(seed: int = 1, predictor: str = "none") -> SuperResolutionTransformer:
     """A tiny anchored model with its decoder weights scrambled, so that greedy decoding leaves
     the anchors at many subpixels and each choice changes later ones."""
-    model = anchored(input_size=2)
+    model = anchored(input_size=2, predictor=predictor)
     torch.manual_seed(seed)
     with torch.no_grad():
         for p in model.decoder.parameters():
@@ -191,10 +191,12 @@ def departing(seed: int = 1) -> SuperResolutionTransformer:
     return model
 
 
-@pytest.mark.parametrize("rule", [StayNearAnchor(0.0, 0.0), StayNearAnchor(0.2, 0.05)],
-                         ids=["argmax", "loose-rule"])
-def test_fixed_point_decoding_equals_decoding_one_subpixel_at_a_time(rule):
-    model = departing()
+@pytest.mark.parametrize("rule,predictor", [(StayNearAnchor(0.0, 0.0), "none"),
+                                            (StayNearAnchor(0.2, 0.05), "none"),
+                                            (StayNearAnchor(0.0, 0.0), "med")],
+                         ids=["argmax", "loose-rule", "argmax-med"])
+def test_fixed_point_decoding_equals_decoding_one_subpixel_at_a_time(rule, predictor):
+    model = departing(predictor=predictor)
     low = random_images(4, 2, seed=3)
     stats = {}
     fast = upscale_batch(model, low, temperature=0, rule=rule, fixed_point=True, stats=stats)

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="registry name, e.g. small, cifar10-cat-1d")
     p.add_argument("--init", default=None,
                    help="warm-start from this trained model (dir or Hub id); the config may add "
-                        "neighbour_inputs to it")
+                        "neighbour_inputs or a predictor to it")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 

@@ -13,6 +13,14 @@ wall-clock limited, so it can be split: ``--resume`` continues from the run's ch
     imgtx eval-bpd --model checkpoints/imgtx-photos-dmol-small \
         --data runs/photo_corpus/heldout-native --split test --json
 
+The shipped model is a third stage: the second stage (``small-dmol-photo``, neighbour inputs) is
+grown by ``predictor="mixed"`` (``small-dmol-mixed``: each mixture component centred on the LOCO-I
+median edge prediction, the average of left and upper, or nothing) and fine-tuned:
+
+    python scripts/train_photos_dmol.py --config small-dmol-mixed \
+        --init checkpoints/imgtx-photos-dmol-small --lr 3e-4 --warmup 100 --schedule cosine \
+        --max-steps 2300 --minutes 70 --hflip --grey 0.25 --threads 1 --out runs/photos-mixed
+
 The categorical comparison (same body, recipe and data; one value of 256 per subpixel):
 
     python scripts/train_photos_dmol.py --config small --minutes 75 --threads 1 \
@@ -48,7 +56,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--config", default="small-dmol",
                         help="small-dmol (the shipped model's first stage), small-dmol-photo "
-                             "(its second stage: neighbour inputs, linear coefficients) or small "
+                             "(its second stage: neighbour inputs), small-dmol-mixed (its third: "
+                             "means relative to per-mixture predictors), small-dmol-med (MED "
+                             "only) or small "
                              "(the same body with a categorical head over 256 values per "
                              "subpixel, for the comparison in docs/benchmarks.md)")
     parser.add_argument("--init", default=None,

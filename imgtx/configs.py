@@ -51,8 +51,7 @@ class ImageTransformerConfig:
     neighbour_inputs: bool = False
     # "med": predict each value relative to the LOCO-I median edge detector of its left, upper
     # and upper-left neighbours (DMOL: the means are corrections to it; categorical: logits over
-    # the offset from it are added); "mixed" (DMOL): mixture k relative to MED, the average of
-    # left and upper, or nothing, for k mod 3 = 0, 1, 2; "none": no predictor.
+    # the offset from it are added); "none": no predictor.
     predictor: str = "none"
 
     def __post_init__(self) -> None:
@@ -63,7 +62,7 @@ class ImageTransformerConfig:
             "attention": (self.attention, ("local1d", "local2d", "causal")),
             "norm": (self.norm, ("post", "pre")),
             "positions": (self.positions, ("sinusoid", "learned")),
-            "predictor": (self.predictor, ("none", "med", "mixed")),
+            "predictor": (self.predictor, ("none", "med")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -77,9 +76,6 @@ class ImageTransformerConfig:
         if self.neighbour_inputs and self.likelihood != "dmol":
             raise ValueError("config.neighbour_inputs needs likelihood='dmol' (one position per "
                              "pixel)")
-        if self.predictor == "mixed" and self.likelihood != "dmol":
-            raise ValueError("config.predictor='mixed' needs likelihood='dmol' (it centres each "
-                             "mixture component on its own predictor)")
         if self.hidden_size % 4:
             raise ValueError("hidden_size must be divisible by 4 (2D sinusoidal positions)")
 
@@ -187,13 +183,6 @@ CONFIGS: dict[str, RegistryEntry] = {
              neighbour_inputs=True, predictor="med"),
         "imgtx: CPU-sized DMOL photo model (small-dmol-photo, means relative to the median edge "
         "predictor)", train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
-    "small-dmol-mixed": RegistryEntry(
-        _cfg(likelihood="dmol", num_layers=4, hidden_size=128, ffn_size=384, num_heads=4,
-             block_length=64, dropout=0.0, norm="pre", positions="learned",
-             neighbour_inputs=True, predictor="mixed"),
-        "imgtx: CPU-sized DMOL photo model (small-dmol-photo, each mixture relative to the "
-        "median edge predictor, the average of left and upper, or nothing)",
-        train={"batch_size": 16, "warmup": 200, "lr": 2e-3}),
 }
 
 

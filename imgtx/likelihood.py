@@ -182,8 +182,7 @@ def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
 
     Args:
         params: ``(..., 10K)`` raw DMOL outputs.
-        base: ``(..., 3)`` the guess, scaled like the pixels (``[-1, 1]``), or ``(..., K, 3)``
-            one guess per mixture component.
+        base: ``(..., 3)`` the guess, scaled like the pixels (``[-1, 1]``).
 
     Returns:
         ``(..., 10K)`` outputs whose means include the shift.
@@ -191,10 +190,8 @@ def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
     k = params.shape[-1] // PARAMS_PER_MIXTURE
     logits, means, log_scales, coeffs = params.split([k, 3 * k, 3 * k, 3 * k], dim=-1)
     a = torch.tanh(coeffs.unflatten(-1, (k, 3)))  # (..., K, 3)
-    base = base.to(params.dtype)
-    if base.dim() == params.dim():
-        base = base.unsqueeze(-2)  # (..., 1, 3): one guess for every mixture
-    r, g, b = base.unbind(-1)  # (..., 1 | K) each
+    base = base.to(params.dtype).unsqueeze(-2)  # (..., 1, 3)
+    r, g, b = base.unbind(-1)  # (..., 1) each
     shift = torch.stack(torch.broadcast_tensors(
         r, g - a[..., 0] * r, b - a[..., 1] * r - a[..., 2] * g), dim=-1)  # (..., K, 3)
     return torch.cat([logits, means + shift.flatten(-2), log_scales, coeffs], dim=-1)

@@ -65,20 +65,6 @@ def median_edge_prediction(left: torch.Tensor, upper_left: torch.Tensor, upper: 
     return torch.where(has_left & has_upper, med, edge)
 
 
-#: predictor="mixed" (DMOL): mixture k is centred on MIXED_PREDICTORS[k % 3]; the mixture
-#: weights then choose a predictor per pixel ("none": the head's means are absolute).
-MIXED_PREDICTORS = ("med", "average", "none")
-
-
-def mixture_predictors(config: ImageTransformerConfig) -> tuple[str, ...]:
-    """What each DMOL mixture component's means are relative to: ``"med"`` (the median edge
-    prediction), ``"average"`` (of left and upper) or ``"none"`` (absolute)."""
-    k = config.num_mixtures
-    if config.predictor == "mixed":
-        return tuple(MIXED_PREDICTORS[j % len(MIXED_PREDICTORS)] for j in range(k))
-    return (config.predictor,) * k
-
-
 def offset_logits(table: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     """Logits over the 256 values from a table over offsets ``v - centre``: ``table``
     ``(..., 511)`` (offset -255..255 at index 0..510) and ``centre`` ``(...)`` long ->
@@ -184,8 +170,6 @@ class ImageTransformer(HubModel):
                                  persistent=False)
             if c.likelihood == "cat":
                 self.predictor_head = nn.Linear(d, 511)
-            choice = [MIXED_PREDICTORS.index(p) for p in mixture_predictors(c)]
-            self.register_buffer("mixture_choice", torch.tensor(choice), persistent=False)
         if c.positions == "learned":
             self.learned_positions = LearnedPositions2D(self.rows, self.cols, d)
         else:
@@ -287,8 +271,7 @@ class ImageTransformer(HubModel):
         ``predictor='med'``, the median edge prediction from the ``canvas`` of earlier values
         (:meth:`canvas_of`): DMOL means are shifted onto it
         (:func:`imgtx.likelihood.dmol_shift_means`); categorical logits gain the predictor head's
-        logits over the offset from it. ``predictor='mixed'`` (DMOL) centres each mixture on its
-        own predictor (:func:`mixture_predictors`). The likelihood stays exact and normalised."""
+        logits over the offset from it. The likelihood stays exact and normalised."""
         outputs = self.head_outputs(x, side)
         if self.config.predictor == "none":
             return outputs
@@ -298,11 +281,6 @@ class ImageTransformer(HubModel):
         if canvas.dim() == 3:
             inside = inside[:, :, None]
         centre = median_edge_prediction(left, upper_left, upper, inside[:, 0], inside[:, 2])
-        if self.config.predictor == "mixed":  # one centre per mixture: (B, n, K, 3)
-            both = inside[:, 0] & inside[:, 2]
-            average = torch.where(both, (left + upper) / 2, centre)  # the edges as for MED
-            choices = torch.stack([centre, average, torch.zeros_like(centre)], dim=-2)
-            centre = choices[..., self.mixture_choice, :]
         if self.config.likelihood == "dmol":
             return dmol_shift_means(outputs, centre)
         if self.final_norm is not None:

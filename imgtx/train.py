@@ -55,12 +55,12 @@ def init_from(model: nn.Module, source: str) -> list[str]:
 
     Every tensor of the source must have a counterpart of the same shape. ``model`` may add
     inputs that start at zero (``neighbour_inputs``), so that it begins as the source's function.
-    It may also add or change a ``predictor``: the mean rows of each mixture whose centre changes
-    (:func:`imgtx.model.mixture_predictors`) restart at zero, so that mixture starts on its new
-    prediction; log-scales, logits and coefficients carry over.
+    It may also add a ``predictor``: the source's means were absolute and become corrections to
+    the prediction, so the head's mean rows restart at zero (every mixture centred on the
+    prediction; log-scales, logits and coefficients carry over).
     Returns the names of the tensors (or ``head.means``) left at their initialisation; raises a
     ``UserError`` on anything else."""
-    from imgtx.model import ImageTransformer, mixture_predictors
+    from imgtx.model import ImageTransformer
 
     loaded = ImageTransformer.from_pretrained(source)
     weights = loaded.state_dict()
@@ -73,21 +73,17 @@ def init_from(model: nn.Module, source: str) -> list[str]:
     if any(not name.startswith("neighbours.") for name in fresh):
         raise UserError(f"cannot warm-start from {source}: it lacks {', '.join(fresh)}")
     model.load_state_dict(weights, strict=False)
-    if getattr(model.config, "likelihood", "cat") == "dmol":
-        ours, theirs = mixture_predictors(model.config), mixture_predictors(loaded.config)
-        if ours != theirs:
-            if model.config.predictor == "none":
-                raise UserError(f"cannot warm-start from {source}: its means are relative to "
-                                f"the {loaded.config.predictor!r} predictor, this model's are "
-                                "absolute")
-            k = model.config.num_mixtures
-            with torch.no_grad():  # [logits K | means (K, 3) | ...] (imgtx.likelihood)
-                for j in range(k):
-                    if ours[j] != theirs[j]:
-                        rows = slice(k + 3 * j, k + 3 * j + 3)
-                        model.head.weight[rows].zero_()
-                        model.head.bias[rows].zero_()
-            fresh.append("head.means")
+    predictor = getattr(model.config, "predictor", "none")
+    if predictor != loaded.config.predictor:
+        if loaded.config.predictor != "none":
+            raise UserError(f"cannot warm-start from {source}: its means are relative to the "
+                            f"{loaded.config.predictor!r} predictor, this model's to "
+                            f"{predictor!r}")
+        k = model.config.num_mixtures
+        with torch.no_grad():  # [logits K | means 3K | ...] (imgtx.likelihood)
+            model.head.weight[k:4 * k].zero_()
+            model.head.bias[k:4 * k].zero_()
+        fresh.append("head.means")
     return fresh
 
 

@@ -29,8 +29,6 @@ VARIANTS = {
                         predictor="med"),
     "dmol-2d-med": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
                         memory_flange=(1, 2), predictor="med"),
-    "dmol-2d-mixed": dict(likelihood="dmol", attention="local2d", query_shape=(2, 4),
-                          memory_flange=(1, 2), neighbour_inputs=True, predictor="mixed"),
     "cat-1d-med": dict(predictor="med"),
     "cat-2d-med": dict(attention="local2d", query_shape=(2, 8), memory_flange=(2, 4),
                        predictor="med"),
@@ -358,31 +356,6 @@ def test_med_predictor_centres_every_pixel_on_the_median_edge_prediction(variant
     assert model.bits_per_dim(ramp).item() < plain.bits_per_dim(ramp).item() - 1.0
 
 
-def slow_average(image: torch.Tensor) -> torch.Tensor:
-    """Mean of left and upper pixel by pixel (the median edge rule on the edges)."""
-    x, out = image.double(), slow_median_edge(image)
-    out[:, 1:, 1:] = (x[:, 1:, :-1] + x[:, :-1, 1:]) / 2
-    return out
-
-
-def test_mixed_predictor_centres_each_mixture_on_its_own_prediction():
-    model = make_model(**VARIANTS["dmol-2d-mixed"])
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-    images = random_images(2)
-    k = model.config.num_mixtures
-    with torch.no_grad():
-        means = model(images)[..., k:4 * k].unflatten(-1, (k, 3))  # (B, H*W, K, 3)
-    for i in range(2):
-        choices = {"med": slow_median_edge(images[i]), "average": slow_average(images[i]),
-                   "none": torch.full((3, 8, 8), 127.5, dtype=torch.float64)}
-        for j in range(k):
-            name = ("med", "average", "none")[j % 3]
-            expected = choices[name].permute(1, 2, 0).reshape(64, 3) / 127.5 - 1
-            torch.testing.assert_close(means[i, :, j].double(), expected, rtol=0, atol=1e-6)
-
-
 def test_warm_starting_a_med_model_restarts_the_means_at_the_prediction(tmp_path):
     from imgtx.errors import UserError
     from imgtx.train import init_from
@@ -395,13 +368,6 @@ def test_warm_starting_a_med_model_restarts_the_means_at_the_prediction(tmp_path
     k = med.config.num_mixtures
     assert med.head.weight[k:4 * k].abs().sum() == 0 and med.head.bias[k:4 * k].abs().sum() == 0
     torch.testing.assert_close(med.head.weight[4 * k:], plain.head.weight[4 * k:])
-    # mixed: only the mixtures with a predictor restart; absolute ones keep the source's means
-    mixed = make_model(likelihood="dmol", block_length=8, predictor="mixed")
-    init_from(mixed, str(tmp_path / "plain"))
-    for j in range(k):
-        rows = slice(k + 3 * j, k + 3 * j + 3)
-        kept = torch.equal(mixed.head.weight[rows], plain.head.weight[rows])
-        assert kept == (j % 3 == 2) and (kept or mixed.head.weight[rows].abs().sum() == 0)
     # means relative to a predictor cannot seed a model whose means are absolute
     med.save_pretrained(tmp_path / "med")
     with pytest.raises(UserError, match="predictor"):
@@ -432,8 +398,6 @@ def test_categorical_med_predictor_adds_logits_over_the_offset_from_the_predicti
 
 
 def test_predictor_needs_a_known_name():
-    with pytest.raises(ValueError, match="predictor='mixed' needs likelihood='dmol'"):
-        get_config("tiny", predictor="mixed")
     with pytest.raises(ValueError, match="predictor"):
         get_config("tiny", likelihood="dmol", predictor="calic")
 

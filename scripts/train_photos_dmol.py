@@ -14,12 +14,13 @@ wall-clock limited, so it can be split: ``--resume`` continues from the run's ch
         --data runs/photo_corpus/heldout-native --split test --json
 
 The shipped model is a third stage: the second stage (``small-dmol-photo``, neighbour inputs) is
-grown by ``predictor="mixed"`` (``small-dmol-mixed``: each mixture component centred on the LOCO-I
-median edge prediction, the average of left and upper, or nothing) and fine-tuned:
+grown by ``predictor="med"`` (``small-dmol-med``: every mixture component's means are corrections
+to the LOCO-I median edge prediction from the left, upper and upper-left pixels) and fine-tuned
+(``--init`` the second-stage model: ``checkpoints/imgtx-photos-dmol-small`` before this stage):
 
-    python scripts/train_photos_dmol.py --config small-dmol-mixed \
+    python scripts/train_photos_dmol.py --config small-dmol-med \
         --init checkpoints/imgtx-photos-dmol-small --lr 3e-4 --warmup 100 --schedule cosine \
-        --max-steps 2300 --minutes 70 --hflip --grey 0.25 --threads 1 --out runs/photos-mixed
+        --max-steps 2400 --minutes 80 --hflip --grey 0.25 --threads 1 --out runs/photos-med
 
 The categorical comparison (same body, recipe and data; one value of 256 per subpixel):
 
@@ -56,9 +57,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--config", default="small-dmol",
                         help="small-dmol (the shipped model's first stage), small-dmol-photo "
-                             "(its second stage: neighbour inputs), small-dmol-mixed (its third: "
-                             "means relative to per-mixture predictors), small-dmol-med (MED "
-                             "only) or small "
+                             "(its second stage: neighbour inputs), small-dmol-med (its third: "
+                             "means relative to the median edge predictor) or small "
                              "(the same body with a categorical head over 256 values per "
                              "subpixel, for the comparison in docs/benchmarks.md)")
     parser.add_argument("--init", default=None,

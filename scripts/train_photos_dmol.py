@@ -16,10 +16,12 @@ wall-clock limited, so it can be split: ``--resume`` continues from the run's ch
 The shipped model is a third stage: the second stage (``small-dmol-photo``, neighbour inputs) is
 grown by ``predictor="med"`` (``small-dmol-med``: every mixture component's means are corrections
 to the LOCO-I median edge prediction from the left, upper and upper-left pixels) and fine-tuned
-(``--init`` the second-stage model: ``checkpoints/imgtx-photos-dmol-small`` before this stage):
+(``--init`` the second-stage model, ``checkpoints/imgtx-photos-dmol-small`` of commit bfdd3ac):
 
+    mkdir -p runs/stage2 && for f in config.json model.safetensors; do
+        git show bfdd3ac:checkpoints/imgtx-photos-dmol-small/$f > runs/stage2/$f; done
     python scripts/train_photos_dmol.py --config small-dmol-med \
-        --init checkpoints/imgtx-photos-dmol-small --lr 3e-4 --warmup 100 --schedule cosine \
+        --init runs/stage2 --lr 3e-4 --warmup 100 --schedule cosine \
         --max-steps 2400 --minutes 80 --hflip --grey 0.25 --threads 1 --out runs/photos-med
 
 The categorical comparison (same body, recipe and data; one value of 256 per subpixel):

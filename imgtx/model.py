@@ -160,7 +160,6 @@ class ImageTransformer(HubModel):
         self.neighbours = None
         if c.neighbour_inputs:
             self.neighbours = nn.Linear(3 * len(NEIGHBOURS), d)
-        if c.neighbour_inputs:
             self.register_buffer("neighbour_index", neighbour_index(c), persistent=False)
         # predictor="med": categorical models add logits over the offset from the prediction
         # (zero at initialisation); DMOL models shift their means (dmol_shift_means).

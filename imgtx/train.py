@@ -54,10 +54,11 @@ def init_from(model: nn.Module, source: str) -> list[str]:
     """Warm-start ``model`` from a trained Image Transformer (``save_pretrained`` dir or Hub id).
 
     Every tensor of the source must have a counterpart of the same shape. ``model`` may add
-    inputs that start at zero (``neighbour_inputs``), so that it begins as the source's function.
-    It may also add a ``predictor``: the source's means were absolute and become corrections to
-    the prediction, so the head's mean rows restart at zero (every mixture centred on the
-    prediction; log-scales, logits and coefficients carry over).
+    inputs that start at zero (``neighbour_inputs``; a categorical model's ``predictor`` head),
+    so that it begins as the source's function. A DMOL model may also add a ``predictor``: the
+    source's means were absolute and become corrections to the prediction, so the head's mean
+    rows restart at zero (every mixture centred on the prediction; log-scales, logits and
+    coefficients carry over).
     Returns the names of the tensors (or ``head.means``) left at their initialisation; raises a
     ``UserError`` on anything else."""
     from imgtx.model import ImageTransformer
@@ -70,11 +71,11 @@ def init_from(model: nn.Module, source: str) -> list[str]:
             raise UserError(f"cannot warm-start from {source}: its {name} "
                             f"{tuple(tensor.shape)} has no counterpart of that shape")
     fresh = sorted(set(target) - set(weights))
-    if any(not name.startswith("neighbours.") for name in fresh):
+    if any(not name.startswith(("neighbours.", "predictor_head.")) for name in fresh):
         raise UserError(f"cannot warm-start from {source}: it lacks {', '.join(fresh)}")
     model.load_state_dict(weights, strict=False)
     predictor = getattr(model.config, "predictor", "none")
-    if predictor != loaded.config.predictor:
+    if predictor != loaded.config.predictor and model.config.likelihood == "dmol":
         if loaded.config.predictor != "none":
             raise UserError(f"cannot warm-start from {source}: its means are relative to the "
                             f"{loaded.config.predictor!r} predictor, this model's to "

@@ -368,6 +368,15 @@ def test_warm_starting_a_med_model_restarts_the_means_at_the_prediction(tmp_path
     k = med.config.num_mixtures
     assert med.head.weight[k:4 * k].abs().sum() == 0 and med.head.bias[k:4 * k].abs().sum() == 0
     torch.testing.assert_close(med.head.weight[4 * k:], plain.head.weight[4 * k:])
+    # a categorical model grows a zero predictor head and keeps its function
+    cat = make_model()
+    cat.save_pretrained(tmp_path / "cat")
+    torch.manual_seed(1)
+    grown = ImageTransformer(get_config("tiny", predictor="med")).eval()
+    assert init_from(grown, str(tmp_path / "cat")) == ["predictor_head.bias",
+                                                         "predictor_head.weight"]
+    images = random_images(2)
+    torch.testing.assert_close(grown.bits_per_dim(images), cat.bits_per_dim(images))
     # means relative to a predictor cannot seed a model whose means are absolute
     med.save_pretrained(tmp_path / "med")
     with pytest.raises(UserError, match="predictor"):

@@ -174,7 +174,8 @@ def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
 
         mean_r = base_r + means[k, 0]
         mean_g = base_g + means[k, 1] + coeffs[k, 0] * (x_r - base_r)
-        mean_b = base_b + means[k, 2] + coeffs[k, 1] * (x_r - base_r) + coeffs[k, 2] * (x_g - base_g)
+        mean_b = base_b + means[k, 2] + coeffs[k, 1] * (x_r - base_r)
+                                      + coeffs[k, 2] * (x_g - base_g)
 
     ``base`` depends only on earlier pixels, so this is the same DMOL family in new coordinates
     (likelihoods stay exact and normalised): it is folded into the raw means, and every DMOL

@@ -34,44 +34,18 @@ from imgtx.configs import ImageTransformerConfig
 from imgtx.fused_step import FusedStep
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel, dmol_shift_means, scale_pixels
+from imgtx.neighbours import (
+    MED_NEIGHBOURS,
+    NEIGHBOURS,
+    med_of_canvas,
+    neighbour_index,
+    offset_logits,
+)
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
 __all__ = ["ImageTransformer", "IncrementalDecoder", "check_images", "pattern_for"]
 
 LN2 = math.log(2.0)
-
-#: (row, column) offsets of the pixels ``neighbour_inputs`` feeds a position: left, two left, the
-#: three above (left, centre, right) and two above. PixelCNN (van den Oord et al. 2016) and the
-#: LOCO-I / JPEG-LS predictor read the same causal neighbourhood.
-NEIGHBOURS = ((0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 1), (-2, 0))
-#: (row, pixel column) offsets of the median edge predictor's inputs: left, upper-left, upper.
-#: For a categorical model they are the same channel's subpixels (three columns per pixel).
-MED_NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0))
-
-
-def median_edge_prediction(left: torch.Tensor, upper_left: torch.Tensor, upper: torch.Tensor,
-                           has_left: torch.Tensor, has_upper: torch.Tensor) -> torch.Tensor:
-    """The LOCO-I / JPEG-LS median edge detector (Weinberger, Seroussi & Sapiro 2000, eq. 2):
-    ``min(a, b)`` if ``c >= max(a, b)``, ``max(a, b)`` if ``c <= min(a, b)``, else ``a + b - c``,
-    for left ``a``, upper ``b`` and upper-left ``c``. On the top row it is the left pixel, in the
-    first column the upper one, and mid-grey for the first pixel (0 on the scaled [-1, 1] range).
-
-    Values are scaled pixels of any one shape; ``has_left``/``has_upper`` broadcast against
-    them."""
-    low, high = torch.minimum(left, upper), torch.maximum(left, upper)
-    med = torch.where(upper_left >= high, low,
-                      torch.where(upper_left <= low, high, left + upper - upper_left))
-    edge = torch.where(has_left, left, torch.where(has_upper, upper, torch.zeros_like(left)))
-    return torch.where(has_left & has_upper, med, edge)
-
-
-def offset_logits(table: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """Logits over the 256 values from a table over offsets ``v - centre``: ``table``
-    ``(..., 511)`` (offset -255..255 at index 0..510) and ``centre`` ``(...)`` long ->
-    ``(..., 256)``."""
-    index = torch.arange(256, device=table.device) + 255 - centre[..., None]
-    return table.gather(-1, index)
-
 
 def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = None) -> Pattern:
     """The self-attention pattern of a config on its sequence grid."""
@@ -81,31 +55,6 @@ def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = N
     if config.attention == "local2d":
         return Local2D(rows, cols, config.query_shape, config.memory_flange)
     return Causal()
-
-
-def neighbour_index(config: ImageTransformerConfig,
-                    offsets: tuple[tuple[int, int], ...] = NEIGHBOURS) -> torch.Tensor:
-    """``(N, len(offsets))`` model-order index of each position's neighbours at the (row, pixel
-    column) ``offsets``; ``N`` (one past the last position, a zero slot) where a neighbour is off
-    the image or not decoded before the position (local 2D's block order decodes some
-    upper-right pixels later). A categorical model's neighbours are the same channel's."""
-    rows, cols = config.sequence_grid
-    n = rows * cols
-    raster = torch.arange(n)
-    if config.attention == "local2d":
-        raster = raster_to_block_raster(raster[None], rows, cols, config.query_shape)[0]
-    order = torch.empty(n, dtype=torch.long)
-    order[raster] = torch.arange(n)  # raster index -> model position
-    r, c = raster // cols, raster % cols  # (N,) of each model position
-    per_pixel = cols // config.image_size  # 1 (DMOL) or 3 subpixels
-    index = torch.full((n, len(offsets)), n, dtype=torch.long)
-    for j, (dr, dc) in enumerate(offsets):
-        nr, nc = r + dr, c + dc * per_pixel
-        inside = (nr >= 0) & (nc >= 0) & (nc < cols)
-        position = order[(nr.clamp(min=0) * cols + nc.clamp(0, cols - 1))]
-        before = inside & (position < torch.arange(n))
-        index[before, j] = position[before]
-    return index
 
 
 def check_images(images: torch.Tensor, size: int) -> None:
@@ -274,12 +223,7 @@ class ImageTransformer(HubModel):
         outputs = self.head_outputs(x, side)
         if self.config.predictor == "none":
             return outputs
-        index = self.med_index if here is None else self.med_index[here]  # (n, 3)
-        left, upper_left, upper = canvas[:, index].unbind(2)  # (B, n[, 3]) each
-        inside = index < self.rows * self.cols  # (n, 3)
-        if canvas.dim() == 3:
-            inside = inside[:, :, None]
-        centre = median_edge_prediction(left, upper_left, upper, inside[:, 0], inside[:, 2])
+        centre = med_of_canvas(canvas, self.med_index if here is None else self.med_index[here])
         if self.config.likelihood == "dmol":
             return dmol_shift_means(outputs, centre)
         if self.final_norm is not None:

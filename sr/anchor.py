@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from imgtx.configs import ImageTransformerConfig
-from imgtx.model import ImageTransformer, offset_logits
+from imgtx.model import ImageTransformer
+from imgtx.neighbours import offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
 from imgtx.sr.configs import SuperResolutionConfig
 

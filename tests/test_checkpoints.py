@@ -163,7 +163,8 @@ def test_the_shipped_photo_model_reads_its_neighbours_and_keeps_its_likelihood()
     whole model's on its sample."""
     from imgtx.sampling import decode
 
-    model = ImageTransformer.from_pretrained(ROOT / "checkpoints" / "imgtx-photos-dmol-small").eval()
+    shipped = ROOT / "checkpoints" / "imgtx-photos-dmol-small"
+    model = ImageTransformer.from_pretrained(shipped).eval()
     assert model.config.neighbour_inputs and model.neighbours.weight.abs().max() > 0
     assert model.config.predictor == "med"
     source = load_images("builtin:photos32", "test", 32)

@@ -256,7 +256,7 @@ def test_config_rejects_non_positive_sizes(field, value):
 
 def test_neighbour_index_reads_only_earlier_pixels_in_model_order():
     """Each position's neighbours are the pixels at NEIGHBOURS offsets, decoded before it."""
-    from imgtx.model import NEIGHBOURS, neighbour_index
+    from imgtx.neighbours import NEIGHBOURS, neighbour_index
 
     for overrides in (VARIANTS["dmol-1d-neighbours"], VARIANTS["dmol-2d-neighbours"]):
         model = make_model(**overrides)

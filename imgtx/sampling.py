@@ -67,7 +67,7 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     super-resolution decoder's anchors, :class:`imgtx.sr.anchor.AnchoredDecoder`).
 
     ``rule``: at temperature 0 only, chooses each value instead of argmax from the head outputs
-    ``(B, 256)`` and this position's side values ``(B,)`` (model order), e.g.
+    ``(B, 256 | 10K)`` and this position's side values ``(B, ...)`` (model order), e.g.
     :class:`imgtx.sr.anchor.StayNearAnchor`. Ignored at temperatures above 0.
 
     Returns images ``(B, 3, H, W)`` uint8, and with ``return_outputs`` also the head outputs used
@@ -119,7 +119,8 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
     position at a time.
 
     Greedy decoding maps a prefix to the next value: ``x_t = choose(model(x_<t))``, with
-    ``choose`` argmax or ``rule`` (which also sees the position's side value). Start from a
+    ``choose`` argmax (DMOL: :func:`imgtx.likelihood.dmol_sample` at temperature 0) or ``rule``
+    (which also sees the position's side values). Start from a
     guess ``initial`` ``(B, 3, H, W)`` uint8 and repeat ``x <- choose(model(x))`` at every
     position at once (one causal forward pass) until nothing changes. Position t is final once
     positions < t are, so the iteration reaches the sequential result after at most N + 1
@@ -142,8 +143,6 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
     was_training = model.training
     model.eval()
     config = model.config
-    if config.likelihood == "dmol":
-        raise ValueError("fixed-point decoding needs a categorical model (argmax per subpixel)")
     images = initial.to(torch.uint8).clone()
     batch = images.shape[0]
     side_values = _rule_side_values(model, side, batch) if rule is not None else None
@@ -161,12 +160,12 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
             current = images[active]
             out = model.to_sequence(model(current, rows(labels, active), rows(context, active),
                                           rows(side, active)))  # (b, N, 256)
-            flat = out.reshape(-1, out.shape[-1])
+            flat = out.flatten(0, 1)  # (b * N, 256 | 10K)
             if rule is not None:
-                chosen = rule(flat, side_values[active].reshape(-1))
+                chosen = rule(flat, side_values[active].flatten(0, 1))
             else:
-                chosen = draw(flat, config.likelihood, 0.0, None)  # argmax
-            new = _images_from_values(model, chosen.view(len(active), -1))
+                chosen = draw(flat, config.likelihood, 0.0, None)  # argmax | the DMOL mode
+            new = _images_from_values(model, chosen.view(len(active), -1, *chosen.shape[1:]))
             changed = (new != current).flatten(1).any(dim=1)
             images[active] = new
             bar.update(int((~changed).sum()))

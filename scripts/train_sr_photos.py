@@ -60,15 +60,21 @@ def main() -> None:
                         help="training data: builtin:photos32, or the photo corpus folder of "
                              "scripts/fetch_photo_corpus.sh (runs/photo_corpus)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--hflip", action="store_true", help="mirror half the training images")
+    parser.add_argument("--grey", type=float, default=0.0,
+                        help="turn this fraction of the training images grey")
     parser.add_argument("--config", default="photos-8to32-small",
-                        help="photos-8to32-small, or photos-8to32-med (plus the median edge "
-                             "predictor; --init may be a photos-8to32-small model)")
+                        help="photos-8to32-small; photos-8to32-med (plus the median edge "
+                             "predictor; --init may be a photos-8to32-small model); "
+                             "corpus-8to32-dmol (DMOL decoder: pass --decoder-init "
+                             "checkpoints/imgtx-photos-dmol-small)")
     args = parser.parse_args()
     settings = TrainSettings(
         data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, schedule="noam", eval_every=150,
         eval_images=128,
-        checkpoint_every=300, num_samples=4, resume=args.resume, threads=args.threads)
+        checkpoint_every=300, num_samples=4, resume=args.resume, threads=args.threads,
+        hflip=args.hflip, grey=args.grey)
     if args.init:  # the whole model comes from --init
         args.decoder_init = ""
     final = train(get_config(args.config), settings, decoder_init=args.decoder_init,

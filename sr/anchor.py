@@ -14,6 +14,10 @@ bicubic (as in VDSR, Kim et al. 2016) in likelihood form. The anchor enters twic
 "Stay near the interpolation" then need not be learned through cross-attention, which a CPU-sized
 model did not manage within its training budget (docs/super_resolution.md).
 
+A DMOL decoder (``likelihood="dmol"``, :class:`AnchoredPixelDecoder`) takes the anchors of the
+3x3 pixels around each position as inputs instead (anchors of later pixels are known too); its
+means stay relative to its own predictor, and the network learns how far to trust the anchor.
+
 Decoding at temperature 0 (:class:`StayNearAnchor`): plain argmax decoding drifts - once one
 subpixel leaves its anchor, the residual input tells the next position that the image is off, and
 the error runs along a row (streaks). The rule keeps each subpixel at its anchor unless the model
@@ -31,13 +35,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from imgtx.attention import raster_to_block_raster
 from imgtx.configs import ImageTransformerConfig
+from imgtx.likelihood import discretized_logistic_log_prob, dmol_split_params, scale_pixels
 from imgtx.model import ImageTransformer
 from imgtx.neighbours import offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
 from imgtx.sr.configs import SuperResolutionConfig
 
-__all__ = ["AnchoredDecoder", "StayNearAnchor", "make_anchors", "DEFAULT_OFFSET_SCALE"]
+__all__ = ["AnchoredDecoder", "AnchoredPixelDecoder", "StayNearAnchor", "make_anchors",
+           "anchor_window_index", "DEFAULT_OFFSET_SCALE"]
 
 DEFAULT_OFFSET_SCALE = 8.0  # Laplace scale of a fresh anchored model's offset prior, in levels
 
@@ -50,6 +57,19 @@ def make_anchors(low_res: torch.Tensor, config: SuperResolutionConfig) -> torch.
         return None
     upscale = upscale_bicubic if config.anchor == "bicubic" else upscale_nearest
     return upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
+
+
+def _anchor_sequence(model: ImageTransformer, side: torch.Tensor | None,
+                     batch: int) -> torch.Tensor:
+    """The anchor image ``side`` ``(B, 3, H, W)`` uint8 as the model's targets in model order:
+    ``(B, N)`` subpixels or ``(B, N, 3)`` pixels, long."""
+    if side is None:
+        raise ValueError("this decoder is anchored: pass anchors (B, 3, H, W) uint8 as side=, "
+                         "e.g. the bicubic upscale of the low-resolution input")
+    values = model.to_sequence(model.targets(side)).to(model.channel.device)
+    if values.shape[0] != batch:
+        raise ValueError(f"anchors have batch {values.shape[0]}, expected {batch}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -76,13 +96,60 @@ class StayNearAnchor:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"StayNearAnchor.{name} must be in [0, 1], got {value}")
 
-    def __call__(self, logits: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """``logits`` ``(B, 256)`` at one position and its anchors ``(B,)`` long -> ``(B,)``."""
-        probs = torch.softmax(logits.float(), dim=-1)
-        best_prob, best = probs.max(dim=-1)
-        anchor_prob = probs.gather(-1, anchors[:, None])[:, 0]
-        leave = (best_prob > self.min_prob) & (best_prob - anchor_prob > self.margin)
-        return torch.where(leave, best, anchors)
+    def __call__(self, outputs: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Categorical: ``outputs`` logits ``(B, 256)`` at one position and its anchors ``(B,)``
+        long -> ``(B,)``. DMOL: ``outputs`` ``(B, 10K)`` and the position's side values ``(B, 9,
+        3)`` from :class:`AnchoredPixelDecoder` (its own anchor first) -> pixels ``(B, 3)``."""
+        if anchors.dim() == 1:
+            probs = torch.softmax(outputs.float(), dim=-1)
+            best_prob, best = probs.max(dim=-1)
+            anchor_prob = probs.gather(-1, anchors[:, None])[:, 0]
+            return torch.where(self.leaves(best_prob, anchor_prob), best, anchors)
+        return self.choose_pixel(outputs, anchors[:, 0])
+
+    def leaves(self, best_prob: torch.Tensor, anchor_prob: torch.Tensor) -> torch.Tensor:
+        """Where the most likely value (probability ``best_prob``) replaces the anchor."""
+        return (best_prob > self.min_prob) & (best_prob - anchor_prob > self.margin)
+
+    def choose_pixel(self, params: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """The rule on a DMOL head, one channel at a time (r, then g given the chosen r, then b):
+        ``params`` ``(M, 10K)`` and anchor pixels ``(M, 3)`` long -> ``(M, 3)`` long.
+
+        A channel's distribution is the mixture with weights updated by the channels already
+        chosen (as in :func:`imgtx.likelihood.dmol_nll_per_channel`). Its most likely value is
+        searched among each component's own mode (the bin of its mean, and the edge bins 0 and
+        255, which hold the tails): a value with probability above 1/2 is the mode of some
+        component, so for ``min_prob >= 0.5`` this finds every value the rule may take, exactly,
+        at K + 3 evaluations instead of 256."""
+        if self.min_prob < 0.5:
+            raise ValueError(f"a DMOL model's StayNearAnchor needs min_prob >= 0.5, got "
+                             f"{self.min_prob}")
+        p = dmol_split_params(params)  # means/log_scales/coeffs (M, K, 3)
+        log_weights = torch.log_softmax(p.logits, dim=-1)  # (M, K)
+        edges = anchors.new_tensor([0, 255]).expand(len(anchors), 2)
+        chosen, scaled = [], []
+        for c in range(3):
+            mean = p.means[..., c]  # (M, K)
+            if c == 1:
+                mean = mean + p.coeffs[..., 0] * scaled[0]
+            elif c == 2:
+                mean = mean + p.coeffs[..., 1] * scaled[0] + p.coeffs[..., 2] * scaled[1]
+            modes = ((mean + 1.0) * 127.5).round().clamp(0, 255).long()  # (M, K)
+            candidates = torch.cat([anchors[:, c : c + 1], modes, edges], dim=1)  # (M, K + 3)
+            log_probs = discretized_logistic_log_prob(  # (M, K, K + 3)
+                scale_pixels(candidates, mean.dtype)[:, None, :], mean[..., None],
+                p.log_scales[..., c, None])
+            probs = torch.logsumexp(log_weights[..., None] + log_probs, dim=1).exp()  # (M, K+3)
+            best_prob, best = probs.max(dim=-1)
+            value = torch.where(self.leaves(best_prob, probs[:, 0]),
+                                candidates.gather(1, best[:, None])[:, 0], anchors[:, c])
+            chosen.append(value)
+            scaled.append(scale_pixels(value, mean.dtype)[:, None])
+            # The posterior over components given the channels chosen so far.
+            taken = (candidates == value[:, None]).float().argmax(dim=1)  # a column holding it
+            index = taken[:, None, None].expand(-1, log_probs.shape[1], 1)
+            log_weights = torch.log_softmax(log_weights + log_probs.gather(2, index)[..., 0], -1)
+        return torch.stack(chosen, dim=-1)
 
 
 class AnchoredDecoder(ImageTransformer):
@@ -136,13 +203,7 @@ class AnchoredDecoder(ImageTransformer):
     def side_values(self, side: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Model-order anchor subpixels ``(B, N)`` long of the anchor image ``side``
         ``(B, 3, H, W)`` uint8."""
-        if side is None:
-            raise ValueError("this decoder is anchored: pass anchors (B, 3, H, W) uint8 as side=, "
-                             "e.g. the bicubic upscale of the low-resolution input")
-        values = self.to_sequence(self.targets(side)).to(self.channel.device)
-        if values.shape[0] != batch:
-            raise ValueError(f"anchors have batch {values.shape[0]}, expected {batch}")
-        return values
+        return _anchor_sequence(self, side, batch)
 
     def input_embeddings(self, values: torch.Tensor, channel: torch.Tensor,
                          side: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,3 +223,54 @@ class AnchoredDecoder(ImageTransformer):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return self.head(x) + offset_logits(self.offset_head(x), side)
+
+
+def anchor_window_index(config: ImageTransformerConfig) -> torch.Tensor:
+    """``(N, 9)`` model-order index of the 3x3 pixels around each position of a DMOL decoder,
+    its own first, then rows above to below; off-image neighbours repeat the nearest edge
+    pixel."""
+    rows, cols = config.sequence_grid
+    raster = torch.arange(rows * cols)
+    if config.attention == "local2d":
+        raster = raster_to_block_raster(raster[None], rows, cols, config.query_shape)[0]
+    order = torch.empty_like(raster)
+    order[raster] = torch.arange(rows * cols)  # raster index -> model position
+    r, c = raster // cols, raster % cols
+    offsets = [(0, 0)] + [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+    return torch.stack([order[(r + dr).clamp(0, rows - 1) * cols + (c + dc).clamp(0, cols - 1)]
+                        for dr, dc in offsets], dim=1)
+
+
+class AnchoredPixelDecoder(ImageTransformer):
+    """A DMOL Image Transformer decoder whose side information is the anchor image.
+
+    ``side`` is the anchor image ``(B, 3, H, W)`` uint8, as for :class:`AnchoredDecoder`. Each
+    position adds a linear map of the anchors of the 3x3 pixels around it (scaled to [-1, 1]);
+    the map starts at zero, so a decoder warm-started from an unconditional model begins as that
+    model. At temperature 0 :class:`StayNearAnchor` compares with the position's own anchor.
+    """
+
+    def __init__(self, config: ImageTransformerConfig, context_dim: int | None = None, *,
+                 backend: str = "auto") -> None:
+        if config.likelihood != "dmol":
+            raise ValueError("AnchoredPixelDecoder needs the DMOL likelihood, got "
+                             f"likelihood={config.likelihood!r}")
+        super().__init__(config, context_dim, backend=backend)
+        self.register_buffer("anchor_index", anchor_window_index(config), persistent=False)
+        self.anchor_inputs = nn.Linear(9 * 3, config.hidden_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The Image Transformer's initialisation, then a zero anchor map."""
+        super().reset_parameters()
+        if hasattr(self, "anchor_inputs"):  # not yet built when ImageTransformer.__init__ calls
+            nn.init.zeros_(self.anchor_inputs.weight)
+            nn.init.zeros_(self.anchor_inputs.bias)
+
+    def side_values(self, side: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The anchors around every position, model order: ``(B, N, 9, 3)`` long (own first)."""
+        return _anchor_sequence(self, side, batch)[:, self.anchor_index]  # (B, N, 3) -> 9
+
+    def position_inputs(self, channel: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """``(B, n, 9, 3)`` anchors -> ``(B, n, D)``."""
+        return self.anchor_inputs(scale_pixels(side, self.anchor_inputs.weight.dtype).flatten(2))

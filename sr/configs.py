@@ -57,8 +57,13 @@ class SuperResolutionConfig:
     #                       decoder that upscale of the input as a per-subpixel anchor (an input
     #                       embedding and logits over the offset from it); "none": the paper's model
     predictor: str = "none"  # imgtx extension: "med" adds logits over the offset from the LOCO-I
-    #                          median edge prediction of the output's decoded neighbours
-    #                          (ImageTransformerConfig.predictor); "none": the paper's model
+    #                          median edge prediction of the output's decoded neighbours (DMOL:
+    #                          the means are relative to it; ImageTransformerConfig.predictor);
+    #                          "none": the paper's model
+    likelihood: str = "cat"  # the decoder's output: "cat" (the paper's 256-way softmax per
+    #                          subpixel) | "dmol" (PixelCNN++ mixture of logistics per pixel)
+    neighbour_inputs: bool = False  # DMOL decoders: the decoded pixels around each position as
+    #                                 inputs (ImageTransformerConfig.neighbour_inputs)
 
     def __post_init__(self) -> None:
         self.query_shape = tuple(self.query_shape)
@@ -88,16 +93,16 @@ class SuperResolutionConfig:
         return self.input_size, 3 * self.input_size
 
     def decoder_config(self) -> ImageTransformerConfig:
-        """The decoder as an Image Transformer config (categorical, on the output image)."""
+        """The decoder as an Image Transformer config (on the output image)."""
         return ImageTransformerConfig(
-            image_size=self.output_size, likelihood="cat", attention=self.attention,
+            image_size=self.output_size, likelihood=self.likelihood, attention=self.attention,
             block_length=self.block_length, query_shape=self.query_shape,
             memory_flange=self.memory_flange, num_layers=self.decoder_layers,
             hidden_size=self.hidden_size, attention_size=self.attention_size,
             ffn_size=self.ffn_size, num_heads=self.num_heads, dropout=self.dropout,
             attention_dropout=self.attention_dropout, norm=self.norm, positions=self.positions,
             num_classes=0, layer_norm_eps=self.layer_norm_eps, init_gain=self.init_gain,
-            predictor=self.predictor)
+            predictor=self.predictor, neighbour_inputs=self.neighbour_inputs)
 
 
 def _cfg(**kwargs) -> SuperResolutionConfig:
@@ -145,6 +150,15 @@ CONFIGS: dict[str, RegistryEntry] = {
     "photos-8to32-med": RegistryEntry(
         _cfg(attention="local1d", block_length=96, predictor="med", **_SMALL),
         "imgtx: CPU-sized 4x model with the median edge predictor", train=dict(PHOTOS_RECIPE)),
+    # scripts/train_sr_photos.py --config corpus-8to32-dmol: the decoder is small-dmol-med (DMOL
+    # over pixels, neighbour inputs, means relative to the median edge prediction), warm-started
+    # from checkpoints/imgtx-photos-dmol-small, plus the 3x3 bicubic anchors around each pixel as
+    # inputs; the shipped checkpoint sr-corpus-8to32-dmol.
+    "corpus-8to32-dmol": RegistryEntry(
+        _cfg(attention="local1d", block_length=64, likelihood="dmol", neighbour_inputs=True,
+             predictor="med", **{**_SMALL, "positions": "learned"}),
+        "imgtx: CPU-sized 4x DMOL model for photos", train=dict(
+            PHOTOS_RECIPE, lr=5e-4, warmup=50, decoder_init="checkpoints/imgtx-photos-dmol-small")),
     "photos-8to32-small-2d": RegistryEntry(
         _cfg(attention="local2d", query_shape=(4, 24), memory_flange=(4, 12), **_SMALL),
         "imgtx: CPU-sized 4x model, local 2D decoder", train=dict(_SMALL_TRAIN)),

@@ -24,15 +24,16 @@ from torch import nn
 
 from imgtx.attention import Full, set_backend
 from imgtx.hub import HubModel
-from imgtx.likelihood import categorical_nll
+from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel
 from imgtx.model import ImageTransformer, check_images
 from imgtx.resample import downscale_area
-from imgtx.sr.anchor import AnchoredDecoder, make_anchors
+from imgtx.sr.anchor import AnchoredDecoder, AnchoredPixelDecoder, make_anchors
 from imgtx.sr.configs import SuperResolutionConfig
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
 # make_anchors lives in imgtx.sr.anchor; it is re-exported here, where it used to be.
-__all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
+__all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors",
+           "nll_of_outputs"]
 
 LN2 = math.log(2.0)
 
@@ -42,6 +43,16 @@ def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch
     (T2T ``image_utils.resize_by_area``, as in its CelebA 8x8 -> 32x32 problem):
     ``(B, 3, H, W)`` uint8 -> ``(B, 3, H/s, W/s)`` uint8."""
     return downscale_area(high_res.to(torch.uint8), config.scale, config.area_rounding)
+
+
+def nll_of_outputs(config: SuperResolutionConfig, outputs: torch.Tensor,
+                   high_res: torch.Tensor) -> torch.Tensor:
+    """Nats of every output subpixel (categorical, ``(B, N)``) or pixel (DMOL, ``(B, N / 3)``),
+    raster order, from the decoder outputs of :meth:`SuperResolutionTransformer.forward`."""
+    pixels = high_res.long().permute(0, 2, 3, 1)  # (B, H, W, 3)
+    if config.likelihood == "dmol":
+        return dmol_nll_per_pixel(outputs, pixels.flatten(1, 2))
+    return categorical_nll(outputs, pixels.flatten(1))
 
 
 class ImageEncoder(nn.Module):
@@ -86,7 +97,8 @@ class ImageEncoder(nn.Module):
 
 class SuperResolutionTransformer(HubModel):
     """Encoder-decoder Image Transformer for super-resolution (``input_size`` -> ``input_size *
-    scale``), with a categorical distribution per output subpixel.
+    scale``), with a categorical distribution per output subpixel (or, ``likelihood="dmol"``, a
+    discretized mixture of logistics per output pixel).
 
     ``forward(low_res, high_res)`` gives the logits of every output subpixel given the input and
     all earlier output subpixels; :meth:`nll` / :meth:`bits_per_dim` are exact conditional
@@ -103,7 +115,9 @@ class SuperResolutionTransformer(HubModel):
     def __init__(self, config: SuperResolutionConfig, *, backend: str = "auto") -> None:
         super().__init__(config)
         self.encoder = ImageEncoder(config, backend=backend)
-        decoder = ImageTransformer if config.anchor == "none" else AnchoredDecoder
+        decoder = ImageTransformer
+        if config.anchor != "none":
+            decoder = AnchoredPixelDecoder if config.likelihood == "dmol" else AnchoredDecoder
         self.decoder = decoder(config.decoder_config(), context_dim=config.hidden_size,
                                backend=backend)
         self.reset_parameters()
@@ -143,19 +157,20 @@ class SuperResolutionTransformer(HubModel):
         return self.decoder.targets(high_res)
 
     def forward(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, N, 256)`` of every output subpixel (raster order) given ``low_res``
-        ``(B, 3, h, w)`` and the earlier subpixels of ``high_res`` ``(B, 3, H, W)`` (uint8)."""
+        """Logits ``(B, N, 256)`` of every output subpixel (DMOL: parameters ``(B, N / 3, 10K)``
+        of every pixel), raster order, given ``low_res`` ``(B, 3, h, w)`` and the earlier
+        subpixels of ``high_res`` ``(B, 3, H, W)`` (uint8)."""
         if low_res.shape[0] != high_res.shape[0]:
             raise ValueError(f"low_res and high_res batches differ: {low_res.shape[0]} vs "
                              f"{high_res.shape[0]}")
         return self.decoder(high_res, context=self.encode(low_res), side=self.anchors(low_res))
 
     def nll(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
-        """Exact negative log-likelihood ``-log p(high_res | low_res)`` in nats per output
-        subpixel, ``(B, N)`` in raster order."""
-        return categorical_nll(self(low_res, high_res), self.targets(high_res))
+        """Exact negative log-likelihood ``-log p(high_res | low_res)`` in nats, raster order:
+        per output subpixel ``(B, N)`` (categorical) or per pixel ``(B, N / 3)`` (DMOL)."""
+        return nll_of_outputs(self.config, self(low_res, high_res), high_res)
 
     def bits_per_dim(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
         """Bits per output subpixel of each image given its input, ``(B,)``: total nats over the
         3*H*W subpixels / (3*H*W * ln 2)."""
-        return self.nll(low_res, high_res).mean(dim=1) / LN2
+        return self.nll(low_res, high_res).sum(dim=1) / (3 * high_res[0, 0].numel() * LN2)

@@ -22,10 +22,10 @@ from imgtx.data import load_images
 from imgtx.errors import UserError
 from imgtx.eval.image_metrics import upscale_nearest
 from imgtx.images import make_grid
-from imgtx.likelihood import categorical_nll
 from imgtx.sr.configs import SuperResolutionConfig, get_config
 from imgtx.sr.evaluate import sr_bits
-from imgtx.sr.model import SuperResolutionTransformer, make_anchors, make_low_res
+from imgtx.sr.model import (SuperResolutionTransformer, make_anchors, make_low_res,
+                            nll_of_outputs)
 from imgtx.sr.upscale import upscale_batch
 from imgtx.training.likelihood import TrainSettings, fit
 
@@ -43,9 +43,9 @@ def pair_loss(model: SuperResolutionTransformer, batch: dict,
     """Mean bits/dim of a batch of targets given their downscaled inputs. Goes through
     ``model(...)`` (not a method) so that accelerate's distributed wrapper sees the call."""
     high_res = batch["image"]  # (B, 3, H, W) uint8
-    logits = model(make_low_res(high_res, config), high_res)  # (B, N, 256)
-    targets = high_res.long().permute(0, 2, 3, 1).flatten(1)  # (B, N) raster subpixels
-    return categorical_nll(logits, targets).mean() / math.log(2.0)
+    outputs = model(make_low_res(high_res, config), high_res)  # (B, N, 256) | (B, N/3, 10K)
+    nats = nll_of_outputs(config, outputs, high_res).sum(dim=1)  # (B,)
+    return nats.mean() / (3 * high_res[0, 0].numel() * math.log(2.0))
 
 
 @torch.no_grad()
@@ -74,10 +74,14 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
     initialisation. Returns the number of tensors copied; raises if any shape differs.
 
     The decoder's layers have three norms (self, cross, FFN) where the Image Transformer's have
-    two (self, FFN): ``norms.1`` maps to ``norms.2``. An anchored decoder keeps its own (zero)
-    value head: the unconditional model's next-value logits, added to the anchor's offset prior,
-    start it far worse (5.9 vs 5.2 bits/dim, 21.9 vs 26.9 dB at temperature 0 on held-out
-    photos) than the prior alone.
+    two (self, FFN): ``norms.1`` maps to ``norms.2``. An anchored categorical decoder keeps its
+    own (zero) value head: the unconditional model's next-value logits, added to the anchor's
+    offset prior, start it far worse (5.9 vs 5.2 bits/dim, 21.9 vs 26.9 dB at temperature 0 on
+    held-out photos) than the prior alone.
+
+    A DMOL decoder takes the whole source, head included, and starts its cross-attention
+    outputs (and anchor inputs) at zero: the warm-started model is then exactly the source's
+    function, with the source's bits/dim, and training only adds what the input tells it.
     """
     from imgtx.model import ImageTransformer
 
@@ -95,6 +99,11 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
                              f"{name} has no counterpart of shape {tuple(tensor.shape)}")
         copied[mapped] = tensor
     model.decoder.load_state_dict(copied, strict=False)
+    if model.config.likelihood == "dmol":
+        with torch.no_grad():
+            for layer in model.decoder.layers:
+                layer.cross_attn.proj.weight.zero_()
+                layer.cross_attn.proj.bias.zero_()
     return len(copied)
 
 
@@ -153,7 +162,7 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
     if model_init and decoder_init:
         raise ValueError("pass decoder_init or model_init, not both")
     prior = None
-    if config.anchor != "none" and not model_init:
+    if config.anchor != "none" and config.likelihood == "cat" and not model_init:
         prior = offset_log_prior(train_source, config)
 
     def build() -> SuperResolutionTransformer:

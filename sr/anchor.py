@@ -117,16 +117,16 @@ class StayNearAnchor:
 
         A channel's distribution is the mixture with weights updated by the channels already
         chosen (as in :func:`imgtx.likelihood.dmol_nll_per_channel`). Its most likely value is
-        searched among each component's own mode (the bin of its mean, and the edge bins 0 and
-        255, which hold the tails): a value with probability above 1/2 is the mode of some
-        component, so for ``min_prob >= 0.5`` this finds every value the rule may take, exactly,
-        at K + 3 evaluations instead of 256."""
+        searched among the bins of the components' means: a value of mixture probability above
+        1/2 has probability above 1/2 under some component, so its bin holds that logistic's
+        median, the mean (edge bins 0 and 255 hold the tails beyond 0.5 and 254.5). For
+        ``min_prob >= 0.5`` this finds every value the rule may take, exactly, at K + 1
+        evaluations instead of 256."""
         if self.min_prob < 0.5:
             raise ValueError(f"a DMOL model's StayNearAnchor needs min_prob >= 0.5, got "
                              f"{self.min_prob}")
         p = dmol_split_params(params)  # means/log_scales/coeffs (M, K, 3)
         log_weights = torch.log_softmax(p.logits, dim=-1)  # (M, K)
-        edges = anchors.new_tensor([0, 255]).expand(len(anchors), 2)
         chosen, scaled = [], []
         for c in range(3):
             mean = p.means[..., c]  # (M, K)
@@ -134,12 +134,12 @@ class StayNearAnchor:
                 mean = mean + p.coeffs[..., 0] * scaled[0]
             elif c == 2:
                 mean = mean + p.coeffs[..., 1] * scaled[0] + p.coeffs[..., 2] * scaled[1]
-            modes = ((mean + 1.0) * 127.5).round().clamp(0, 255).long()  # (M, K)
-            candidates = torch.cat([anchors[:, c : c + 1], modes, edges], dim=1)  # (M, K + 3)
-            log_probs = discretized_logistic_log_prob(  # (M, K, K + 3)
+            modes = ((mean + 1.0) * 127.5).round().clamp(0, 255).long()  # (M, K) mean's bin
+            candidates = torch.cat([anchors[:, c : c + 1], modes], dim=1)  # (M, K + 1)
+            log_probs = discretized_logistic_log_prob(  # (M, K, K + 1)
                 scale_pixels(candidates, mean.dtype)[:, None, :], mean[..., None],
                 p.log_scales[..., c, None])
-            probs = torch.logsumexp(log_weights[..., None] + log_probs, dim=1).exp()  # (M, K+3)
+            probs = torch.logsumexp(log_weights[..., None] + log_probs, dim=1).exp()  # (M, K+1)
             best_prob, best = probs.max(dim=-1)
             value = torch.where(self.leaves(best_prob, probs[:, 0]),
                                 candidates.gather(1, best[:, None])[:, 0], anchors[:, c])

@@ -60,6 +60,9 @@ class SuperResolutionConfig:
     #                          median edge prediction of the output's decoded neighbours (DMOL:
     #                          the means are relative to it; ImageTransformerConfig.predictor);
     #                          "none": the paper's model
+    anchor_rule: tuple[float, float] = (0.9, 0.6)  # anchored models at temperature 0: keep
+    #                   the anchor unless the most likely value has probability > [0] and beats
+    #                   the anchor's by > [1] (imgtx.sr.anchor.StayNearAnchor(min_prob, margin))
     likelihood: str = "cat"  # the decoder's output: "cat" (the paper's 256-way softmax per
     #                          subpixel) | "dmol" (PixelCNN++ mixture of logistics per pixel)
     neighbour_inputs: bool = False  # DMOL decoders: the decoded pixels around each position as
@@ -68,6 +71,10 @@ class SuperResolutionConfig:
     def __post_init__(self) -> None:
         self.query_shape = tuple(self.query_shape)
         self.memory_flange = tuple(self.memory_flange)
+        self.anchor_rule = tuple(float(v) for v in self.anchor_rule)
+        if len(self.anchor_rule) != 2 or not all(0.0 <= v <= 1.0 for v in self.anchor_rule):
+            raise ValueError(f"config.anchor_rule={self.anchor_rule}: expected (min_prob, "
+                             "margin), both in [0, 1]")
         if self.input_size < 1 or self.scale < 2:
             raise ValueError(f"need input_size >= 1 and scale >= 2, got input_size="
                              f"{self.input_size}, scale={self.scale}")

@@ -22,8 +22,9 @@ one reproduces the whole-image bicubic upscale exactly). Edge padding only affec
 and column of tiles and is cropped away.
 
 Temperature 0: an anchored model keeps each subpixel at its anchor unless it is confident of
-another value (:class:`imgtx.sr.anchor.StayNearAnchor`, :data:`DEFAULT_RULE`), so a smooth input
-stays smooth instead of drifting into streaks; ``rule=None`` gives plain argmax decoding. Since
+another value (:class:`imgtx.sr.anchor.StayNearAnchor` with the model's ``config.anchor_rule``,
+by default :data:`DEFAULT_RULE`), so a smooth input stays smooth instead of drifting into
+streaks; ``rule=None`` gives plain argmax decoding. Since
 nearly every value is then the anchor, an anchored model decodes at temperature 0 by fixed-point
 passes started from the anchors (:func:`imgtx.sampling.decode_fixed_point`): whole-tile forward
 passes until no value changes, exactly the subpixel-by-subpixel output, about 3x faster on CPU.
@@ -54,12 +55,12 @@ DEFAULT_RULE = StayNearAnchor()  # anchored models at temperature 0 (see "Temper
 
 
 def _rule(model: SuperResolutionTransformer, rule):
-    """The temperature-0 rule to use: ``"auto"`` is :data:`DEFAULT_RULE` for anchored models and
-    plain argmax (None) otherwise."""
+    """The temperature-0 rule to use: ``"auto"`` is the model's ``config.anchor_rule`` (by
+    default :data:`DEFAULT_RULE`) for anchored models and plain argmax (None) otherwise."""
     if isinstance(rule, str):
         if rule != "auto":
             raise ValueError(f"rule must be 'auto', None or a StayNearAnchor, got {rule!r}")
-        return DEFAULT_RULE if model.config.anchor != "none" else None
+        return StayNearAnchor(*model.config.anchor_rule) if model.config.anchor != "none" else None
     if rule is not None and model.config.anchor == "none":
         raise ValueError("a StayNearAnchor rule needs an anchored model (config.anchor)")
     return rule
@@ -85,8 +86,9 @@ def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
             ``(B, N, 256)`` (raster for 1D, block-raster for 2D).
         progress: show a progress bar over the subpixels being decoded.
         rule: at temperature 0, how an anchored model picks each value: ``"auto"`` (default)
-            is :data:`DEFAULT_RULE`, a :class:`~imgtx.sr.anchor.StayNearAnchor` that keeps the
-            anchor unless the model is confident; None is plain argmax. Ignored above 0.
+            is the model's ``config.anchor_rule`` (default :data:`DEFAULT_RULE`), a
+            :class:`~imgtx.sr.anchor.StayNearAnchor` that keeps the anchor unless the model is
+            confident; None is plain argmax. Ignored above 0.
         fixed_point: at temperature 0, decode by fixed-point iteration from the anchors
             (:func:`imgtx.sampling.decode_fixed_point`: whole-image forward passes, the same
             output as one subpixel at a time). None (default): for anchored models with the

@@ -255,3 +255,18 @@ def test_cli_trains_warm_started_then_evaluates_and_upscales(photo_folder, tmp_p
     assert main(["sr", "upscale", "--model", str(final), str(tmp_path / "in.png"),
                  str(tmp_path / "out.png")]) == 0
     assert PIL.Image.open(tmp_path / "out.png").size == (24, 24)
+
+
+def test_the_config_carries_its_temperature_zero_rule(tmp_path):
+    """``anchor_rule`` is what ``rule="auto"`` uses: (1, 1) never leaves the anchors, even for a
+    model that leaves them often under a loose rule; it survives save / from_pretrained."""
+    model = dmol_model(noise=0.15, input_size=2, seed=1, anchor_rule=(0.5, 0.0))
+    low = make_low_res(smooth_images(4, 8, seed=2), model.config)
+    assert (upscale_batch(model, low, temperature=0) != model.anchors(low)).sum() > 5
+    strict = dmol_model(noise=0.15, input_size=2, seed=1, anchor_rule=(1.0, 1.0))
+    assert torch.equal(upscale_batch(strict, low, temperature=0), strict.anchors(low))
+    strict.save_pretrained(tmp_path / "strict")
+    assert SuperResolutionTransformer.from_pretrained(tmp_path / "strict").config.anchor_rule \
+        == (1.0, 1.0)
+    with pytest.raises(ValueError, match="anchor_rule"):
+        get_config("tiny", anchor_rule=(1.5, 0.0))

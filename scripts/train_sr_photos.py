@@ -60,6 +60,9 @@ def main() -> None:
                         help="training data: builtin:photos32, or the photo corpus folder of "
                              "scripts/fetch_photo_corpus.sh (runs/photo_corpus)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--freeze-decoder", action="store_true",
+                        help="keep the weights copied by --decoder-init fixed: train only the "
+                             "encoder, cross-attention and anchor inputs")
     parser.add_argument("--hflip", action="store_true", help="mirror half the training images")
     parser.add_argument("--grey", type=float, default=0.0,
                         help="turn this fraction of the training images grey")
@@ -78,7 +81,7 @@ def main() -> None:
     if args.init:  # the whole model comes from --init
         args.decoder_init = ""
     final = train(get_config(args.config), settings, decoder_init=args.decoder_init,
-                  model_init=args.init or None)
+                  model_init=args.init or None, freeze_decoder=args.freeze_decoder)
     if args.export:
         export_run(final, args.export)
 

@@ -18,6 +18,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from imgtx.errors import UserError
+
 __all__ = ["register"]
 
 
@@ -61,7 +63,12 @@ def _train(args: argparse.Namespace) -> int:
                   "which is not here; training it from scratch (give --decoder-init)",
                   file=sys.stderr)
             decoder_init = None
-    train(config, settings, decoder_init=None if decoder_init == "none" else decoder_init)
+    decoder_init = None if decoder_init == "none" else decoder_init
+    freeze = args.freeze_decoder or (bool(suggested.get("freeze_decoder")) and decoder_init
+                                     == suggested.get("decoder_init"))
+    if freeze and not decoder_init:
+        raise UserError("--freeze-decoder keeps the weights of --decoder-init fixed: give one")
+    train(config, settings, decoder_init=decoder_init, freeze_decoder=freeze)
     return 0
 
 
@@ -121,6 +128,10 @@ def register(subparsers) -> None:
                    help="warm-start the decoder from this unconditional Image Transformer of the "
                    "output size ('none': a fresh decoder; default: the config's recipe, e.g. "
                    "checkpoints/imgtx-photos32-small for photos-8to32-small)")
+    p.add_argument("--freeze-decoder", action="store_true",
+                   help="keep the --decoder-init weights fixed and train only the encoder, "
+                   "cross-attention and anchor inputs (default: the config's recipe; on for "
+                   "corpus-8to32-dmol)")
     add_train_arguments(p)
     p.set_defaults(func=_train)
 

@@ -159,13 +159,15 @@ CONFIGS: dict[str, RegistryEntry] = {
         "imgtx: CPU-sized 4x model with the median edge predictor", train=dict(PHOTOS_RECIPE)),
     # scripts/train_sr_photos.py --config corpus-8to32-dmol: the decoder is small-dmol-med (DMOL
     # over pixels, neighbour inputs, means relative to the median edge prediction), warm-started
-    # from checkpoints/imgtx-photos-dmol-small, plus the 3x3 bicubic anchors around each pixel as
-    # inputs; the shipped checkpoint sr-corpus-8to32-dmol.
+    # from checkpoints/imgtx-photos-dmol-small and kept fixed (only the encoder, cross-attention
+    # and the 3x3 bicubic anchors around each pixel as inputs train); the shipped checkpoint
+    # sr-corpus-8to32-dmol.
     "corpus-8to32-dmol": RegistryEntry(
         _cfg(attention="local1d", block_length=64, likelihood="dmol", neighbour_inputs=True,
              predictor="med", **{**_SMALL, "positions": "learned"}),
         "imgtx: CPU-sized 4x DMOL model for photos", train=dict(
-            PHOTOS_RECIPE, lr=5e-4, warmup=50, decoder_init="checkpoints/imgtx-photos-dmol-small")),
+            PHOTOS_RECIPE, batch_size=16, lr=1e-3, warmup=50, freeze_decoder=True,
+            decoder_init="checkpoints/imgtx-photos-dmol-small")),
     "photos-8to32-small-2d": RegistryEntry(
         _cfg(attention="local2d", query_shape=(4, 24), memory_flange=(4, 12), **_SMALL),
         "imgtx: CPU-sized 4x model, local 2D decoder", train=dict(_SMALL_TRAIN)),

@@ -68,7 +68,8 @@ def offset_log_prior(source, config: SuperResolutionConfig, limit: int = PRIOR_I
     return (counts / counts.sum()).log().float()
 
 
-def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str) -> int:
+def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str, *,
+                      freeze: bool = False) -> int:
     """Warm-start the decoder from a trained unconditional Image Transformer of the same decoder
     shape (``save_pretrained`` dir or Hub id). Cross-attention and the encoder keep their fresh
     initialisation. Returns the number of tensors copied; raises if any shape differs.
@@ -82,6 +83,9 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
     A DMOL decoder takes the whole source, head included, and starts its cross-attention
     outputs (and anchor inputs) at zero: the warm-started model is then exactly the source's
     function, with the source's bits/dim, and training only adds what the input tells it.
+
+    ``freeze``: the copied tensors stop taking gradients, so training moves only the encoder,
+    cross-attention and anchor inputs (an adapter on a fixed unconditional model).
     """
     from imgtx.model import ImageTransformer
 
@@ -104,6 +108,10 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str)
             for layer in model.decoder.layers:
                 layer.cross_attn.proj.weight.zero_()
                 layer.cross_attn.proj.bias.zero_()
+    if freeze:
+        for name, parameter in model.decoder.named_parameters():
+            if name in copied:
+                parameter.requires_grad_(False)
     return len(copied)
 
 
@@ -127,11 +135,13 @@ def init_model_from(config: SuperResolutionConfig, source: str) -> SuperResoluti
 
 
 def train(config: SuperResolutionConfig | str, settings: TrainSettings,
-          decoder_init: str | None = None, model_init: str | None = None) -> Path:
+          decoder_init: str | None = None, model_init: str | None = None,
+          freeze_decoder: bool = False) -> Path:
     """Train a super-resolution model; returns the path of the exported ``final/`` model.
 
     ``decoder_init``: warm-start the decoder from an unconditional Image Transformer (see
-    :func:`init_decoder_from`). An anchored model's offset prior is set from the training data
+    :func:`init_decoder_from`; ``freeze_decoder`` keeps the copied weights fixed). An anchored
+    model's offset prior is set from the training data
     (:func:`offset_log_prior`). ``model_init``: start instead from a whole trained
     super-resolution model of the same config (fine-tuning it on ``settings.data``; its
     offset prior is kept). Sample grids (``samples/step_*.png``) show, per held-out image, a
@@ -161,6 +171,8 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
 
     if model_init and decoder_init:
         raise ValueError("pass decoder_init or model_init, not both")
+    if freeze_decoder and not decoder_init:
+        raise ValueError("freeze_decoder needs decoder_init (the weights to keep fixed)")
     prior = None
     if config.anchor != "none" and config.likelihood == "cat" and not model_init:
         prior = offset_log_prior(train_source, config)
@@ -170,7 +182,7 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
             return init_model_from(config, model_init).train()
         model = SuperResolutionTransformer(config)
         if decoder_init:
-            count = init_decoder_from(model, decoder_init)
+            count = init_decoder_from(model, decoder_init, freeze=freeze_decoder)
             from accelerate import PartialState
 
             PartialState().print(f"decoder warm-started from {decoder_init} ({count} tensors)")

@@ -238,12 +238,20 @@ def test_cli_trains_warm_started_then_evaluates_and_upscales(photo_folder, tmp_p
     ImageTransformer(config.decoder_config()).save_pretrained(tmp_path / "it")
     args = ["sr", "train", "--config", "tiny", "--data", str(photo_folder), "--out",
             str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2", "--eval-every", "0",
-            "--checkpoint-every", "0", "--decoder-init", str(tmp_path / "it")]
+            "--checkpoint-every", "0", "--decoder-init", str(tmp_path / "it"), "--freeze-decoder",
+            "--lr", "1e-2"]
     for item in sets:
         args += ["--set", item]
     assert main(args) == 0
     final = tmp_path / "run" / "final"
-    assert SuperResolutionTransformer.from_pretrained(final).config == config
+    trained = SuperResolutionTransformer.from_pretrained(final)
+    assert trained.config == config
+    # --freeze-decoder: the unconditional weights are untouched, the new parts moved.
+    source = ImageTransformer.from_pretrained(tmp_path / "it").state_dict()
+    decoder = trained.decoder.state_dict()
+    assert all(torch.equal(decoder[name], tensor) for name, tensor in source.items())
+    assert decoder["anchor_inputs.weight"].abs().max() > 0
+    assert decoder["layers.0.cross_attn.proj.weight"].abs().max() > 0
     capsys.readouterr()
     assert main(["sr", "eval", "--model", str(final), "--data", str(photo_folder), "--split",
                  "test", "--temperature", "0", "--json", "--unconditional-model",

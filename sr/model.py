@@ -109,7 +109,8 @@ class SuperResolutionTransformer(HubModel):
     model_card_description = (
         "Super-resolution Image Transformer (Parmar et al. 2018): full self-attention encoder "
         "over the low-resolution subpixels, local self-attention decoder with cross-attention, "
-        "categorical output per subpixel; trained with imgtx. Upscale any image with "
+        "categorical output per subpixel (or, likelihood dmol, a discretized mixture of "
+        "logistics per pixel); trained with imgtx. Upscale any image with "
         "`imgtx sr upscale --model DIR input.png output.png`.")
 
     def __init__(self, config: SuperResolutionConfig, *, backend: str = "auto") -> None:

@@ -18,7 +18,7 @@ match scripts/train_photos32_small.py.
     python scripts/train_sr_photos.py --data runs/photo_corpus --config photos-8to32-med \
         --init checkpoints/sr-corpus-8to32-small --minutes 70 --threads 1 --lr 3e-4 \
         --warmup 50 --out runs/sr-med --export ''
-    # checkpoints/sr-corpus-8to32-dmol: the photo model as a fixed DMOL decoder; only the
+    # the experimental DMOL decoder (not shipped): the photo model as a fixed decoder; only the
     # encoder, cross-attention and anchor inputs train (docs/benchmarks.md)
     python scripts/train_sr_photos.py --data runs/photo_corpus --config corpus-8to32-dmol \
         --decoder-init checkpoints/imgtx-photos-dmol-small --freeze-decoder --minutes 50 \

@@ -160,8 +160,8 @@ CONFIGS: dict[str, RegistryEntry] = {
     # scripts/train_sr_photos.py --config corpus-8to32-dmol: the decoder is small-dmol-med (DMOL
     # over pixels, neighbour inputs, means relative to the median edge prediction), warm-started
     # from checkpoints/imgtx-photos-dmol-small and kept fixed (only the encoder, cross-attention
-    # and the 3x3 bicubic anchors around each pixel as inputs train); the shipped checkpoint
-    # sr-corpus-8to32-dmol.
+    # and the 3x3 bicubic anchors around each pixel as inputs train). Experimental: no checkpoint
+    # is shipped, it ignores its input when sampling (docs/benchmarks.md).
     "corpus-8to32-dmol": RegistryEntry(
         _cfg(attention="local1d", block_length=64, likelihood="dmol", neighbour_inputs=True,
              predictor="med", **{**_SMALL, "positions": "learned"}),

@@ -24,8 +24,7 @@ from imgtx.eval.image_metrics import upscale_nearest
 from imgtx.images import make_grid
 from imgtx.sr.configs import SuperResolutionConfig, get_config
 from imgtx.sr.evaluate import sr_bits
-from imgtx.sr.model import (SuperResolutionTransformer, make_anchors, make_low_res,
-                            nll_of_outputs)
+from imgtx.sr.model import SuperResolutionTransformer, make_anchors, make_low_res, nll_of_outputs
 from imgtx.sr.upscale import upscale_batch
 from imgtx.training.likelihood import TrainSettings, fit
 

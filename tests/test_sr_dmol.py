@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from imgtx import ImageTransformer
-from imgtx.likelihood import dmol_nll_per_pixel, dmol_split_params, discretized_logistic_log_prob
+from imgtx.likelihood import discretized_logistic_log_prob, dmol_nll_per_pixel, dmol_split_params
 from imgtx.sr import SuperResolutionTransformer, get_config
 from imgtx.sr.anchor import AnchoredPixelDecoder, StayNearAnchor
 from imgtx.sr.model import make_low_res

@@ -67,7 +67,8 @@ def main() -> None:
                         help="warm-start from this trained model (imgtx.train.init_from)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--schedule", default="noam", help="noam | constant | cosine (to --max-steps)")
+    parser.add_argument("--schedule", default="noam",
+                        help="noam | constant | cosine (to --max-steps)")
     parser.add_argument("--hflip", action="store_true",
                         help="mirror half the training images left-right")
     parser.add_argument("--grey", type=float, default=0.0,

@@ -3,9 +3,9 @@
 For an image folder named as ``scripts/make_photo_crops.py`` names its crops
 (``PHOTO-form-NNNN.png``) this prints, per photo: the model's bits/dim, lossless PNG and WebP on
 the same crops, and the model's bits for r, g given r, and b given r and g
-(:func:`imgtx.likelihood.dmol_nll_per_channel`; the three add up exactly to the pixel's cost). A black-and-white photo
-stored as RGB has g = r and b = g, so a model that has learned to copy pays almost nothing for g
-and b; one that has not shows it here.
+(:func:`imgtx.likelihood.dmol_nll_per_channel`; the three add up exactly to the pixel's cost).
+A black-and-white photo stored as RGB has g = r and b = g, so a model that has learned to copy
+pays almost nothing for g and b; one that has not shows it here.
 
     python scripts/bpd_breakdown.py --model checkpoints/imgtx-photos-dmol-small \\
         --data runs/photo_corpus/heldout-native/test runs/photo_corpus/heldout-scene/test

@@ -17,6 +17,7 @@ model did not manage within its training budget (docs/super_resolution.md).
 A DMOL decoder (``likelihood="dmol"``, :class:`AnchoredPixelDecoder`) takes the anchors of the
 3x3 pixels around each position as inputs instead (anchors of later pixels are known too); its
 means stay relative to its own predictor, and the network learns how far to trust the anchor.
+Experimental: the models trained so far hardly use their input (docs/benchmarks.md).
 
 Decoding at temperature 0 (:class:`StayNearAnchor`): plain argmax decoding drifts - once one
 subpixel leaves its anchor, the residual input tells the next position that the image is off, and
@@ -98,14 +99,15 @@ class StayNearAnchor:
 
     def __call__(self, outputs: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Categorical: ``outputs`` logits ``(B, 256)`` at one position and its anchors ``(B,)``
-        long -> ``(B,)``. DMOL: ``outputs`` ``(B, 10K)`` and the position's side values ``(B, 9,
-        3)`` from :class:`AnchoredPixelDecoder` (its own anchor first) -> pixels ``(B, 3)``."""
+        long -> ``(B,)``. DMOL: ``outputs`` ``(B, 10K)`` and the anchor pixels ``(B, 3)``, or
+        the position's side values ``(B, 9, 3)`` from :class:`AnchoredPixelDecoder` (its own
+        anchor first) -> pixels ``(B, 3)``."""
         if anchors.dim() == 1:
             probs = torch.softmax(outputs.float(), dim=-1)
             best_prob, best = probs.max(dim=-1)
             anchor_prob = probs.gather(-1, anchors[:, None])[:, 0]
             return torch.where(self.leaves(best_prob, anchor_prob), best, anchors)
-        return self.choose_pixel(outputs, anchors[:, 0])
+        return self.choose_pixel(outputs, anchors[:, 0] if anchors.dim() == 3 else anchors)
 
     def leaves(self, best_prob: torch.Tensor, anchor_prob: torch.Tensor) -> torch.Tensor:
         """Where the most likely value (probability ``best_prob``) replaces the anchor."""

@@ -278,3 +278,13 @@ def test_the_config_carries_its_temperature_zero_rule(tmp_path):
         == (1.0, 1.0)
     with pytest.raises(ValueError, match="anchor_rule"):
         get_config("tiny", anchor_rule=(1.5, 0.0))
+
+
+def test_the_dmol_rule_takes_anchor_pixels_or_the_decoders_side_values():
+    g = torch.Generator().manual_seed(1)
+    params = torch.randn(50, 50, generator=g)
+    anchors = torch.randint(0, 256, (50, 3), generator=g)
+    window = torch.cat([anchors[:, None], torch.randint(0, 256, (50, 8, 3), generator=g)], 1)
+    rule = StayNearAnchor(0.5, 0.0)
+    assert torch.equal(rule(params, anchors), rule.choose_pixel(params, anchors))
+    assert torch.equal(rule(params, window), rule.choose_pixel(params, anchors))

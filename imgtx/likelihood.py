@@ -198,8 +198,9 @@ def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
     return torch.cat([logits, means + shift.flatten(-2), log_scales, coeffs], dim=-1)
 
 
-def _conditional_means(p: DMOLParams, x: Tensor) -> Tensor:
-    """Channel means given the conditioning values. x: (..., 3) scaled; returns (..., K, 3)."""
+def dmol_conditional_means(p: DMOLParams, x: Tensor) -> Tensor:
+    """Each component's channel means given the conditioning values ``x`` ``(..., 3)``, scaled
+    (channel c reads only the channels before it): ``(..., K, 3)``."""
     x = x.unsqueeze(-2)  # (..., 1, 3)
     mean_r = p.means[..., 0]
     mean_g = p.means[..., 1] + p.coeffs[..., 0] * x[..., 0]
@@ -269,7 +270,7 @@ def _check_pixels(params: Tensor, pixels: Tensor) -> None:
 def _log_probs_per_channel(p: DMOLParams, pixels: Tensor) -> Tensor:
     """log p_k(x_c | x_<c): (..., K, 3), from split params and (..., 3) integer pixels."""
     x = scale_pixels(pixels, p.means.dtype)  # (..., 3)
-    means = _conditional_means(p, x)  # (..., K, 3)
+    means = dmol_conditional_means(p, x)  # (..., K, 3)
     return discretized_logistic_log_prob(x.unsqueeze(-2), means, p.log_scales)  # (..., K, 3)
 
 

@@ -16,7 +16,7 @@ from imgtx.attention import raster_to_block_raster
 from imgtx.configs import ImageTransformerConfig
 
 __all__ = ["NEIGHBOURS", "MED_NEIGHBOURS", "neighbour_index", "median_edge_prediction",
-           "med_of_canvas", "offset_logits"]
+           "med_of_canvas", "offset_logits", "decoding_order"]
 
 #: (row, column) offsets of the pixels ``neighbour_inputs`` feeds a position: left, two left, the
 #: three above (left, centre, right) and two above. PixelCNN (van den Oord et al. 2016) and the
@@ -51,6 +51,18 @@ def offset_logits(table: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
     return table.gather(-1, index)
 
 
+def decoding_order(config: ImageTransformerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(raster, order)``, both ``(N,)``: the raster index of each model position, and the
+    model position of each raster index (they differ for local 2D's block-raster order)."""
+    rows, cols = config.sequence_grid
+    raster = torch.arange(rows * cols)
+    if config.attention == "local2d":
+        raster = raster_to_block_raster(raster[None], rows, cols, config.query_shape)[0]
+    order = torch.empty_like(raster)
+    order[raster] = torch.arange(rows * cols)
+    return raster, order
+
+
 def neighbour_index(config: ImageTransformerConfig,
                     offsets: tuple[tuple[int, int], ...] = NEIGHBOURS) -> torch.Tensor:
     """``(N, len(offsets))`` model-order index of each position's neighbours at the (row, pixel
@@ -59,11 +71,7 @@ def neighbour_index(config: ImageTransformerConfig,
     upper-right pixels later). A categorical model's neighbours are the same channel's."""
     rows, cols = config.sequence_grid
     n = rows * cols
-    raster = torch.arange(n)
-    if config.attention == "local2d":
-        raster = raster_to_block_raster(raster[None], rows, cols, config.query_shape)[0]
-    order = torch.empty(n, dtype=torch.long)
-    order[raster] = torch.arange(n)  # raster index -> model position
+    raster, order = decoding_order(config)
     r, c = raster // cols, raster % cols  # (N,) of each model position
     per_pixel = cols // config.image_size  # 1 (DMOL) or 3 subpixels
     index = torch.full((n, len(offsets)), n, dtype=torch.long)

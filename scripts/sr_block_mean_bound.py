@@ -27,7 +27,12 @@ import torch  # noqa: E402
 
 from imgtx import ImageTransformer  # noqa: E402
 from imgtx.data import load_images  # noqa: E402
-from imgtx.likelihood import discretized_logistic_log_prob, dmol_split_params, scale_pixels  # noqa: E402
+from imgtx.likelihood import (  # noqa: E402
+    discretized_logistic_log_prob,
+    dmol_conditional_means,
+    dmol_split_params,
+    scale_pixels,
+)
 
 SCALE = 4  # the 8x8 -> 32x32 task
 
@@ -50,13 +55,10 @@ def block_mean_saving(model: ImageTransformer, images: torch.Tensor) -> float:
     x = scale_pixels(last.reshape(b, -1, 3), p.means.dtype)  # (B, n, 3) true values
     candidates = values.reshape(b, -1, 3, SCALE**2)
     log_weights = torch.log_softmax(p.logits, dim=-1)  # (B, n, K)
+    means = dmol_conditional_means(p, x)  # (B, n, K, 3)
     saved = 0.0
     for c in range(3):
-        mean_c = p.means[..., c]
-        if c >= 1:
-            mean_c = mean_c + p.coeffs[..., 0 if c == 1 else 1] * x[..., None, 0]
-        if c == 2:
-            mean_c = mean_c + p.coeffs[..., 2] * x[..., None, 1]
+        mean_c = means[..., c]
         valid = (candidates[:, :, c] >= 0) & (candidates[:, :, c] <= 255)  # (B, n, 16)
         v = scale_pixels(candidates[:, :, c].clamp(0, 255), mean_c.dtype)
         log_probs = discretized_logistic_log_prob(v[:, :, None, :], mean_c[..., None],

@@ -36,11 +36,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from imgtx.attention import raster_to_block_raster
 from imgtx.configs import ImageTransformerConfig
-from imgtx.likelihood import discretized_logistic_log_prob, dmol_split_params, scale_pixels
+from imgtx.likelihood import (
+    discretized_logistic_log_prob,
+    dmol_conditional_means,
+    dmol_split_params,
+    scale_pixels,
+)
 from imgtx.model import ImageTransformer
-from imgtx.neighbours import offset_logits
+from imgtx.neighbours import decoding_order, offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
 from imgtx.sr.configs import SuperResolutionConfig
 
@@ -129,13 +133,10 @@ class StayNearAnchor:
                              f"{self.min_prob}")
         p = dmol_split_params(params)  # means/log_scales/coeffs (M, K, 3)
         log_weights = torch.log_softmax(p.logits, dim=-1)  # (M, K)
-        chosen, scaled = [], []
+        chosen = []
+        scaled = torch.zeros(len(anchors), 3, dtype=p.means.dtype, device=anchors.device)
         for c in range(3):
-            mean = p.means[..., c]  # (M, K)
-            if c == 1:
-                mean = mean + p.coeffs[..., 0] * scaled[0]
-            elif c == 2:
-                mean = mean + p.coeffs[..., 1] * scaled[0] + p.coeffs[..., 2] * scaled[1]
+            mean = dmol_conditional_means(p, scaled)[..., c]  # (M, K): reads channels < c
             modes = ((mean + 1.0) * 127.5).round().clamp(0, 255).long()  # (M, K) mean's bin
             candidates = torch.cat([anchors[:, c : c + 1], modes], dim=1)  # (M, K + 1)
             log_probs = discretized_logistic_log_prob(  # (M, K, K + 1)
@@ -146,7 +147,7 @@ class StayNearAnchor:
             value = torch.where(self.leaves(best_prob, probs[:, 0]),
                                 candidates.gather(1, best[:, None])[:, 0], anchors[:, c])
             chosen.append(value)
-            scaled.append(scale_pixels(value, mean.dtype)[:, None])
+            scaled[:, c] = scale_pixels(value, mean.dtype)
             # The posterior over components given the channels chosen so far.
             taken = (candidates == value[:, None]).float().argmax(dim=1)  # a column holding it
             index = taken[:, None, None].expand(-1, log_probs.shape[1], 1)
@@ -232,11 +233,7 @@ def anchor_window_index(config: ImageTransformerConfig) -> torch.Tensor:
     its own first, then rows above to below; off-image neighbours repeat the nearest edge
     pixel."""
     rows, cols = config.sequence_grid
-    raster = torch.arange(rows * cols)
-    if config.attention == "local2d":
-        raster = raster_to_block_raster(raster[None], rows, cols, config.query_shape)[0]
-    order = torch.empty_like(raster)
-    order[raster] = torch.arange(rows * cols)  # raster index -> model position
+    raster, order = decoding_order(config)
     r, c = raster // cols, raster % cols
     offsets = [(0, 0)] + [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
     return torch.stack([order[(r + dr).clamp(0, rows - 1) * cols + (c + dc).clamp(0, cols - 1)]

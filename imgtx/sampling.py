@@ -59,7 +59,8 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
            labels: torch.Tensor | None = None, use_cache: bool = True,
            generator: torch.Generator | None = None, return_outputs: bool = False,
            progress: bool = False, context: torch.Tensor | None = None, side=None,
-           rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+           rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+           constraint=None):
     """Sample ``batch`` images in one batch.
 
     ``context`` ``(B, Nc, Dc)`` is the encoder output for a decoder built with ``context_dim``
@@ -69,6 +70,10 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     ``rule``: at temperature 0 only, chooses each value instead of argmax from the head outputs
     ``(B, 256 | 10K)`` and this position's side values ``(B, ...)`` (model order), e.g.
     :class:`imgtx.sr.anchor.StayNearAnchor`. Ignored at temperatures above 0.
+
+    ``constraint``: restricts each position to an interval of values that depends on the earlier
+    ones, and draws from the truncated distribution (``bounds(values, positions, rows)`` and
+    ``choose(...)``, as :class:`imgtx.sr.blockmean.BlockMeanConstraint`).
 
     Returns images ``(B, 3, H, W)`` uint8, and with ``return_outputs`` also the head outputs used
     at every step, in model order ``(B, N, 256 | 10K)`` (for checking cache against recompute).
@@ -93,7 +98,12 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
         else:
             images = _images_from_values(model, values)
             out = model.to_sequence(model(images, labels, context, side))[:, t]
-        if side_values is not None:
+        if constraint is not None:
+            lo, hi = (bound[:, 0] for bound in constraint.bounds(values, slice(t, t + 1)))
+            values[:, t] = constraint.choose(
+                out, lo, hi, temperature=temperature, generator=generator, rule=rule,
+                side=None if side_values is None else side_values[:, t])
+        elif side_values is not None:
             values[:, t] = rule(out, side_values[:, t])
         else:
             values[:, t] = draw(out, config.likelihood, temperature, generator)
@@ -113,7 +123,7 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
                        rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                        labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
                        side=None, max_iterations: int | None = None, progress: bool = False,
-                       stats: dict | None = None) -> torch.Tensor:
+                       stats: dict | None = None, constraint=None) -> torch.Tensor:
     """Temperature-0 decoding by fixed-point (Jacobi) iteration: the same images as
     :func:`decode` at ``temperature=0``, from whole-sequence forward passes instead of one
     position at a time.
@@ -135,6 +145,9 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
     Equality with :func:`decode`: the pass computes each position's outputs from the same
     prefix as the ``use_cache=False`` path of :func:`decode` does; the KV-cached path agrees
     with those outputs to float rounding (tests/test_sampling_speed.py).
+
+    ``constraint``: as in :func:`decode`; each position's interval comes from the current
+    guess's earlier values, so the fixed point is again the sequential result.
 
     ``max_iterations`` (default N + 1) bounds the passes; rows still changing then raise.
     ``stats``, if given, receives ``passes`` (iterations) and ``row_passes`` (rows forwarded,
@@ -161,7 +174,14 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
             out = model.to_sequence(model(current, rows(labels, active), rows(context, active),
                                           rows(side, active)))  # (b, N, 256)
             flat = out.flatten(0, 1)  # (b * N, 256 | 10K)
-            if rule is not None:
+            if constraint is not None:
+                sequence = model.to_sequence(model.targets(current))  # (b, N[, 3]) long
+                lo, hi = (bound.flatten(0, 1) for bound in
+                          constraint.bounds(sequence, rows=active))
+                chosen = constraint.choose(
+                    flat, lo, hi, temperature=0.0, rule=rule,
+                    side=None if rule is None else side_values[active].flatten(0, 1))
+            elif rule is not None:
                 chosen = rule(flat, side_values[active].flatten(0, 1))
             else:
                 chosen = draw(flat, config.likelihood, 0.0, None)  # argmax | the DMOL mode

@@ -34,10 +34,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imgtx.configs import ImageTransformerConfig
 from imgtx.likelihood import (
+    HALF_BIN,
+    discretized_logistic_log_mass,
     discretized_logistic_log_prob,
     dmol_conditional_means,
     dmol_split_params,
@@ -117,32 +120,43 @@ class StayNearAnchor:
         """Where the most likely value (probability ``best_prob``) replaces the anchor."""
         return (best_prob > self.min_prob) & (best_prob - anchor_prob > self.margin)
 
-    def choose_pixel(self, params: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    def choose_pixel(self, params: torch.Tensor, anchors: torch.Tensor,
+                     lo: torch.Tensor | None = None,
+                     hi: torch.Tensor | None = None) -> torch.Tensor:
         """The rule on a DMOL head, one channel at a time (r, then g given the chosen r, then b):
-        ``params`` ``(M, 10K)`` and anchor pixels ``(M, 3)`` long -> ``(M, 3)`` long.
+        ``params`` ``(M, 10K)`` and anchor pixels ``(M, 3)`` long -> ``(M, 3)`` long. ``lo``,
+        ``hi`` ``(M, 3)``: restrict each channel to ``lo..hi``, the distribution truncated there
+        and renormalised, the anchor clamped into it (:mod:`imgtx.sr.blockmean`); None: 0..255.
 
         A channel's distribution is the mixture with weights updated by the channels already
         chosen (as in :func:`imgtx.likelihood.dmol_nll_per_channel`). Its most likely value is
-        searched among the bins of the components' means: a value of mixture probability above
-        1/2 has probability above 1/2 under some component, so its bin holds that logistic's
-        median, the mean (edge bins 0 and 255 hold the tails beyond 0.5 and 254.5). For
-        ``min_prob >= 0.5`` this finds every value the rule may take, exactly, at K + 1
-        evaluations instead of 256."""
+        searched among the bins of the components' medians: a value of mixture probability above
+        1/2 has probability above 1/2 under some (truncated) component, so its bin holds that
+        component's median (the mean when nothing is truncated; edge bins 0 and 255 hold the
+        tails beyond 0.5 and 254.5). For ``min_prob >= 0.5`` this finds every value the rule may
+        take, exactly, at K + 1 evaluations instead of 256."""
         if self.min_prob < 0.5:
             raise ValueError(f"a DMOL model's StayNearAnchor needs min_prob >= 0.5, got "
                              f"{self.min_prob}")
+        if lo is None:
+            lo, hi = torch.zeros_like(anchors), torch.full_like(anchors, 255)
+        anchors = torch.minimum(torch.maximum(anchors, lo), hi)
         p = dmol_split_params(params)  # means/log_scales/coeffs (M, K, 3)
         log_weights = torch.log_softmax(p.logits, dim=-1)  # (M, K)
         chosen = []
         scaled = torch.zeros(len(anchors), 3, dtype=p.means.dtype, device=anchors.device)
         for c in range(3):
             mean = dmol_conditional_means(p, scaled)[..., c]  # (M, K): reads channels < c
-            modes = ((mean + 1.0) * 127.5).round().clamp(0, 255).long()  # (M, K) mean's bin
-            candidates = torch.cat([anchors[:, c : c + 1], modes], dim=1)  # (M, K + 1)
+            low, high, log_scale = lo[:, c, None], hi[:, c, None], p.log_scales[..., c]
+            medians = _truncated_median_bin(mean, log_scale, low, high)  # (M, K)
+            candidates = torch.cat([anchors[:, c : c + 1], medians], dim=1)  # (M, K + 1)
             log_probs = discretized_logistic_log_prob(  # (M, K, K + 1)
                 scale_pixels(candidates, mean.dtype)[:, None, :], mean[..., None],
-                p.log_scales[..., c, None])
-            probs = torch.logsumexp(log_weights[..., None] + log_probs, dim=1).exp()  # (M, K+1)
+                log_scale[..., None])
+            log_mass = torch.logsumexp(  # (M, 1): the mixture's mass on lo..hi
+                log_weights + discretized_logistic_log_mass(low, high, mean, log_scale), dim=1,
+                keepdim=True)
+            probs = (torch.logsumexp(log_weights[..., None] + log_probs, dim=1) - log_mass).exp()
             best_prob, best = probs.max(dim=-1)
             value = torch.where(self.leaves(best_prob, probs[:, 0]),
                                 candidates.gather(1, best[:, None])[:, 0], anchors[:, c])
@@ -153,6 +167,26 @@ class StayNearAnchor:
             index = taken[:, None, None].expand(-1, log_probs.shape[1], 1)
             log_weights = torch.log_softmax(log_weights + log_probs.gather(2, index)[..., 0], -1)
         return torch.stack(chosen, dim=-1)
+
+
+def _truncated_median_bin(mean: torch.Tensor, log_scale: torch.Tensor, lo: torch.Tensor,
+                          hi: torch.Tensor) -> torch.Tensor:
+    """The bin (0..255, inside ``lo..hi``) of the median of a logistic truncated to the bins
+    ``lo..hi`` (edge bins open-ended): ``mean + scale * logit((F(lower) + F(upper)) / 2)``,
+    with F the logistic's CDF at the interval's outer bin edges."""
+    inv_scale = torch.exp(-log_scale)
+    upper = torch.where(hi >= 255, torch.inf,
+                        inv_scale * (scale_pixels(hi, mean.dtype) + HALF_BIN - mean))
+    lower = torch.where(lo <= 0, -torch.inf,
+                        inv_scale * (scale_pixels(lo, mean.dtype) - HALF_BIN - mean))
+    # Mirror an interval right of the mean to its left, where the CDF values are small and exact.
+    flip = lower > 0
+    lower, upper = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
+    log_q = torch.logaddexp(F.logsigmoid(lower), F.logsigmoid(upper)) - math.log(2.0)
+    logit = log_q - torch.log1p(-log_q.exp())
+    median = mean + torch.exp(log_scale) * torch.where(flip, -logit, logit)
+    bins = ((median + 1.0) * 127.5).round().nan_to_num(0.0)
+    return torch.minimum(torch.maximum(bins, lo.to(bins.dtype)), hi.to(bins.dtype)).long()
 
 
 class AnchoredDecoder(ImageTransformer):

@@ -67,6 +67,9 @@ class SuperResolutionConfig:
     #                          subpixel) | "dmol" (PixelCNN++ mixture of logistics per pixel)
     neighbour_inputs: bool = False  # DMOL decoders: the decoded pixels around each position as
     #                                 inputs (ImageTransformerConfig.neighbour_inputs)
+    block_means: bool = False  # imgtx extension: restrict every output value to those that keep
+    #                            its block's mean equal to the input pixel (exact; likelihood,
+    #                            sampling and temperature 0; imgtx.sr.blockmean)
 
     def __post_init__(self) -> None:
         self.query_shape = tuple(self.query_shape)

@@ -26,8 +26,10 @@ from imgtx.attention import Full, set_backend
 from imgtx.hub import HubModel
 from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel
 from imgtx.model import ImageTransformer, check_images
+from imgtx.neighbours import decoding_order
 from imgtx.resample import downscale_area
 from imgtx.sr.anchor import AnchoredDecoder, AnchoredPixelDecoder, make_anchors
+from imgtx.sr.blockmean import BlockMeanConstraint
 from imgtx.sr.configs import SuperResolutionConfig
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
@@ -46,13 +48,29 @@ def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch
 
 
 def nll_of_outputs(config: SuperResolutionConfig, outputs: torch.Tensor,
-                   high_res: torch.Tensor) -> torch.Tensor:
+                   high_res: torch.Tensor, low_res: torch.Tensor | None = None) -> torch.Tensor:
     """Nats of every output subpixel (categorical, ``(B, N)``) or pixel (DMOL, ``(B, N / 3)``),
-    raster order, from the decoder outputs of :meth:`SuperResolutionTransformer.forward`."""
+    raster order, from the decoder outputs of :meth:`SuperResolutionTransformer.forward`. With
+    ``config.block_means`` each value's distribution is truncated to the values its input pixel
+    allows (:mod:`imgtx.sr.blockmean`); ``low_res`` is the input (None: ``make_low_res`` of
+    ``high_res``)."""
     pixels = high_res.long().permute(0, 2, 3, 1)  # (B, H, W, 3)
+    targets = pixels.flatten(1, 2) if config.likelihood == "dmol" else pixels.flatten(1)
     if config.likelihood == "dmol":
-        return dmol_nll_per_pixel(outputs, pixels.flatten(1, 2))
-    return categorical_nll(outputs, pixels.flatten(1))
+        nll = dmol_nll_per_pixel(outputs, targets)
+    else:
+        nll = categorical_nll(outputs, targets)
+    if not config.block_means:
+        return nll
+    if low_res is None:
+        low_res = make_low_res(high_res, config)
+    decoder_config = config.decoder_config()
+    raster, _ = decoding_order(decoder_config)  # model order -> raster index
+    raster = raster.to(outputs.device)
+    constraint = BlockMeanConstraint(decoder_config, low_res.to(outputs.device), config.scale,
+                                     config.area_rounding)
+    mass = constraint.log_mass(outputs[:, raster], targets[:, raster])  # (B, N) model order
+    return nll.index_add(1, raster, mass.to(nll.dtype))
 
 
 class ImageEncoder(nn.Module):
@@ -169,7 +187,7 @@ class SuperResolutionTransformer(HubModel):
     def nll(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
         """Exact negative log-likelihood ``-log p(high_res | low_res)`` in nats, raster order:
         per output subpixel ``(B, N)`` (categorical) or per pixel ``(B, N / 3)`` (DMOL)."""
-        return nll_of_outputs(self.config, self(low_res, high_res), high_res)
+        return nll_of_outputs(self.config, self(low_res, high_res), high_res, low_res)
 
     def bits_per_dim(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
         """Bits per output subpixel of each image given its input, ``(B,)``: total nats over the

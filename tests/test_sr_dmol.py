@@ -118,8 +118,12 @@ def test_cached_sampling_equals_full_recompute():
 
 
 def brute_force_rule(params: torch.Tensor, anchors: torch.Tensor, min_prob: float,
-                     margin: float) -> torch.Tensor:
-    """The rule from the whole 256-value pmf of each channel (float64), one pixel at a time."""
+                     margin: float, lo: torch.Tensor | None = None,
+                     hi: torch.Tensor | None = None) -> torch.Tensor:
+    """The rule from the whole 256-value pmf of each channel (float64), one pixel at a time;
+    with bounds, the pmf truncated to lo..hi and renormalised, the anchor clamped into it."""
+    if lo is not None:
+        anchors = torch.minimum(torch.maximum(anchors, lo), hi)
     p = dmol_split_params(params.double())
     values = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0
     out = torch.empty_like(anchors)
@@ -135,6 +139,11 @@ def brute_force_rule(params: torch.Tensor, anchors: torch.Tensor, min_prob: floa
             log_probs = discretized_logistic_log_prob(values[None], mean[:, None],
                                                       p.log_scales[m, :, c, None])  # (K, 256)
             pmf = torch.logsumexp(log_w[:, None] + log_probs, dim=0).exp()
+            if lo is not None:
+                inside = torch.zeros(256, dtype=torch.bool)
+                inside[lo[m, c] : hi[m, c] + 1] = True
+                pmf = torch.where(inside, pmf, 0.0)
+                pmf = pmf / pmf.sum()
             best = int(pmf.argmax())
             a = int(anchors[m, c])
             v = best if pmf[best] > min_prob and pmf[best] - pmf[a] > margin else a
@@ -159,6 +168,25 @@ def test_the_dmol_rule_equals_a_search_over_all_256_values(min_prob, margin):
     assert torch.equal(chosen, brute_force_rule(params, anchors, min_prob, margin))
     left = (chosen != anchors).any(dim=1).float().mean()
     assert 0.05 < left < 0.95  # the test sees both outcomes
+
+
+@pytest.mark.parametrize("min_prob,margin", [(0.5, 0.0), (0.9, 0.6)])
+def test_the_dmol_rule_on_a_truncated_pmf_equals_a_search_over_its_values(min_prob, margin):
+    """With bounds (imgtx.sr.blockmean) the candidates are the truncated components' medians."""
+    g = torch.Generator().manual_seed(1)
+    k, m = 5, 400
+    params = torch.randn(m, 10 * k, generator=g, dtype=torch.float64)
+    params[:, :k] *= 3
+    params[:, 4 * k : 7 * k] = params[:, 4 * k : 7 * k] * 2 - 3.5
+    lo = torch.randint(0, 241, (m, 3), generator=g)
+    hi = (lo + torch.randint(0, 16, (m, 3), generator=g)).clamp(max=255)  # at most 16 values
+    anchors = torch.randint(0, 256, (m, 3), generator=g)
+    rule = StayNearAnchor(min_prob, margin)
+    chosen = rule.choose_pixel(params, anchors, lo, hi)
+    assert ((chosen >= lo) & (chosen <= hi)).all()
+    assert torch.equal(chosen, brute_force_rule(params, anchors, min_prob, margin, lo, hi))
+    clamped = torch.minimum(torch.maximum(anchors, lo), hi)
+    assert 0.01 < (chosen != clamped).any(dim=1).float().mean() < 0.95  # both outcomes seen
 
 
 def test_the_dmol_rule_needs_min_prob_of_at_least_a_half():

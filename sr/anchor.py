@@ -49,6 +49,7 @@ from imgtx.likelihood import (
 from imgtx.model import ImageTransformer
 from imgtx.neighbours import decoding_order, offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
+from imgtx.sr.blockmean import project_to_block_means
 from imgtx.sr.configs import SuperResolutionConfig
 
 __all__ = ["AnchoredDecoder", "AnchoredPixelDecoder", "StayNearAnchor", "make_anchors",
@@ -60,11 +61,16 @@ DEFAULT_OFFSET_SCALE = 8.0  # Laplace scale of a fresh anchored model's offset p
 def make_anchors(low_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor | None:
     """The decoder's anchors for an input: its ``config.anchor`` upscale, ``(B, 3, h, w)`` ->
     ``(B, 3, H, W)`` uint8 on ``low_res``'s device, or None for ``anchor="none"``. Bicubic is
-    PIL's, the same resampler as the ``bicubic_psnr`` baseline of ``imgtx sr eval``."""
+    PIL's, the same resampler as the ``bicubic_psnr`` baseline of ``imgtx sr eval``. With
+    ``config.block_means`` the upscale is then projected onto the input's block means
+    (:func:`imgtx.sr.blockmean.project_to_block_means`)."""
     if config.anchor == "none":
         return None
     upscale = upscale_bicubic if config.anchor == "bicubic" else upscale_nearest
-    return upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
+    anchors = upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
+    if config.block_means:  # anchors that downscale to the input, as every output then does
+        anchors = project_to_block_means(anchors, low_res, config.scale, config.area_rounding)
+    return anchors
 
 
 def _anchor_sequence(model: ImageTransformer, side: torch.Tensor | None,

@@ -47,7 +47,8 @@ from imgtx.likelihood import (
 from imgtx.neighbours import decoding_order
 from imgtx.sampling import draw
 
-__all__ = ["block_sum_range", "block_structure", "BlockMeanConstraint"]
+__all__ = ["block_sum_range", "block_structure", "project_to_block_means",
+           "BlockMeanConstraint"]
 
 VALUES = torch.arange(256)
 
@@ -92,6 +93,53 @@ def block_structure(config: ImageTransformerConfig, scale: int) -> tuple[torch.T
     earlier = torch.empty(n, area, dtype=torch.long)
     earlier[members.flatten()] = earlier_of_rank.flatten(0, 1)
     return block, channel, earlier, area - 1 - rank
+
+
+def _dither_order(scale: int) -> torch.Tensor:
+    """An order of a block's ``scale * scale`` pixels (raster indices) that spreads any first k
+    of them over the block: the Bayer ordered-dither matrix for powers of two, raster otherwise."""
+    if scale & (scale - 1):
+        return torch.arange(scale * scale)
+    bayer = torch.zeros(1, 1, dtype=torch.long)
+    while bayer.shape[0] < scale:
+        bayer = torch.cat([torch.cat([4 * bayer, 4 * bayer + 2], 1),
+                           torch.cat([4 * bayer + 3, 4 * bayer + 1], 1)], 0)
+    return torch.argsort(bayer.flatten())
+
+
+def project_to_block_means(images: torch.Tensor, low_res: torch.Tensor, scale: int,
+                           rounding: str = "nearest") -> torch.Tensor:
+    """The nearest image (in integers, within 0..255) to ``images`` whose area downscale is
+    ``low_res``: every block whose sum is outside its range (:func:`block_sum_range`) is shifted
+    evenly to the range's nearer end, pixels at 0 or 255 left there and the rest spread over the
+    others. ``(B, 3, H, W)`` and ``(B, 3, H/s, W/s)`` uint8 -> ``(B, 3, H, W)`` uint8.
+
+    For the continuous problem this is the Euclidean projection onto a convex set (the blocks'
+    sum slabs within the 0..255 box) that holds the true image, so it is never farther from the
+    truth than ``images`` is (projections onto convex sets are non-expansive). Made of the
+    bicubic upscale it is the classic back-projection step of super-resolution (Irani & Peleg
+    1991) and a better anchor: see docs/super_resolution.md."""
+    b, c, height, width = images.shape
+    area = scale * scale
+    order = _dither_order(scale).to(images.device)
+    blocks = images.long().view(b, c, height // scale, scale, width // scale, scale)
+    blocks = blocks.permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c, area)[..., order]  # (B, hw, 3, A)
+    lo, hi = block_sum_range(low_res, scale, rounding)  # (B, hw, 3)
+    target = blocks.sum(-1).clamp(lo, hi)
+    for _ in range(area + 1):  # each pass fills or saturates at least one pixel per block
+        short = target - blocks.sum(-1)  # (B, hw, 3)
+        if not short.any():
+            break
+        free = torch.where(short[..., None] > 0, blocks < 255, blocks > 0)  # pixels that can move
+        count = free.sum(-1).clamp(min=1)
+        each = torch.div(short, count, rounding_mode="floor")
+        extra = short - each * count  # the first `extra` free pixels take one more
+        rank = free.long().cumsum(-1) - 1
+        step = each[..., None] + (rank < extra[..., None]).long()
+        blocks = (blocks + torch.where(free, step, 0)).clamp(0, 255)
+    blocks = blocks[..., torch.argsort(order)].view(b, height // scale, width // scale, c,
+                                                    scale, scale)
+    return blocks.permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width).to(torch.uint8)
 
 
 class BlockMeanConstraint:

@@ -160,14 +160,18 @@ CONFIGS: dict[str, RegistryEntry] = {
     "photos-8to32-med": RegistryEntry(
         _cfg(attention="local1d", block_length=96, predictor="med", **_SMALL),
         "imgtx: CPU-sized 4x model with the median edge predictor", train=dict(PHOTOS_RECIPE)),
-    # scripts/train_sr_photos.py --config corpus-8to32-dmol: the decoder is small-dmol-med (DMOL
-    # over pixels, neighbour inputs, means relative to the median edge prediction), warm-started
-    # from checkpoints/imgtx-photos-dmol-small and kept fixed (only the encoder, cross-attention
-    # and the 3x3 bicubic anchors around each pixel as inputs train). Experimental: no checkpoint
-    # is shipped, it ignores its input when sampling (docs/benchmarks.md).
+    # checkpoints/sr-corpus-8to32-dmol: the decoder is small-dmol-med (DMOL over pixels,
+    # neighbour inputs, means relative to the median edge prediction), warm-started from
+    # checkpoints/imgtx-photos-dmol-small; every output is restricted to the values its input
+    # pixel allows (block_means), and the anchors are the bicubic upscale projected onto the
+    # input's block means. Training (scripts/train_sr_photos.py) keeps the decoder fixed and
+    # moves only the encoder, cross-attention and 3x3 anchor inputs. Temperature 0 by default:
+    # the decoder hardly reads its input, so its samples above 0 are noise that the block means
+    # force into place (docs/super_resolution.md).
     "corpus-8to32-dmol": RegistryEntry(
         _cfg(attention="local1d", block_length=64, likelihood="dmol", neighbour_inputs=True,
-             predictor="med", **{**_SMALL, "positions": "learned"}),
+             predictor="med", block_means=True, anchor_rule=(0.99, 0.97),
+             **{**_SMALL, "positions": "learned", "sampling_temperature": 0.0}),
         "imgtx: CPU-sized 4x DMOL model for photos", train=dict(
             PHOTOS_RECIPE, batch_size=16, lr=1e-3, warmup=50, freeze_decoder=True,
             decoder_init="checkpoints/imgtx-photos-dmol-small")),

@@ -23,7 +23,7 @@ from imgtx.likelihood import (
     scale_pixels,
 )
 from imgtx.neighbours import decoding_order
-from imgtx.resample import downscale_area
+from imgtx.resample import downscale_area, upscale_bicubic
 from imgtx.sr import SuperResolutionTransformer, get_config
 from imgtx.sr.anchor import StayNearAnchor
 from imgtx.sr.blockmean import (
@@ -31,6 +31,7 @@ from imgtx.sr.blockmean import (
     _dmol_draw_bounded,
     block_structure,
     block_sum_range,
+    project_to_block_means,
 )
 from imgtx.sr.model import make_low_res
 from imgtx.sr.upscale import upscale_batch
@@ -213,15 +214,56 @@ def test_temperature_zero_is_the_same_cached_recomputed_and_fixed_point(likeliho
     assert torch.equal(make_low_res(cached, model.config), low)
 
 
-def test_an_untrained_anchored_model_keeps_anchors_that_fit_the_input():
-    """A fresh anchored categorical model returns the anchors at temperature 0, moved only where
-    a block's anchors do not average to its input pixel."""
+def test_an_untrained_anchored_model_returns_its_anchors_which_fit_the_input():
+    """With block means the anchors are the bicubic upscale projected onto the input's block
+    means; a fresh anchored categorical model returns them exactly at temperature 0."""
     torch.manual_seed(0)
     model = SuperResolutionTransformer(get_config("tiny", anchor="bicubic", block_means=True))
     low = make_low_res(images(2, 16, seed=8), model.config)
     out = upscale_batch(model.eval(), low, temperature=0)
     anchors = model.anchors(low)
-    assert torch.equal(make_low_res(out, model.config), low)
-    kept = make_low_res(anchors, model.config) == low  # (B, 3, h, w) blocks that already fit
-    same = (out == anchors).view(2, 3, 4, 4, 4, 4).all(dim=5).all(dim=3)  # (B, 3, h, w)
-    assert torch.equal(same | ~kept, torch.ones_like(same)) and kept.any()
+    assert torch.equal(out, anchors) and torch.equal(make_low_res(anchors, model.config), low)
+    assert not torch.equal(anchors, upscale_bicubic(low, 4))
+
+
+def smooth_batch(batch: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, 4, 4, generator=g) * 255
+    fine = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear",
+                                           align_corners=False)
+    noise = torch.randn(batch, 3, size, size, generator=g) * 12
+    return (fine + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("scale,rounding", [(4, "nearest"), (2, "floor"), (3, "nearest")])
+def test_projection_downscales_exactly_and_moves_only_blocks_that_do_not_fit(scale, rounding):
+    x = images(6, 12 * scale // 2, seed=9)
+    low = images(6, 6, seed=10)
+    low[0], low[1, 0] = 0, 255  # saturated targets: pixels pinned at 0/255 while others move
+    out = project_to_block_means(x, low, scale, rounding)
+    assert torch.equal(downscale_area(out, scale, rounding), low)
+    fits = downscale_area(x, scale, rounding) == low
+    moved = (out != x).view(6, 3, 6, scale, 6, scale).any(dim=5).any(dim=3)
+    assert not (moved & fits).any() and moved.any()
+
+
+def test_projection_spreads_the_shift_evenly():
+    x = smooth_batch(4, 16, seed=11)
+    x = x.clamp(30, 220)  # away from 0/255: no pixel saturates
+    low = (downscale_area(x, 4).long() + torch.randint(-6, 7, (4, 3, 4, 4))).clamp(0, 255)
+    out = project_to_block_means(x, low.to(torch.uint8), 4)
+    shift = (out.long() - x.long()).view(4, 3, 4, 4, 4, 4).permute(0, 1, 2, 4, 3, 5)
+    spread = shift.flatten(-2).amax(-1) - shift.flatten(-2).amin(-1)
+    assert spread.max() <= 1
+
+
+def test_projected_bicubic_is_closer_to_the_truth_than_bicubic():
+    """The projection is onto a convex set holding the truth, so it is non-expansive."""
+    truth = smooth_batch(16, 32, seed=12)
+    low = downscale_area(truth, 4)
+    bicubic = upscale_bicubic(low, 4)
+    projected = project_to_block_means(bicubic, low, 4)
+    err = (bicubic.double() - truth.double()).pow(2).flatten(1).sum(1)
+    err_projected = (projected.double() - truth.double()).pow(2).flatten(1).sum(1)
+    assert err_projected.sum() < 0.97 * err.sum()
+    assert (err_projected <= err * 1.01 + 16).all()  # per image, up to integer rounding

@@ -8,11 +8,12 @@
    Without the checkpoint it says so and trains a ``tiny`` model at 32x32 for a few steps
    instead, so the demo still runs end to end (its figures then mean nothing).
 2. **Sampling.** ``--num-samples`` 32x32 images with the KV cache -> ``runs/demo/samples.png``.
-3. **Super-resolution.** If the ``sr`` package and ``checkpoints/sr-photos-8to32-small`` exist:
+3. **Super-resolution.** If the ``sr`` package and ``checkpoints/sr-corpus-8to32-dmol`` exist:
    a 64x64 face crop of scikit-image's ``astronaut`` (a held-out photo: builtin:photos' test
-   split), area-downscaled from the 256x256 original crop, upscaled 4x to 256x256 ->
-   ``runs/demo/sr_upscaled.png``, with ``sr_bicubic.png``, ``sr_input.png`` and
-   ``sr_original.png`` beside it and the PSNR of both against the original.
+   split), area-downscaled from the 256x256 original crop, upscaled 4x to 256x256 at the model's
+   default temperature (0) -> ``runs/demo/sr_upscaled.png``, with ``sr_bicubic.png``,
+   ``sr_input.png``, ``sr_original.png`` and ``sr_compare.png`` (bicubic | model | original)
+   beside it and the PSNR of both against the original.
 4. **A transformer GAN.** 64 samples of ``checkpoints/transgan-photos32-small`` (TransGAN trained
    on ``builtin:photos32``, EMA generator) -> ``runs/demo/gan_samples.png``.
 
@@ -41,12 +42,12 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
-from imgtx.images import read_image, save_grid, save_image  # noqa: E402
+from imgtx.images import make_grid, read_image, save_grid, save_image  # noqa: E402
 from imgtx.model import ImageTransformer  # noqa: E402
 from imgtx.sampling import sample  # noqa: E402
 
 CHECKPOINT = Path("checkpoints/imgtx-photos-dmol-small")
-SR_CHECKPOINT = Path("checkpoints/sr-photos-8to32-small")
+SR_CHECKPOINT = Path("checkpoints/sr-corpus-8to32-dmol")
 GAN_CHECKPOINT = Path("checkpoints/transgan-photos32-small")
 DATA = "builtin:photos32"
 # astronaut.png (512x512): the 256x256 square around the face, at (left, top).
@@ -131,12 +132,13 @@ def sr_section(out: Path, seed: int) -> dict:
     bicubic = upscale_bicubic(low_res[None], scale)[0]
     paths = {name: save_image(image, out / f"sr_{name}.png") for name, image in
              (("input", low_res), ("upscaled", upscaled), ("bicubic", bicubic),
-              ("original", original))}
+              ("original", original),
+              ("compare", make_grid(torch.stack([bicubic, upscaled, original]), columns=3)))}
     model_psnr = psnr(upscaled[None], original[None])
     bicubic_psnr = psnr(bicubic[None], original[None])
     size = low_res.shape[-1]
     say(f"   {size}x{size} -> {upscaled.shape[-1]}x{upscaled.shape[-2]} in {seconds:.1f} s; "
-        f"PSNR against the original: model {model_psnr:.2f} dB (a sample, temperature "
+        f"PSNR against the original: model {model_psnr:.2f} dB (temperature "
         f"{model.config.sampling_temperature}), bicubic {bicubic_psnr:.2f} dB")
     for name, path in paths.items():
         say(f"   {name:9} {path}")

@@ -18,10 +18,16 @@ match scripts/train_photos32_small.py.
     python scripts/train_sr_photos.py --data runs/photo_corpus --config photos-8to32-med \
         --init checkpoints/sr-corpus-8to32-small --minutes 70 --threads 1 --lr 3e-4 \
         --warmup 50 --out runs/sr-med --export ''
-    # the experimental DMOL decoder (not shipped): the photo model as a fixed decoder; only the
-    # encoder, cross-attention and anchor inputs train (docs/benchmarks.md)
+    # checkpoints/sr-corpus-8to32-dmol: the photo model as decoder, conditioned on the input's
+    # block means exactly, with no training step (training the rest did not beat it on held-out
+    # photos: docs/benchmarks.md)
+    python scripts/train_sr_photos.py --config corpus-8to32-dmol \
+        --decoder-init checkpoints/imgtx-photos-dmol-small --max-steps 0 \
+        --export checkpoints/sr-corpus-8to32-dmol
+    # ... and that training: the decoder fixed; only the encoder, cross-attention and anchor
+    # inputs train
     python scripts/train_sr_photos.py --data runs/photo_corpus --config corpus-8to32-dmol \
-        --decoder-init checkpoints/imgtx-photos-dmol-small --freeze-decoder --minutes 50 \
+        --decoder-init checkpoints/imgtx-photos-dmol-small --freeze-decoder --minutes 45 \
         --threads 1 --batch-size 16 --lr 1e-3 --warmup 50 --hflip --grey 0.25 \
         --out runs/sr-dmol --export ''
 
@@ -37,16 +43,35 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from imgtx.sr import SuperResolutionTransformer
 from imgtx.sr.configs import get_config
-from imgtx.sr.train import train
+from imgtx.sr.train import init_decoder_from, train
 from imgtx.training.checkpoints import export_run
 from imgtx.training.likelihood import TrainSettings
+
+
+def export_untrained(args: argparse.Namespace) -> None:
+    """``--max-steps 0``: save the model as training would start it - the decoder copied from
+    ``--decoder-init``, the rest freshly initialised (seed 0) - to ``--export``. For a DMOL
+    decoder that is exactly the unconditional model, conditioned only through the config's
+    ``block_means`` (how checkpoints/sr-corpus-8to32-dmol was made)."""
+    if not args.export or not args.decoder_init:
+        raise SystemExit("--max-steps 0 needs --decoder-init and --export")
+    torch.manual_seed(0)
+    model = SuperResolutionTransformer(get_config(args.config))
+    copied = init_decoder_from(model, args.decoder_init)
+    model.save_pretrained(args.export)
+    print(f"saved {args.export}: {copied} decoder tensors from {args.decoder_init}, no training")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=85.0)
-    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps; 0 exports the warm-started model "
+                             "untrained (needs --decoder-init and --export)")
     parser.add_argument("--out", default="runs/sr-photos-small")
     parser.add_argument("--export", default="checkpoints/sr-photos-8to32-small",
                         help="where to copy the final Hub-format model ('' to skip)")
@@ -78,6 +103,9 @@ def main() -> None:
                              "corpus-8to32-dmol (DMOL decoder: pass --decoder-init "
                              "checkpoints/imgtx-photos-dmol-small)")
     args = parser.parse_args()
+    if args.max_steps == 0:  # no training: the warm-started model as it starts
+        export_untrained(args)
+        return
     settings = TrainSettings(
         data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, schedule="noam", eval_every=150,

@@ -17,7 +17,8 @@ model did not manage within its training budget (docs/super_resolution.md).
 A DMOL decoder (``likelihood="dmol"``, :class:`AnchoredPixelDecoder`) takes the anchors of the
 3x3 pixels around each position as inputs instead (anchors of later pixels are known too); its
 means stay relative to its own predictor, and the network learns how far to trust the anchor.
-Experimental: the models trained so far hardly use their input (docs/benchmarks.md).
+The models trained so far hardly use this input (docs/benchmarks.md); the shipped one is
+conditioned through its block means (:mod:`imgtx.sr.blockmean`) and the anchors at temperature 0.
 
 Decoding at temperature 0 (:class:`StayNearAnchor`): plain argmax decoding drifts - once one
 subpixel leaves its anchor, the residual input tells the next position that the image is off, and
@@ -49,7 +50,7 @@ from imgtx.likelihood import (
 from imgtx.model import ImageTransformer
 from imgtx.neighbours import decoding_order, offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
-from imgtx.sr.blockmean import project_to_block_means
+from imgtx.sr.blockmean import back_project
 from imgtx.sr.configs import SuperResolutionConfig
 
 __all__ = ["AnchoredDecoder", "AnchoredPixelDecoder", "StayNearAnchor", "make_anchors",
@@ -62,14 +63,14 @@ def make_anchors(low_res: torch.Tensor, config: SuperResolutionConfig) -> torch.
     """The decoder's anchors for an input: its ``config.anchor`` upscale, ``(B, 3, h, w)`` ->
     ``(B, 3, H, W)`` uint8 on ``low_res``'s device, or None for ``anchor="none"``. Bicubic is
     PIL's, the same resampler as the ``bicubic_psnr`` baseline of ``imgtx sr eval``. With
-    ``config.block_means`` the upscale is then projected onto the input's block means
-    (:func:`imgtx.sr.blockmean.project_to_block_means`)."""
+    ``config.block_means`` the upscale is then back-projected onto the input's block means
+    (:func:`imgtx.sr.blockmean.back_project`)."""
     if config.anchor == "none":
         return None
     upscale = upscale_bicubic if config.anchor == "bicubic" else upscale_nearest
     anchors = upscale(low_res.to(torch.uint8).cpu(), config.scale).to(low_res.device)
     if config.block_means:  # anchors that downscale to the input, as every output then does
-        anchors = project_to_block_means(anchors, low_res, config.scale, config.area_rounding)
+        anchors = back_project(anchors, low_res, config.scale, config.area_rounding)
     return anchors
 
 

@@ -35,6 +35,7 @@ Shapes: B batch, N model positions (subpixels, or pixels for DMOL), A = s * s.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from imgtx.configs import ImageTransformerConfig
 from imgtx.likelihood import (
@@ -47,7 +48,7 @@ from imgtx.likelihood import (
 from imgtx.neighbours import decoding_order
 from imgtx.sampling import draw
 
-__all__ = ["block_sum_range", "block_structure", "project_to_block_means",
+__all__ = ["block_sum_range", "block_structure", "project_to_block_means", "back_project",
            "BlockMeanConstraint"]
 
 VALUES = torch.arange(256)
@@ -118,7 +119,7 @@ def project_to_block_means(images: torch.Tensor, low_res: torch.Tensor, scale: i
     sum slabs within the 0..255 box) that holds the true image, so it is never farther from the
     truth than ``images`` is (projections onto convex sets are non-expansive). Made of the
     bicubic upscale it is the classic back-projection step of super-resolution (Irani & Peleg
-    1991) and a better anchor: see docs/super_resolution.md."""
+    1991); :func:`back_project` spreads the correction more smoothly first."""
     b, c, height, width = images.shape
     area = scale * scale
     order = _dither_order(scale).to(images.device)
@@ -140,6 +141,28 @@ def project_to_block_means(images: torch.Tensor, low_res: torch.Tensor, scale: i
     blocks = blocks[..., torch.argsort(order)].view(b, height // scale, width // scale, c,
                                                     scale, scale)
     return blocks.permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width).to(torch.uint8)
+
+
+def back_project(images: torch.Tensor, low_res: torch.Tensor, scale: int,
+                 rounding: str = "nearest", iterations: int = 2) -> torch.Tensor:
+    """Iterative back-projection (Irani & Peleg 1991): ``iterations`` times add the bicubic
+    upscale of the input's residual ``low_res - area_downscale(x)``, then round and
+    :func:`project_to_block_means`, so the result downscales exactly to ``low_res``.
+    ``(B, 3, H, W)``, ``(B, 3, H/s, W/s)`` uint8 -> ``(B, 3, H, W)`` uint8.
+
+    The anchors of block-means models (:func:`imgtx.sr.anchor.make_anchors`). The bicubic
+    back-projection kernel spreads each block's correction smoothly over its neighbours, where
+    the projection alone shifts the block evenly (visible 4x4 steps). Two iterations from the
+    bicubic upscale: +0.51 / +0.37 / +0.58 dB mean PSNR over bicubic on held-out native crops,
+    scene crops and ``builtin:photos32`` test, against +0.29 / +0.28 / +0.35 for the projection
+    alone (docs/benchmarks.md)."""
+    x = images.float()
+    target = low_res.float()
+    for _ in range(iterations):
+        residual = target - F.avg_pool2d(x, scale)
+        x = x + F.interpolate(residual, scale_factor=scale, mode="bicubic", align_corners=False)
+    rounded = x.round().clamp(0, 255).to(torch.uint8)
+    return project_to_block_means(rounded, low_res, scale, rounding)
 
 
 class BlockMeanConstraint:

@@ -178,3 +178,41 @@ def test_the_shipped_photo_model_reads_its_neighbours_and_keeps_its_likelihood()
                              generator=torch.Generator().manual_seed(0))
     # the outputs seen while decoding with the cache are the whole model's on the finished sample
     assert (outputs - model.to_sequence(model(images))).abs().max().item() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def block_means_model():
+    path = ROOT / "checkpoints" / "sr-corpus-8to32-dmol"
+    return SuperResolutionTransformer.from_pretrained(path).eval()
+
+
+@torch.no_grad()
+def test_the_block_means_model_is_the_photo_model_conditioned_exactly(block_means_model,
+                                                                      targets):
+    """checkpoints/sr-corpus-8to32-dmol: without its block means it is exactly the photo model
+    (no training step); with them, below it on every image."""
+    model = block_means_model
+    photo = ImageTransformer.from_pretrained(ROOT / "checkpoints" / "imgtx-photos-dmol-small")
+    low_res = make_low_res(targets, model.config)
+    unconditional = photo.eval().bits_per_dim(targets)
+    conditional = model.bits_per_dim(low_res, targets)
+    model.config.block_means = False
+    try:
+        unrestricted = model.bits_per_dim(low_res, targets)
+    finally:
+        model.config.block_means = True
+    assert torch.allclose(unrestricted, unconditional, atol=1e-5)
+    assert (conditional < unconditional - 1e-3).all()
+
+
+@pytest.mark.slow
+def test_the_block_means_model_beats_bicubic_at_temperature_0(block_means_model, targets):
+    """Its greedy upscale (fixed-point passes from the back-projected anchors) is the one-pixel-
+    at-a-time result, downscales exactly to the input and beats bicubic's PSNR."""
+    model = block_means_model
+    low_res = make_low_res(targets, model.config)
+    fast = upscale_batch(model, low_res, temperature=0)
+    assert torch.equal(make_low_res(fast, model.config), low_res)
+    assert psnr(fast, targets) > psnr(upscale_bicubic(low_res, 4), targets) + 0.1
+    slow = upscale_batch(model, low_res[:2], temperature=0, fixed_point=False)
+    assert torch.equal(fast[:2], slow)

@@ -29,6 +29,7 @@ from imgtx.sr.anchor import StayNearAnchor
 from imgtx.sr.blockmean import (
     BlockMeanConstraint,
     _dmol_draw_bounded,
+    back_project,
     block_structure,
     block_sum_range,
     project_to_block_means,
@@ -267,3 +268,15 @@ def test_projected_bicubic_is_closer_to_the_truth_than_bicubic():
     err_projected = (projected.double() - truth.double()).pow(2).flatten(1).sum(1)
     assert err_projected.sum() < 0.97 * err.sum()
     assert (err_projected <= err * 1.01 + 16).all()  # per image, up to integer rounding
+
+
+def test_back_projection_downscales_exactly_and_beats_bicubic():
+    truth = smooth_batch(16, 32, seed=13)
+    low = downscale_area(truth, 4)
+    bicubic = upscale_bicubic(low, 4)
+    out = back_project(bicubic, low, 4)
+    assert torch.equal(downscale_area(out, 4), low)
+    err = (bicubic.double() - truth.double()).pow(2).sum()
+    err_projected = (project_to_block_means(bicubic, low, 4).double() - truth.double()).pow(2).sum()
+    err_back = (out.double() - truth.double()).pow(2).sum()
+    assert err_back < err_projected < err

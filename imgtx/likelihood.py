@@ -250,6 +250,19 @@ def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) ->
     )
 
 
+def standardized_interval_edges(lo: Tensor, hi: Tensor, mean: Tensor,
+                                log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The outer bin edges of the values ``lo..hi`` (integers 0..255) in a logistic's standard
+    units, ``(edge - mean) / scale``: ``(lower, upper)``, with -inf / +inf at the open-ended
+    edge bins of 0 and 255 (as in :func:`discretized_logistic_log_prob`)."""
+    inv_scale = torch.exp(-log_scale)
+    upper = torch.where(hi >= NUM_VALUES - 1, torch.inf,
+                        inv_scale * (scale_pixels(hi, mean.dtype) + HALF_BIN - mean))
+    lower = torch.where(lo <= 0, -torch.inf,
+                        inv_scale * (scale_pixels(lo, mean.dtype) - HALF_BIN - mean))
+    return lower, upper
+
+
 def discretized_logistic_log_mass(lo: Tensor, hi: Tensor, mean: Tensor, log_scale: Tensor,
                                   exact_width: int = 16) -> Tensor:
     """Log-probability that a discretized logistic takes a value in ``lo..hi`` (integers 0..255,
@@ -260,11 +273,7 @@ def discretized_logistic_log_mass(lo: Tensor, hi: Tensor, mean: Tensor, log_scal
     tiny-bin substitution applies (intervals far in a tail). Wider ones take the logistic's mass
     between the interval's outer bin edges (edge bins of 0 and 255 open-ended), which ignores
     that substitution (below 1e-5 per bin)."""
-    inv_scale = torch.exp(-log_scale)
-    upper = torch.where(hi >= NUM_VALUES - 1, torch.inf,
-                        inv_scale * (scale_pixels(hi, mean.dtype) + HALF_BIN - mean))
-    lower = torch.where(lo <= 0, -torch.inf,
-                        inv_scale * (scale_pixels(lo, mean.dtype) - HALF_BIN - mean))
+    lower, upper = standardized_interval_edges(lo, hi, mean, log_scale)
     # mass = sigmoid(upper) - sigmoid(lower); right of the mean use sigmoid(-lower) -
     # sigmoid(-upper) instead, so that both terms are small (no cancellation near 1).
     right = lower > 0

@@ -1,6 +1,7 @@
-"""Time a 4x upscale of a 256x256 photo (to 1024x1024) with the shipped SR checkpoint.
+"""Time a 4x upscale of a 256x256 photo (to 1024x1024) with a shipped SR checkpoint.
 
-    python scripts/bench_sr_upscale.py --model checkpoints/sr-photos-8to32-small --json
+    python scripts/bench_sr_upscale.py --threads 2 --json   # sr-corpus-8to32-dmol, temperature 0
+    python scripts/bench_sr_upscale.py --model checkpoints/sr-photos-8to32-small --json  # 0.5
     python scripts/bench_sr_upscale.py --size 64 --plain-step --json   # short; the unfused step
     python scripts/bench_sr_upscale.py --temperature 0 --threads 2 --json  # fixed-point passes
     python scripts/bench_sr_upscale.py --temperature 0 --sequential --json # subpixel by subpixel
@@ -28,7 +29,7 @@ from imgtx.sr.upscale import upscale_image
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="checkpoints/sr-photos-8to32-small")
+    parser.add_argument("--model", default="checkpoints/sr-corpus-8to32-dmol")
     parser.add_argument("--size", type=int, default=256, help="input side in pixels")
     parser.add_argument("--batch-size", type=int, default=128, help="tiles decoded together")
     parser.add_argument("--temperature", type=float, default=None)

@@ -40,12 +40,12 @@ from torch import nn
 
 from imgtx.configs import ImageTransformerConfig
 from imgtx.likelihood import (
-    HALF_BIN,
     discretized_logistic_log_mass,
     discretized_logistic_log_prob,
     dmol_conditional_means,
     dmol_split_params,
     scale_pixels,
+    standardized_interval_edges,
 )
 from imgtx.model import ImageTransformer
 from imgtx.neighbours import decoding_order, offset_logits
@@ -181,11 +181,7 @@ def _truncated_median_bin(mean: torch.Tensor, log_scale: torch.Tensor, lo: torch
     """The bin (0..255, inside ``lo..hi``) of the median of a logistic truncated to the bins
     ``lo..hi`` (edge bins open-ended): ``mean + scale * logit((F(lower) + F(upper)) / 2)``,
     with F the logistic's CDF at the interval's outer bin edges."""
-    inv_scale = torch.exp(-log_scale)
-    upper = torch.where(hi >= 255, torch.inf,
-                        inv_scale * (scale_pixels(hi, mean.dtype) + HALF_BIN - mean))
-    lower = torch.where(lo <= 0, -torch.inf,
-                        inv_scale * (scale_pixels(lo, mean.dtype) - HALF_BIN - mean))
+    lower, upper = standardized_interval_edges(lo, hi, mean, log_scale)
     # Mirror an interval right of the mean to its left, where the CDF values are small and exact.
     flip = lower > 0
     lower, upper = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)

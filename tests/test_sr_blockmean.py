@@ -35,7 +35,7 @@ from imgtx.sr.blockmean import (
     project_to_block_means,
 )
 from imgtx.sr.model import make_low_res
-from imgtx.sr.upscale import upscale_batch
+from imgtx.sr.upscale import upscale_batch, upscale_image
 
 torch.set_num_threads(1)
 
@@ -280,3 +280,12 @@ def test_back_projection_downscales_exactly_and_beats_bicubic():
     err_projected = (project_to_block_means(bicubic, low, 4).double() - truth.double()).pow(2).sum()
     err_back = (out.double() - truth.double()).pow(2).sum()
     assert err_back < err_projected < err
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_a_tiled_upscale_of_any_size_downscales_exactly_to_the_image(temperature):
+    model = model_with("dmol", seed=14)
+    image = images(1, 16, seed=15)[0, :, :10, :7].contiguous()  # 10x7: padded to 3x2 tiles
+    out = upscale_image(model, image, temperature=temperature, seed=0)
+    assert out.shape == (3, 40, 28)
+    assert torch.equal(downscale_area(out[None], 4)[0], image)

@@ -21,7 +21,7 @@ Nothing is downloaded: the Hub and datasets are switched to offline mode before 
 and every image comes from files bundled with scikit-image. The last line on stdout is a JSON
 summary.
 
-    python scripts/demo.py                 # ~2 min on 2 CPU cores with the checkpoints
+    python scripts/demo.py                 # ~15 s on 2 CPU cores with the checkpoints
 """
 
 from __future__ import annotations

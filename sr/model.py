@@ -11,6 +11,9 @@
   then an :class:`imgtx.sr.anchor.AnchoredDecoder`: a fixed upscale of the input (PIL bicubic, or
   nearest) is each output subpixel's anchor, an input embedding and a second output table over
   ``value - anchor``; see :mod:`imgtx.sr.anchor`.
+* **Block means** (``config.block_means``; an imgtx extension). Every output value's distribution
+  is truncated to the values that keep its block's mean equal to the input pixel, an exact
+  conditional likelihood never above the unrestricted one; see :mod:`imgtx.sr.blockmean`.
 
 Shapes: B batch, h/w input rows/cols, H/W output rows/cols, Nin = 3hw, N = 3HW, D model width.
 """

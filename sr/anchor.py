@@ -145,9 +145,11 @@ class StayNearAnchor:
         if self.min_prob < 0.5:
             raise ValueError(f"a DMOL model's StayNearAnchor needs min_prob >= 0.5, got "
                              f"{self.min_prob}")
-        if lo is None:
+        bounded = lo is not None
+        if bounded:
+            anchors = torch.minimum(torch.maximum(anchors, lo), hi)
+        else:
             lo, hi = torch.zeros_like(anchors), torch.full_like(anchors, 255)
-        anchors = torch.minimum(torch.maximum(anchors, lo), hi)
         p = dmol_split_params(params)  # means/log_scales/coeffs (M, K, 3)
         log_weights = torch.log_softmax(p.logits, dim=-1)  # (M, K)
         chosen = []
@@ -160,10 +162,12 @@ class StayNearAnchor:
             log_probs = discretized_logistic_log_prob(  # (M, K, K + 1)
                 scale_pixels(candidates, mean.dtype)[:, None, :], mean[..., None],
                 log_scale[..., None])
-            log_mass = torch.logsumexp(  # (M, 1): the mixture's mass on lo..hi
-                log_weights + discretized_logistic_log_mass(low, high, mean, log_scale), dim=1,
-                keepdim=True)
-            probs = (torch.logsumexp(log_weights[..., None] + log_probs, dim=1) - log_mass).exp()
+            log_probs_mixture = torch.logsumexp(log_weights[..., None] + log_probs, dim=1)
+            if bounded:  # renormalise by the mixture's mass on lo..hi
+                log_probs_mixture = log_probs_mixture - torch.logsumexp(
+                    log_weights + discretized_logistic_log_mass(low, high, mean, log_scale),
+                    dim=1, keepdim=True)
+            probs = log_probs_mixture.exp()  # (M, K + 1)
             best_prob, best = probs.max(dim=-1)
             value = torch.where(self.leaves(best_prob, probs[:, 0]),
                                 candidates.gather(1, best[:, None])[:, 0], anchors[:, c])

@@ -193,11 +193,13 @@ class BlockMeanConstraint:
         """``(lo, hi)`` of ``positions`` given the model-order values decoded before them,
         ``values`` ``(B, N)`` or ``(B, N, 3)`` long (later entries are not read), for the batch
         ``rows`` of the inputs (None: all): each ``(B, n)`` or ``(B, n, 3)`` long."""
-        padded = torch.cat([values, values[:, :1] * 0], dim=1)  # slot N is zero
-        prefix = padded[:, self.earlier[positions]].sum(dim=2)  # (B, n[, 3])
+        index = self.earlier[positions]  # (n, A), N where a slot is empty
+        n = values.shape[1]
+        valid = index < n
         later = self.later[positions]
         if self.dmol:
-            later = later[..., None]
+            valid, later = valid[..., None], later[..., None]
+        prefix = (values[:, index.clamp(max=n - 1)] * valid).sum(dim=2)  # (B, n[, 3])
         sum_lo, sum_hi = self.sum_lo, self.sum_hi
         if rows is not None:
             sum_lo, sum_hi = sum_lo[rows], sum_hi[rows]
@@ -228,9 +230,7 @@ class BlockMeanConstraint:
             part = _dmol_log_mass(out, values[index], lo, hi).sum(dim=-1)  # (M,)
         else:
             logs = torch.log_softmax(out.float(), dim=-1)  # (M, 256)
-            values_ = VALUES.to(logs.device)
-            outside = (values_ < lo[:, None]) | (values_ > hi[:, None])
-            part = torch.logsumexp(logs.masked_fill(outside, -torch.inf), dim=-1)
+            part = torch.logsumexp(logs.masked_fill(_outside(lo, hi), -torch.inf), dim=-1)
         mass = mass.to(part.dtype)
         mass[index] = part
         return mass
@@ -247,9 +247,7 @@ class BlockMeanConstraint:
         anchor clamped into the interval."""
         rule = rule if temperature == 0 else None
         if not self.dmol:
-            values = VALUES.to(lo.device)
-            outside = (values < lo[:, None]) | (values > hi[:, None])
-            masked = outputs.float().masked_fill(outside, -torch.inf)
+            masked = outputs.float().masked_fill(_outside(lo, hi), -torch.inf)
             if rule is None:
                 return draw(masked, "cat", temperature, generator)
             return rule(masked, torch.minimum(torch.maximum(side, lo), hi))
@@ -262,6 +260,12 @@ class BlockMeanConstraint:
             chosen[bound] = _dmol_draw_bounded(outputs[bound], lo[bound], hi[bound],
                                                temperature, generator)
         return chosen
+
+
+def _outside(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(M, 256)`` True at the values outside each row's ``lo..hi`` (bounds ``(M,)``)."""
+    values = VALUES.to(lo.device)
+    return (values < lo[:, None]) | (values > hi[:, None])
 
 
 def _dmol_log_mass(params: torch.Tensor, pixels: torch.Tensor, lo: torch.Tensor,
@@ -284,8 +288,7 @@ def _dmol_draw_bounded(params: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     """Channel by channel from the truncated DMOL pmf raised to ``1 / temperature`` (0: its most
     likely value): ``(M, 10K)``, bounds ``(M, 3)`` -> ``(M, 3)`` long."""
     p = dmol_split_params(params)
-    values = VALUES.to(params.device)
-    grid = scale_pixels(values, p.means.dtype)
+    grid = scale_pixels(VALUES.to(params.device), p.means.dtype)
     log_weights = torch.log_softmax(p.logits, dim=-1)  # (M, K)
     scaled = torch.zeros(len(params), 3, dtype=p.means.dtype, device=params.device)
     chosen = torch.empty_like(lo)
@@ -294,8 +297,7 @@ def _dmol_draw_bounded(params: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
         per_value = discretized_logistic_log_prob(grid, mean[..., None],
                                                   p.log_scales[..., c, None])  # (M, K, 256)
         logs = torch.logsumexp(log_weights[..., None] + per_value, dim=1)  # (M, 256)
-        outside = (values < lo[:, c, None]) | (values > hi[:, c, None])
-        logs = logs.masked_fill(outside, -torch.inf)
+        logs = logs.masked_fill(_outside(lo[:, c], hi[:, c]), -torch.inf)
         if temperature > 0:
             probs = torch.softmax(logs / temperature, dim=-1)
             value = torch.multinomial(probs, 1, generator=generator)[:, 0]

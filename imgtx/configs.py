@@ -8,9 +8,10 @@ training settings suggested for ``small`` are the recipe of the shipped checkpoi
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
+
+from imgtx.registry import RegistryEntry, lookup
 
 __all__ = ["ImageTransformerConfig", "CONFIGS", "get_config", "config_names", "RegistryEntry",
            "lookup"]
@@ -89,24 +90,6 @@ class ImageTransformerConfig:
     def sequence_length(self) -> int:
         rows, cols = self.sequence_grid
         return rows * cols
-
-
-@dataclass
-class RegistryEntry:
-    """One named configuration of a registry (this module's and ``imgtx.sr.configs``'s)."""
-
-    config: Any  # ImageTransformerConfig | imgtx.sr.SuperResolutionConfig
-    source: str
-    note: str = ""
-    train: dict = field(default_factory=dict)  # suggested training settings
-
-
-def lookup(registry: dict[str, RegistryEntry], name: str, what: str = "config", **overrides):
-    """A fresh copy of ``registry[name].config`` with field overrides; a ``KeyError`` naming the
-    known entries otherwise (``what`` names the kind of config in that message)."""
-    if name not in registry:
-        raise KeyError(f"unknown {what} {name!r}; known: {', '.join(registry)}")
-    return dataclasses.replace(registry[name].config, **overrides)
 
 
 def _cfg(**kwargs) -> ImageTransformerConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imgtx.configs import RegistryEntry, lookup
+from imgtx.registry import RegistryEntry, lookup
 from imgtx.errors import UserError
 from imgtx.gan.diffaugment import check_policy
 

@@ -41,7 +41,7 @@ from imgtx.gan.conditioning import (
     adanorm_layer_kwargs,
     check_labels,
 )
-from imgtx.gan.configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
+from imgtx.gan.transgan_configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
 from imgtx.gan.diffaugment import AugmentedInput
 from imgtx.hub import HubModel
 from imgtx.transformer import PixelNorm

@@ -2,8 +2,9 @@
 
 The paper settings come from VITA-Group/TransGAN at commit 6b85440 (Jiang, Chang, Wang,
 NeurIPS 2021, arXiv 2102.07074): the launch scripts ``exps/*_train.py`` give the command-line
-arguments, ``models_search/*.py`` the layer structure. Each entry names its files. STrans entries
-(``imgtx.gan.strans_configs``) join the same registry, so ``gan_entry(name)`` finds both.
+arguments, ``models_search/*.py`` the layer structure, ``functions.py::train`` the loop. Each
+entry names its files. :mod:`imgtx.gan.configs` joins these entries with STrans's
+(``imgtx.gan.strans_configs``) into the one GAN registry.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from imgtx.configs import RegistryEntry, lookup
+from imgtx.registry import RegistryEntry, lookup
 from imgtx.errors import UserError
 
 __all__ = ["TransGANGeneratorConfig", "TransGANDiscriminatorConfig", "TransGANEntry",
-           "TRANSGAN_CONFIGS", "GAN_CONFIGS", "gan_entry", "gan_config_names",
-           "get_transgan_config", "UPSAMPLE_MODES", "NORMS"]
+           "TRANSGAN_CONFIGS", "get_transgan_config", "UPSAMPLE_MODES", "NORMS"]
 
 UPSAMPLE_MODES = ("pixel_shuffle", "bicubic", "updown_pixel_shuffle")
 NORMS = ("ln", "pn")  # LayerNorm | PixelNorm ("modified normalisation")
@@ -176,9 +176,21 @@ class TransGANEntry(RegistryEntry):
 G, D = TransGANGeneratorConfig, TransGANDiscriminatorConfig
 _REPO = "VITA-Group/TransGAN@6b85440"
 _PS, _BI, _UD = "pixel_shuffle", "bicubic", "updown_pixel_shuffle"
-# Training settings shared by the paper configs (exps/*_train.py): Adam(1e-4, (0, 0.99)), WGAN-GP
-# with drift ("wgangp-eps", phi 1), gradient-norm clipping at 5 (functions.py).
+# Training settings shared by the paper configs (exps/*_train.py): Adam(1e-4, (0, 0.99)) (the
+# scripts' --wd 1e-3 is read only by --optimizer adamw), WGAN-GP with drift ("wgangp-eps", phi 1),
+# gradient-norm clipping at 5 (functions.py::train). Every key is a GANTrainSettings field:
+# - batch_size: D's real images per process and micro-batch. The scripts' -dis_bs is global
+#   (train_derived.py divides it by the GPUs), so on one process batch_size = dis_bs.
+# - grad_accum: --accumulated_times (D micro-batches per D step, its loss divided by their count).
+# - g_batch_size: G's fresh latents per G step over all processes and micro-batches:
+#   -gen_bs x --g_accumulated_times (functions.py draws g_accumulated_times batches of
+#   gen_batch_size latents per G step and divides G's loss by that count).
+# - ema_kimg, ema_warmup: with --ema_warmup > 0, beta = 0.5 ** (dis_bs / min(ema_kimg * 1000,
+#   ema_warmup * images seen)) once per G step; with --ema_warmup 0 the fixed --ema is beta
+#   (ema_decay here).
 _TRAIN = {"loss": "wgan-gp", "lr": 1e-4, "betas": (0.0, 0.99), "clip_grad_norm": 5.0}
+# The 256^2 scripts: a fixed EMA decay per G step (--ema 0.995, --ema_warmup left at 0).
+_FIXED_EMA = {"ema_decay": 0.995, "ema_kimg": None, "ema_warmup": None}
 
 TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
     # exps/cifar_train.py: --gen_model ViT_custom_rp --dis_model ViT_custom_scale2_rp_noise
@@ -189,6 +201,8 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         G(), f"{_REPO} exps/cifar_train.py; models_search/ViT_custom_rp.py (G), "
              "ViT_custom_scale2_rp_noise.py (D)",
         discriminator=D(),
+        # -gen_bs 128 -dis_bs 64 --n_critic 4 --ema_kimg 500 --ema_warmup 0.1 (its --ema 0.9999
+        # is unused: ema_warmup > 0).
         train={**_TRAIN, "batch_size": 64, "g_batch_size": 128, "n_critic": 4, "ema_kimg": 500,
                "ema_warmup": 0.1}),
     # exps/stl_train.py: same models, 48^2, --bottom_width 12 --latent_dim 512 --g_depth 7,5,3
@@ -199,6 +213,7 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         f"{_REPO} exps/stl_train.py; models_search/ViT_custom_rp.py (G), "
         "ViT_custom_scale2_rp_noise.py (D)",
         discriminator=D(image_size=48, norm="pn", diffaug="translation,stl_erase_ratio,color"),
+        # -gen_bs 64 -dis_bs 32 --n_critic 5 --ema_kimg 500 --ema_warmup 0.05.
         train={**_TRAIN, "batch_size": 32, "g_batch_size": 64, "n_critic": 5, "ema_kimg": 500,
                "ema_warmup": 0.05}),
     # exps/celeba_hq_256_train.py: --gen_model Celeba256_gen --dis_model Celeba256_dis
@@ -218,8 +233,10 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
                         depths=((3,), (2, 1), (4,)), windows=((4,), (4, 0), (0,)),
                         overlap_first=True, relative_bias=False, noise=False,
                         diffaug="translation,erase_ratio,color,hue"),
-        train={**_TRAIN, "batch_size": 16, "g_batch_size": 32, "n_critic": 4,
-               "accumulate": 4, "ema": 0.995}),
+        # -gen_bs 32 -dis_bs 16 --accumulated_times 4 --g_accumulated_times 4 --n_critic 4
+        # --ema 0.995: D steps on 16 x 4 = 64 images, G on 32 x 4 = 128 latents.
+        train={**_TRAIN, "batch_size": 16, "grad_accum": 4, "g_batch_size": 128,
+               "n_critic": 4, **_FIXED_EMA}),
     # exps/church_256_train.py: --gen_model ViT_custom_local544444_256_rp_noise --dis_model
     # ViT_scale3_local_new_rp --g_depth 5,4,4,4,4,4 --g_window_size 16 --d_window_size 16
     # --patch_size 4 --g_norm pn --diff_aug translation,erase_ratio,color.
@@ -232,8 +249,10 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         discriminator=D(image_size=256, patch_size=4, embed_dims=(288, 48, 48),
                         depths=((2, 1), (3,), (4,)), windows=((16, 0), (0,), (0,)),
                         noise=False, diffaug="translation,erase_ratio,color"),
-        train={**_TRAIN, "batch_size": 16, "g_batch_size": 16, "n_critic": 4,
-               "accumulate": 4, "ema": 0.995}),
+        # -gen_bs 16 -dis_bs 16 --accumulated_times 4 --g_accumulated_times 8 --n_critic 4
+        # --ema 0.995: D steps on 16 x 4 = 64 images, G on 16 x 8 = 128 latents.
+        train={**_TRAIN, "batch_size": 16, "grad_accum": 4, "g_batch_size": 128,
+               "n_critic": 4, **_FIXED_EMA}),
     # Test-sized: a 32^2 step runs in well under a second on one CPU core; the last stage uses
     # 16x16 windows so the window path is exercised.
     "transgan-tiny": TransGANEntry(
@@ -253,25 +272,6 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
                "ema_warmup": 0.05}),
 }
 del G, D
-
-GAN_CONFIGS: dict[str, RegistryEntry] = dict(TRANSGAN_CONFIGS)
-try:  # STrans-G/D (imgtx.gan.strans_configs) share the registry when installed
-    from imgtx.gan.strans_configs import STRANS_CONFIGS
-except ImportError:  # pragma: no cover - only while that module is absent
-    STRANS_CONFIGS = {}
-GAN_CONFIGS.update(STRANS_CONFIGS)
-
-
-def gan_config_names() -> list[str]:
-    return list(GAN_CONFIGS)
-
-
-def gan_entry(name: str) -> RegistryEntry:
-    """The registry entry of a named GAN (TransGAN or STrans); a UserError naming the known
-    ones otherwise."""
-    if name not in GAN_CONFIGS:
-        raise UserError(f"unknown GAN config {name!r}; known: {', '.join(GAN_CONFIGS)}")
-    return GAN_CONFIGS[name]
 
 
 def get_transgan_config(name: str, **overrides) -> TransGANGeneratorConfig:

@@ -151,7 +151,7 @@ class STransGenerator(HubModel):
     model_card_description = ("STrans-G generator (Xu et al. 2021, arXiv 2110.13107): global "
                               "attention at low resolution, Swin blocks at high resolution.")
 
-    def __init__(self, config: STransGeneratorConfig) -> None:
+    def __init__(self, config: STransGeneratorConfig, backend: str = "auto") -> None:
         super().__init__(config)
         c = config
         self.condition = ClassCondition(c.num_classes, c.class_embed_dim, c.latent_dim,
@@ -170,7 +170,7 @@ class STransGenerator(HubModel):
         for grid, dim, depth, heads in zip(c.grids, c.dims, c.depths, c.heads):
             window = c.window if grid >= c.swin_from else grid  # global below swin_from
             self.stages.append(swin_stage(dim, heads, grid, window, depth, int(dim * c.mlp_ratio),
-                                          activation="gelu", backend=c.backend, **layer_kwargs))
+                                          activation="gelu", backend=backend, **layer_kwargs))
         self.upsamples = nn.ModuleList(Upsample(c.dims[i], c.dims[i + 1], c.grids[i], c.upsample)
                                        for i in range(len(c.dims) - 1))
         self.to_rgb = nn.Linear(c.dims[-1], 3)
@@ -212,7 +212,7 @@ class STransDiscriminator(AugmentedInput, HubModel):
     model_card_description = ("STrans-D discriminator (Xu et al. 2021, arXiv 2110.13107): conv "
                               "stem, Swin stages with skip projections, critic head.")
 
-    def __init__(self, config: STransDiscriminatorConfig) -> None:
+    def __init__(self, config: STransDiscriminatorConfig, backend: str = "auto") -> None:
         super().__init__(config)
         c = config
         if c.stem_stride == 1:
@@ -221,7 +221,7 @@ class STransDiscriminator(AugmentedInput, HubModel):
             conv = nn.Conv2d(3, c.dims[0], kernel_size=4, stride=2, padding=1)
         self.stem = nn.Sequential(conv, nn.LeakyReLU(0.2))
         layer_kwargs = dict(
-            activation="gelu", residual=c.residual, backend=c.backend,
+            activation="gelu", residual=c.residual, backend=backend,
             branch_activation=None if c.branch_activation == "none" else c.branch_activation)
         self.stages = nn.ModuleList(
             swin_stage(dim, heads, grid, c.window, depth, int(dim * c.mlp_ratio), **layer_kwargs)

@@ -13,10 +13,11 @@ widths, windows and head counts are *our* choices; where the paper's plot labels
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from imgtx.registry import RegistryEntry, lookup
 from imgtx.errors import UserError
 from imgtx.gan.diffaugment import check_policy
+from imgtx.registry import RegistryEntry, lookup
 
 __all__ = ["STransGeneratorConfig", "STransDiscriminatorConfig", "STransEntry", "STRANS_CONFIGS",
            "get_strans_config"]
@@ -27,8 +28,12 @@ class STransGeneratorConfig:
     """Hyperparameters of :class:`imgtx.gan.strans.STransGenerator` (saved as config.json).
 
     Stage ``i`` works on a ``bottom * 2**i`` square token grid at width ``dims[i]`` with
-    ``depths[i]`` blocks; the last stage's grid is the image.
+    ``depths[i]`` blocks; the last stage's grid is the image. The attention backend is a
+    run-time choice (``STransGenerator(config, backend=...)``), not a config field.
     """
+
+    #: Keys older config.json files hold that no longer change the model; loaders drop them.
+    IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
 
     image_size: int = 32  # output side in pixels (= last stage's grid side)
     latent_dim: int = 128  # z ~ N(0, I) width
@@ -47,7 +52,6 @@ class STransGeneratorConfig:
     adanorm: str = "trunk"  # AdaNorm-T placement: "branch" (a) | "trunk" (b) | "both" (c)
     label_input: bool = False  # conditional: the input MLP reads c (class embedding and z), not z
     checkpoint_blocks: bool = False  # activation checkpointing per block (training memory)
-    backend: str = "auto"  # attention backend, see imgtx.attention
 
     def __post_init__(self) -> None:
         self.dims, self.depths, self.heads = tuple(self.dims), tuple(self.depths), tuple(self.heads)
@@ -80,8 +84,12 @@ class STransDiscriminatorConfig:
 
     A convolutional stem maps the image to a ``image_size / stem_stride`` grid at width
     ``dims[0]``; stage ``i`` runs ``depths[i]`` Swin blocks at width ``dims[i]``, then downsamples
-    x2 to width ``dims[i+1]``; the critic head reads the last grid at width ``dims[-1]``.
+    x2 to width ``dims[i+1]``; the critic head reads the last grid at width ``dims[-1]``. The
+    attention backend is a run-time choice (``STransDiscriminator(config, backend=...)``).
     """
+
+    #: Keys older config.json files hold that no longer change the model; loaders drop them.
+    IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
 
     image_size: int = 32  # input side in pixels
     num_classes: int = 0  # > 0: projection discriminator (Miyato & Koyama 2018)
@@ -97,7 +105,6 @@ class STransDiscriminatorConfig:
     branch_activation: str = "leaky_relu"  # after each sub-layer: "leaky_relu" | "none"
     diffaug: str = "translation,cutout,color"  # DiffAugment policy applied inside forward
     checkpoint_blocks: bool = False  # activation checkpointing per block
-    backend: str = "auto"  # attention backend, see imgtx.attention
 
     def __post_init__(self) -> None:
         self.dims, self.depths, self.heads = tuple(self.dims), tuple(self.depths), tuple(self.heads)

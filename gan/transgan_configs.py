@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from imgtx.registry import RegistryEntry, lookup
 from imgtx.errors import UserError
+from imgtx.registry import RegistryEntry, lookup
 
 __all__ = ["TransGANGeneratorConfig", "TransGANDiscriminatorConfig", "TransGANEntry",
            "TRANSGAN_CONFIGS", "get_transgan_config", "UPSAMPLE_MODES", "NORMS"]

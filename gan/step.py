@@ -1,11 +1,18 @@
-"""One GAN training step on the shared run: a D step on every batch, a G step every
-``n_critic``-th run step.
+"""One GAN training step on the shared run, in the order of TransGAN's training loop.
 
 :class:`GANStep` is the ``step(run, batch)`` that :meth:`imgtx.training.Run.fit` calls once per
-micro-batch, inside one ``accelerator.accumulate(G, D)``. Both networks' gradients accumulate over
-the same micro-batches, so with ``grad_accum = k`` D and G step exactly as often as with one
-micro-batch of ``k`` times the size (Gulrajani et al. 2017, Alg. 1: ``n_critic`` critic
-iterations per generator iteration; TransGAN ``functions.py``: ``global_steps % n_critic == 0``).
+micro-batch, inside one ``accelerator.accumulate(G, D)``. One run step is one D optimiser step;
+the run steps ``0, n_critic, 2 n_critic, ...`` also take one G optimiser step after it
+(VITA-Group/TransGAN@6b85440 ``functions.py::train``: ``global_steps % n_critic == 0``, counted
+before the step, so G first steps right after the first D step).
+
+By default the step reproduces that loop (see docs/gan.md, "Differences from the official code"):
+
+* G trains on ``g_batch_size`` fresh latents per G step (``gen_batch_size``), drawn after D's
+  step and split over the processes and over ``grad_accum`` chunks (``g_accumulated_times``);
+* the G step calls D with its parameters still trainable, so the gradient of the G loss with
+  respect to D stays in D's ``.grad`` and joins D's next step (the official loop never zeroes D's
+  gradients after the G step). ``isolate_d=True`` freezes D during the G step instead.
 
 Shapes: B images per micro-batch, L latent width; real images ``(B, 3, H, W)`` uint8 from the
 loader become floats in [-1, 1].
@@ -17,23 +24,26 @@ from typing import Any
 
 import torch
 
+from imgtx.errors import UserError, check_at_least
+
 __all__ = ["GANStep", "to_unit_range", "is_generator_step"]
 
 
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` uint8 in [0, 255] -> float32 in [-1, 1]."""
-    return images.float() / 127.5 - 1
+def to_unit_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 in [0, 255] -> ``dtype`` in [-1, 1]."""
+    return images.to(dtype) / 127.5 - 1
 
 
 def is_generator_step(step_index: int, n_critic: int) -> bool:
-    """Whether run step ``step_index`` (0-based: the steps completed before it) also trains G:
-    the ``n_critic``-th, ``2 n_critic``-th, ... D steps do."""
-    return (step_index + 1) % n_critic == 0
+    """Whether run step ``step_index`` (0-based: the steps completed before it) also trains G,
+    after its D step: steps 0, ``n_critic``, ``2 n_critic``, ... (TransGAN ``functions.py``:
+    ``global_steps % (n_critic * accumulated_times) == 0`` on a count of micro-batches)."""
+    return step_index % n_critic == 0
 
 
 class GANStep:
-    """``step(run, batch) -> figures``: the D loss on real and fake images, and on a G step the
-    generator loss through the frozen D.
+    """``step(run, batch) -> figures``: the D loss on real and fake images and D's optimiser step,
+    then on a G step the generator loss through D and G's optimiser step.
 
     Args:
         loss: a loss of :mod:`imgtx.gan.losses` (``discriminator(D, real, fake, labels) ->
@@ -42,33 +52,87 @@ class GANStep:
         clip_grad_norm: gradient-norm clipping of both networks (None: off).
         latent_dim: width L of the generator's latents.
         num_classes: > 0 for a conditional pair: the batch's labels go to G and D (the fakes
-            take the labels of the real images beside them, so both see the data's classes).
+            take the labels of the real images, tiled, so both see the data's classes).
+        g_batch_size: fresh latents G trains on per G optimiser step, over all processes and
+            micro-batches (TransGAN ``gen_batch_size x g_accumulated_times``); it must divide by
+            ``grad_accum x processes``. None: G's loss uses the D step's own fakes (no second
+            forward pass of G; as many latents as D's real images).
+        isolate_d: freeze D during the G step, so the G loss leaves no gradient in D (a fix of
+            the official loop; off by default and in the paper recipes).
     """
 
     def __init__(self, loss, n_critic: int, clip_grad_norm: float | None, latent_dim: int,
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, *, g_batch_size: int | None = None,
+                 isolate_d: bool = False) -> None:
+        check_at_least("n_critic", n_critic, 1)
+        check_at_least("g_batch_size", g_batch_size, 1)
         self.loss, self.n_critic, self.clip = loss, n_critic, clip_grad_norm
         self.latent_dim, self.num_classes = latent_dim, num_classes
+        self.g_batch_size, self.isolate_d = g_batch_size, isolate_d
+
+    def g_chunk(self, run) -> int:
+        """Latents of one G chunk on this process: ``g_batch_size / (grad_accum x
+        processes)``."""
+        parts = run.settings.grad_accum * run.num_processes
+        if self.g_batch_size % parts:
+            raise UserError(f"g_batch_size {self.g_batch_size} does not divide into grad_accum "
+                            f"x processes = {parts} equal parts; choose a multiple of {parts}")
+        return self.g_batch_size // parts
+
+    def _latents(self, run, count: int) -> torch.Tensor:
+        """``(count, L)`` latents: drawn for all processes from the shared seed, this process
+        keeping its share (N processes see what one process with N times the batch would)."""
+        z = torch.randn(count * run.num_processes, self.latent_dim, device=run.device,
+                        dtype=self._dtype(run))
+        return run.this_process(z)
+
+    @staticmethod
+    def _dtype(run) -> torch.dtype:
+        return next(run.unwrap("D").parameters()).dtype
 
     def __call__(self, run, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         G, D = run.models["G"], run.models["D"]
-        real = to_unit_range(batch["image"])  # (B, 3, H, W)
+        real = to_unit_range(batch["image"], self._dtype(run))  # (B, 3, H, W)
         labels = batch["label"] if self.num_classes else None  # (B,) | None
-        # Noise for the global batch from the shared seed, this process keeping its share.
-        z = run.this_process(torch.randn(real.shape[0] * run.num_processes, self.latent_dim,
-                                         device=run.device))  # (B, L)
+        z = self._latents(run, real.shape[0])  # (B, L)
         train_g = is_generator_step(run.state.step, self.n_critic)
-        with torch.set_grad_enabled(train_g):  # G's graph is kept only when G steps
+        reuse_fakes = train_g and self.g_batch_size is None
+        with torch.set_grad_enabled(reuse_fakes):  # G's graph is kept only to reuse the fakes
             fake = G(z, labels)  # (B, 3, H, W)
 
         d_loss, parts = self.loss.discriminator(D, real, fake, labels)  # detaches fake
         run.backward(d_loss)
         run.optimizer_step("D", max_grad_norm=self.clip)
         figures = {"d_loss": d_loss.detach(), **parts}
-        if train_g:
+        if reuse_fakes:
+            figures["g_loss"] = self._generator_backward(run, fake, labels)
+            run.optimizer_step("G", max_grad_norm=self.clip)
+        elif train_g and run.accelerator.sync_gradients:
+            # The whole G step follows D's step, on fresh latents, in grad_accum chunks whose
+            # losses run.backward averages (functions.py: g_loss / g_accumulated_times). The run
+            # divides logged figures by grad_accum, so the chunks' losses are summed here.
+            chunk = self.g_chunk(run)
+            g_loss = 0.0
+            for _ in range(run.settings.grad_accum):
+                g_z = self._latents(run, chunk)  # (chunk, L)
+                g_labels = None if labels is None else labels.repeat(
+                    -(-chunk // labels.shape[0]))[:chunk]  # (chunk,): the batch's, tiled
+                g_loss = g_loss + self._generator_backward(run, G(g_z, g_labels), g_labels)
+            run.optimizer_step("G", max_grad_norm=self.clip)
+            figures["g_loss"] = g_loss
+        return figures
+
+    def _generator_backward(self, run, fake: torch.Tensor,
+                            labels: torch.Tensor | None) -> torch.Tensor:
+        """The G loss of ``fake`` through D, backpropagated; returns it detached."""
+        if self.isolate_d:
             with run.frozen("D") as plain_d:  # no gradients into D; its augmentations stay on
                 g_loss = self.loss.generator(plain_d, fake, labels)
                 run.backward(g_loss)
-            run.optimizer_step("G", max_grad_norm=self.clip)
-            figures["g_loss"] = g_loss.detach()
-        return figures
+            return g_loss.detach()
+        # D is called unwrapped (a forward through the distributed wrapper would wait for a
+        # reduction in this backward); its gradients stay in D's .grad and join its next step,
+        # where they are reduced with it.
+        g_loss = self.loss.generator(run.unwrap("D"), fake, labels)
+        run.backward(g_loss)
+        return g_loss.detach()

@@ -73,7 +73,7 @@ def test_one_step_changes_both_networks(tmp_path, loss):
 
 
 def test_generator_steps_every_n_critic_batches():
-    assert [is_generator_step(i, 3) for i in range(6)] == [False, False, True] * 2
+    assert [is_generator_step(i, 3) for i in range(6)] == [True, False, False] * 2
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])

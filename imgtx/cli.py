@@ -22,184 +22,60 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 
-from imgtx.errors import UserError, check_at_least, check_positive
+# The options and helpers every family's command line shares; imported here too, where the
+# families' modules have always found them.
+from imgtx.cli_options import (
+    add_device_arguments,
+    add_info_arguments,
+    add_run_arguments,
+    add_train_arguments,
+    apply_overrides,
+    check_arguments,
+    close_process_group,
+    default_device,
+    get_named_config,
+    launch_accelerator,
+    named_config,
+    print_rows,
+    settings_from_args,
+)
+from imgtx.errors import UserError
 
-__all__ = ["main", "build_parser", "apply_overrides", "train_settings", "add_train_arguments",
-           "add_device_arguments", "default_device", "launch_accelerator", "check_arguments"]
+__all__ = ["main", "build_parser", "command_groups", "apply_overrides", "add_train_arguments",
+           "add_run_arguments", "add_device_arguments", "default_device", "launch_accelerator",
+           "check_arguments", "get_named_config", "settings_from_args"]
 
 COMMAND_GROUPS = "imgtx.commands"  # entry-point group: name -> module:register(subparsers)
 
-# Numeric options checked before any work, whatever the command: dest -> (minimum, inclusive).
-NUMBER_LIMITS = {
-    "batch_size": (1, True), "max_steps": (1, True), "minutes": (0, False), "limit": (1, True),
-    "temperature": (0, True), "threads": (1, True), "num": (1, True), "grad_accum": (1, True),
-    "eval_images": (1, True), "warmup": (0, True), "lr": (0, False), "scale": (1, True),
-    "eval_every": (0, True), "sample_every": (0, True), "checkpoint_every": (0, True),
-    "num_samples": (0, True), "num_workers": (0, True), "n_critic": (1, True),
-    "kimg": (0, False), "ema_kimg": (0, False), "fid_every": (0, True), "fid_samples": (2, True),
-}
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Raise :class:`UserError` for a nonsensical number in ``args`` (a batch size of 0, a
-    negative temperature, ...), before any data or model is loaded."""
-    for dest, (minimum, inclusive) in NUMBER_LIMITS.items():
-        value = getattr(args, dest, None)
-        if value is None or isinstance(value, bool):
-            continue
-        flag = "--" + dest.replace("_", "-")
-        if inclusive:
-            check_at_least(flag, value, minimum)
-        elif minimum == 0:
-            check_positive(flag, value)
-
-
-def default_device(device: str | None) -> str:
-    """``device``, or CUDA when it is available, else the CPU."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def launch_accelerator(device: str | None = None):
-    """An ``accelerate.Accelerator`` when this process is one of several (``torchrun``,
-    ``accelerate launch``: ``WORLD_SIZE`` > 1), so that an evaluation shares its images between
-    them; else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    from accelerate import Accelerator
-
-    # Without CUDA, accelerate joins the processes (gloo) only when told to run on the CPU.
-    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-
-
-def get_named_config(get_config, name: str, **overrides):
-    """``get_config(name)`` of a family's registry, an unknown name being a :class:`UserError`."""
-    try:
-        return get_config(name, **overrides)
-    except KeyError as error:
-        raise UserError(error.args[0] if error.args else f"unknown config {name!r}") from None
-
 
 def _info(args: argparse.Namespace) -> int:
-    from imgtx.configs import CONFIGS, get_config
+    from imgtx.configs import CONFIGS
     from imgtx.hub import parameter_count
     from imgtx.model import ImageTransformer
 
-    names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
-    for name in names:
-        config = get_named_config(get_config, name)
-        model = ImageTransformer(config)
-        rows.append({"name": name, "parameters": parameter_count(model),
+    for name in list(CONFIGS) if args.config == "all" else [args.config]:
+        config = named_config(CONFIGS, name)
+        rows.append({"name": name, "parameters": parameter_count(ImageTransformer(config)),
                      "sequence_length": config.sequence_length, "source": CONFIGS[name].source,
                      "config": asdict(config)})
-    if args.json:
-        print(json.dumps(rows[0] if len(rows) == 1 else rows))
-    else:
-        for row in rows:
-            print(f"{row['name']}: {row['parameters']:,} parameters, "
-                  f"{row['sequence_length']} positions - {row['source']}")
-            if len(rows) == 1:
-                for key, value in row["config"].items():
-                    print(f"  {key} = {value}")
+    print_rows(rows, args.json, lambda row: f"{row['name']}: {row['parameters']:,} parameters, "
+               f"{row['sequence_length']} positions - {row['source']}", details="config")
     return 0
-
-
-def apply_overrides(config, pairs: list[str] | None) -> None:
-    """Apply ``--set FIELD=VALUE`` overrides to a config dataclass in place.
-
-    VALUE is read as JSON when it parses (``2``, ``0.1``, ``true``, ``[4,24]``, ``null``), else as
-    a string; a list becomes a tuple for tuple fields. Types are checked against the current
-    value so that typos fail loudly.
-    """
-    from dataclasses import fields
-
-    names = [field.name for field in fields(config)]
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in names:
-            raise UserError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
-                            f"{', '.join(names)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        old = getattr(config, key)
-        if isinstance(old, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if old is not None and value is not None and type(value) is not type(old):
-            raise UserError(f"--set {key}={raw}: expected a {type(old).__name__} like {old!r}")
-        _check_size(key, raw, value, old)
-        setattr(config, key, value)
-    if pairs:
-        try:
-            config.__post_init__()
-        except (ValueError, TypeError) as error:  # the config's own validation
-            raise UserError(f"--set {' '.join(pairs)}: {error}") from None
-
-
-def _check_size(key: str, raw: str, value, old) -> None:
-    """Integer fields are sizes and counts: never negative, and at least 1 where the config's
-    value is (a width, a number of heads or layers); tuples of them (block shapes) likewise."""
-    pairs = list(zip(value, old)) if isinstance(value, tuple) and isinstance(old, tuple) else [
-        (value, old)]
-    for new, current in pairs:
-        if isinstance(new, bool) or not isinstance(new, int):
-            continue
-        minimum = 1 if isinstance(current, int) and current >= 1 else 0
-        if new < minimum:
-            raise UserError(f"--set {key}={raw}: {key} is a size or count; it must be >= "
-                            f"{minimum}")
-
-
-def train_settings(args: argparse.Namespace, suggested: dict):
-    """``TrainSettings`` from the arguments of :func:`add_train_arguments`, validated;
-    ``suggested`` holds the config's registry defaults for batch size, lr and warm-up."""
-    from imgtx.training.likelihood import TrainSettings
-
-    settings = TrainSettings(
-        data=args.data, out=args.out, eval_data=args.eval_data, max_steps=args.max_steps,
-        minutes=args.minutes, batch_size=args.batch_size or suggested.get("batch_size", 8),
-        grad_accum=args.grad_accum, lr=args.lr or suggested.get("lr", 3.5e-3),
-        warmup=args.warmup if args.warmup is not None else suggested.get("warmup", 4000),
-        schedule=args.schedule or suggested.get("schedule", "noam"),
-        mixed_precision=args.mixed_precision, eval_every=args.eval_every,
-        eval_images=args.eval_images, sample_every=args.sample_every,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-        threads=args.threads, report_to=args.report_to, num_workers=args.num_workers,
-        hflip=args.hflip, grey=args.grey)
-    if settings.max_steps is None and settings.minutes is None:
-        raise UserError("give --max-steps or --minutes (or both) so training knows when to stop")
-    settings.validate()
-    return settings
 
 
 def _train(args: argparse.Namespace) -> int:
-    from imgtx.configs import CONFIGS, get_config
+    from imgtx.configs import CONFIGS
     from imgtx.train import train
+    from imgtx.training.likelihood import TrainSettings
 
-    config = get_named_config(get_config, args.config)
-    apply_overrides(config, args.set)
-    train(config, train_settings(args, CONFIGS[args.config].train), init=args.init)
+    config = named_config(CONFIGS, args.config, args.set)
+    settings = settings_from_args(TrainSettings, args, CONFIGS[args.config].train)
+    train(config, settings, init=args.init)
     return 0
-
-
-def close_process_group() -> None:
-    """When this process is one of several (``torchrun``), wait for the others, then close the
-    process group: a process that exits with the group's communication threads still running
-    aborts ("terminate called without an active exception") and fails the whole launch."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def _eval_bpd(args: argparse.Namespace) -> int:
@@ -246,53 +122,9 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments ``imgtx train`` and ``imgtx sr train`` share (data, budget, optimiser,
-    evaluation, checkpoints); read them back with :func:`train_settings`."""
-    p.add_argument("--data", default="builtin:photos32",
-                   help="builtin:photos32 | a folder of images | a Hub dataset id")
-    p.add_argument("--eval-data", default=None, help="held-out data (default: --data's test split)")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--max-steps", type=int, help="optimiser steps")
-    p.add_argument("--minutes", type=float, help="wall-clock budget")
-    p.add_argument("--batch-size", type=int,
-                   help="images per process and micro-batch (default: the config's suggestion)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--warmup", type=int, help="optimiser steps of linear warm-up")
-    p.add_argument("--schedule", default=None, choices=["noam", "constant", "cosine"],
-                   help="learning-rate schedule (default: the config's suggestion, else noam)")
-    p.add_argument("--hflip", action="store_true",
-                   help="mirror each training image left-right with probability 1/2")
-    p.add_argument("--grey", type=float, default=0.0,
-                   help="probability of turning a training image grey (its BT.601 luma in all "
-                        "three channels)")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--eval-images", type=int, default=128)
-    p.add_argument("--sample-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
-    p.add_argument("--report-to", default="none", choices=["none", "tensorboard", "wandb", "all"],
-                   help="also log to these accelerate trackers (OUT/logs)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set num_layers=2")
-
-
-def add_device_arguments(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--threads`` for the commands that run a model (eval, sample, upscale)."""
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice, one per core). On a shared "
-                   "machine give each concurrent job 1: decoding runs many small ops, and "
-                   "oversubscribed threads make it 15-20x slower")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(groups: Mapping[str, Register] | None = None) -> argparse.ArgumentParser:
+    """The ``imgtx`` parser: the core commands, then every family's command group (entry points
+    ``imgtx.commands``, plus ``groups``: name -> ``register(subparsers)``)."""
     parser = argparse.ArgumentParser(
         prog="imgtx", description="Transformer image generation: Image Transformer likelihood "
         "models (bits/dim, sampling) and the command groups of the other model families.")
@@ -302,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="parameter count and settings of a named configuration")
-    p.add_argument("--config", required=True, help="a registry name, or 'all'")
-    p.add_argument("--json", action="store_true")
+    add_info_arguments(p)
     p.set_defaults(func=_info)
 
     p = sub.add_parser("train", help="train an Image Transformer (accelerate)")
@@ -341,24 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(p)
     p.set_defaults(func=_sample)
 
-    unavailable = _register_groups(sub)
+    unavailable = _register_groups(sub, groups)
     if unavailable:
         parser.epilog = "unavailable command groups: " + "; ".join(unavailable)
     return parser
 
 
-def _register_groups(sub) -> list[str]:
-    """Add each family's command group (entry points ``imgtx.commands``); returns a note for
-    each group whose module failed to import."""
+Register = Callable[[argparse._SubParsersAction], None]
+
+
+def command_groups() -> tuple[dict[str, Register], list[str]]:
+    """Each family's ``register(subparsers)`` from the ``imgtx.commands`` entry points, by name,
+    and a note for each whose module failed to import (a broken family must not break the
+    others)."""
     from importlib.metadata import entry_points
 
-    notes = []
+    found, notes = {}, []
     for entry in sorted(entry_points(group=COMMAND_GROUPS), key=lambda e: e.name):
         try:
-            register = entry.load()
-        except Exception as error:  # noqa: BLE001 - a broken family must not break the others
+            found[entry.name] = entry.load()
+        except Exception as error:  # noqa: BLE001
             notes.append(f"{entry.name} ({type(error).__name__}: {error})")
-            continue
+    return found, notes
+
+
+def _register_groups(sub, extra: Mapping[str, Register] | None) -> list[str]:
+    """Call every group's ``register(sub)``: the entry points', then ``extra`` (groups a caller
+    adds without installing them, as a test does); returns the notes of groups that failed."""
+    found, notes = command_groups()
+    for register in {**found, **(extra or {})}.values():
         register(sub)
     return notes
 
@@ -385,8 +227,11 @@ def _command_name(args: argparse.Namespace) -> str:
     return f"{name} {sub}" if sub else name
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, groups: Mapping[str, Register] | None = None) -> int:
+    """Run one ``imgtx`` command; returns its exit status (2 for an error a user can act on).
+
+    ``groups`` adds command groups beside the installed ones (see :func:`build_parser`)."""
+    parser = build_parser(groups)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

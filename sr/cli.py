@@ -15,57 +15,69 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from imgtx.cli_options import (
+    add_device_arguments,
+    add_info_arguments,
+    add_train_arguments,
+    default_device,
+    launch_accelerator,
+    named_config,
+    print_rows,
+    settings_from_args,
+)
 from imgtx.errors import UserError
+from imgtx.training.likelihood import TrainSettings
 
-__all__ = ["register"]
+__all__ = ["register", "SuperResolutionTrainSettings"]
+
+
+@dataclass
+class SuperResolutionTrainSettings(TrainSettings):
+    """``imgtx sr train``'s settings: the likelihood run's, plus where the decoder starts."""
+
+    decoder_init: str | None = None  # an unconditional Image Transformer ("none": fresh)
+    freeze_decoder: bool = False  # keep the decoder_init weights fixed
 
 
 def _info(args: argparse.Namespace) -> int:
-    from imgtx.cli import get_named_config
     from imgtx.hub import parameter_count
-    from imgtx.sr.configs import CONFIGS, get_config
+    from imgtx.sr.configs import CONFIGS
     from imgtx.sr.model import SuperResolutionTransformer
 
-    names = list(CONFIGS) if args.config == "all" else [args.config]
     rows = []
-    for name in names:
-        config = get_named_config(get_config, name)
+    for name in list(CONFIGS) if args.config == "all" else [args.config]:
+        config = named_config(CONFIGS, name, what="super-resolution config")
         rows.append({"name": name,
                      "parameters": parameter_count(SuperResolutionTransformer(config)),
                      "input": config.input_size, "output": config.output_size,
                      "source": CONFIGS[name].source, "config": asdict(config)})
-    if args.json:
-        print(json.dumps(rows[0] if len(rows) == 1 else rows))
-    else:
-        for row in rows:
-            print(f"{row['name']}: {row['input']}x{row['input']} -> {row['output']}x"
-                  f"{row['output']}, {row['parameters']:,} parameters - {row['source']}")
+    print_rows(rows, args.json, lambda row: f"{row['name']}: {row['input']}x{row['input']} -> "
+               f"{row['output']}x{row['output']}, {row['parameters']:,} parameters - "
+               f"{row['source']}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from imgtx.cli import apply_overrides, get_named_config, train_settings
-    from imgtx.sr.configs import CONFIGS, get_config
+    from imgtx.sr.configs import CONFIGS
     from imgtx.sr.train import train
 
-    config = get_named_config(get_config, args.config)
-    apply_overrides(config, args.set)
-    suggested = CONFIGS[args.config].train
-    settings = train_settings(args, suggested)
-    decoder_init = args.decoder_init
-    if decoder_init is None and suggested.get("decoder_init"):
-        decoder_init = suggested["decoder_init"]  # the recipe of the shipped checkpoint
-        if not Path(decoder_init).exists():
-            print(f"note: the {args.config} recipe warm-starts the decoder from {decoder_init}, "
-                  "which is not here; training it from scratch (give --decoder-init)",
-                  file=sys.stderr)
-            decoder_init = None
+    config = named_config(CONFIGS, args.config, args.set, what="super-resolution config")
+    recipe = CONFIGS[args.config].train
+    settings = settings_from_args(SuperResolutionTrainSettings, args, recipe)
+    decoder_init = settings.decoder_init
+    if args.decoder_init is None and decoder_init and not Path(decoder_init).exists():
+        # the recipe of the shipped checkpoint names a path relative to the repository root
+        print(f"note: the {args.config} recipe warm-starts the decoder from {decoder_init}, "
+              "which is not here; training it from scratch (give --decoder-init)",
+              file=sys.stderr)
+        decoder_init = None
     decoder_init = None if decoder_init == "none" else decoder_init
-    freeze = args.freeze_decoder or (bool(suggested.get("freeze_decoder")) and decoder_init
-                                     == suggested.get("decoder_init"))
+    # The recipe's freeze goes with the recipe's decoder; --freeze-decoder with any.
+    freeze = bool(args.freeze_decoder) or (settings.freeze_decoder
+                                           and decoder_init == recipe.get("decoder_init"))
     if freeze and not decoder_init:
         raise UserError("--freeze-decoder keeps the weights of --decoder-init fixed: give one")
     train(config, settings, decoder_init=decoder_init, freeze_decoder=freeze)
@@ -73,7 +85,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from imgtx.cli import default_device
     from imgtx.images import read_image
     from imgtx.sr.model import SuperResolutionTransformer
     from imgtx.sr.upscale import upscale_file
@@ -90,7 +101,6 @@ def _upscale(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from imgtx.cli import launch_accelerator
     from imgtx.sr.evaluate import evaluate_model
 
     accelerator = launch_accelerator(args.device)
@@ -110,14 +120,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``sr`` command group to the ``imgtx`` parser's subparsers."""
-    from imgtx.cli import add_device_arguments, add_train_arguments
-
     group = subparsers.add_parser("sr", help="super-resolution: train, upscale, eval")
     sub = group.add_subparsers(dest="sr_command", metavar="SR_COMMAND", required=True)
 
     p = sub.add_parser("info", help="parameter count and source of a named configuration")
-    p.add_argument("--config", required=True, help="a registry name, or 'all'")
-    p.add_argument("--json", action="store_true")
+    add_info_arguments(p)
     p.set_defaults(func=_info)
 
     p = sub.add_parser("train", help="train a super-resolution model (accelerate); pairs are "
@@ -128,7 +135,7 @@ def register(subparsers) -> None:
                    help="warm-start the decoder from this unconditional Image Transformer of the "
                    "output size ('none': a fresh decoder; default: the config's recipe, e.g. "
                    "checkpoints/imgtx-photos32-small for photos-8to32-small)")
-    p.add_argument("--freeze-decoder", action="store_true",
+    p.add_argument("--freeze-decoder", action="store_true", default=None,
                    help="keep the --decoder-init weights fixed and train only the encoder, "
                    "cross-attention and anchor inputs (default: the config's recipe; on for "
                    "corpus-8to32-dmol)")

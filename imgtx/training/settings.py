@@ -45,7 +45,8 @@ class RunSettings:
         for name in ("eval_every", "sample_every", "checkpoint_every"):
             check_at_least(name, getattr(self, name), 0)
         if self.max_steps is None and self.minutes is None:
-            raise UserError("give max_steps or minutes (or both) so training knows when to stop")
+            raise UserError("give --max-steps or --minutes (max_steps or minutes in Python), or "
+                            "both, so training knows when to stop")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"mixed_precision={self.mixed_precision!r} is not one of "
                             f"{list(MIXED_PRECISION)}")

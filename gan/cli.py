@@ -3,6 +3,7 @@
     imgtx gan info --config NAME|all [--json]
     imgtx gan train --config NAME --data SPEC --out DIR [--max-steps N | --kimg K | --minutes M]
                     [--loss wgan-gp|hinge|logistic-r1] [--n-critic N] [--grad-accum K]
+                    [--g-batch-size N] [--ema-kimg K | --ema-decay D]
                     [--mixed-precision bf16] [--set checkpoint_blocks=true] [--resume] [...]
     imgtx gan sample --model DIR_OR_ID --num N (--out grid.png | --out-dir DIR) [--seed S]
                      [--class-label C] [--device D]
@@ -24,20 +25,7 @@ import torch
 
 from imgtx.errors import UserError
 
-__all__ = ["register", "info_rows", "build_gan"]
-
-
-def _model_classes(config) -> tuple[type, type]:
-    """(generator class, discriminator class) for a generator config of either family."""
-    from imgtx.gan.configs import TransGANGeneratorConfig
-
-    if isinstance(config, TransGANGeneratorConfig):
-        from imgtx.gan.transgan import TransGANDiscriminator, TransGANGenerator
-
-        return TransGANGenerator, TransGANDiscriminator
-    from imgtx.gan.strans import STransDiscriminator, STransGenerator
-
-    return STransGenerator, STransDiscriminator
+__all__ = ["register", "info_rows", "build_gan", "add_train_arguments", "train_from_arguments"]
 
 
 def build_gan(name: str, device: str | torch.device | None = None, **generator_overrides):
@@ -50,21 +38,18 @@ def build_gan(name: str, device: str | torch.device | None = None, **generator_o
     import dataclasses
 
     from imgtx.gan.configs import gan_entry
+    from imgtx.gan.train import build_models
 
     entry = gan_entry(name)
-    g_config = dataclasses.replace(entry.config, **generator_overrides)
-    d_fields = {f.name for f in dataclasses.fields(entry.discriminator)}
-    shared = {k: v for k, v in generator_overrides.items()
-              if k in ("num_classes", "checkpoint_blocks") and k in d_fields}
-    d_config = dataclasses.replace(entry.discriminator, **shared)
-    g_class, d_class = _model_classes(g_config)
     with torch.device(device or "cpu"):
-        return g_class(g_config), d_class(d_config)
+        return build_models(dataclasses.replace(entry.config, **generator_overrides),
+                            entry.discriminator)
 
 
 def info_rows(names: list[str]) -> list[dict]:
     """Per config: name, source, generator/discriminator parameter counts and both configs."""
     from imgtx.gan.configs import gan_entry
+    from imgtx.gan.train import resolved_recipe
     from imgtx.hub import parameter_count
 
     rows = []
@@ -75,7 +60,8 @@ def info_rows(names: list[str]) -> list[dict]:
                      "discriminator_params": parameter_count(discriminator),
                      "image_size": entry.config.image_size, "source": entry.source,
                      "generator": asdict(entry.config),
-                     "discriminator": asdict(entry.discriminator), "train": entry.train})
+                     "discriminator": asdict(entry.discriminator),
+                     "train": resolved_recipe(entry.train)})
     return rows
 
 
@@ -92,7 +78,7 @@ def _info(args: argparse.Namespace) -> int:
               f"{row['generator_params']:,} / D {row['discriminator_params']:,} parameters - "
               f"{row['source']}")
         if len(rows) == 1:
-            for part in ("generator", "discriminator"):
+            for part in ("generator", "discriminator", "train"):
                 print(f"  {part}:")
                 for key, value in row[part].items():
                     print(f"    {key} = {value}")
@@ -104,12 +90,16 @@ def _info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _train(args: argparse.Namespace) -> int:
+def train_from_arguments(args: argparse.Namespace, wrap_step=None):
+    """Train the registry pair ``args.config`` as the arguments of :func:`add_train_arguments`
+    say: its configs with ``--set``/``--set-d``, its recipe with the given settings on top;
+    returns ``final/``. ``wrap_step`` is :func:`imgtx.gan.train.train_gan`'s per-step hook."""
     import copy
+    from dataclasses import fields
 
     from imgtx.cli import apply_overrides
     from imgtx.gan.configs import gan_entry
-    from imgtx.gan.train import settings_from_registry, train_gan
+    from imgtx.gan.train import GANTrainSettings, settings_from_registry, train_gan
 
     entry = gan_entry(args.config)
     generator, discriminator = copy.deepcopy(entry.config), copy.deepcopy(entry.discriminator)
@@ -124,19 +114,19 @@ def _train(args: argparse.Namespace) -> int:
             loss_options[key] = float(raw)
         except ValueError:
             raise UserError(f"--loss-option {pair!r}: {raw!r} is not a number") from None
-    given = {name: getattr(args, name) for name in (
-        "data", "out", "max_steps", "minutes", "kimg", "batch_size", "grad_accum", "loss", "lr",
-        "lr_d", "warmup", "n_critic", "ema_kimg", "ema_warmup", "mixed_precision", "eval_every",
-        "sample_every", "checkpoint_every", "num_samples", "fid_every", "fid_samples",
-        "fid_data", "fid_split", "features", "aux_weight", "resume", "seed", "threads",
-        "num_workers", "report_to")}
+    given = {f.name: getattr(args, f.name) for f in fields(GANTrainSettings)
+             if hasattr(args, f.name)}
     given["clip_grad_norm"] = None if args.clip_grad_norm == 0 else args.clip_grad_norm
     if loss_options:
         given["loss_options"] = loss_options
     settings = settings_from_registry(entry.train, **given)
     if args.clip_grad_norm == 0:
         settings.clip_grad_norm = None
-    final = train_gan(generator, discriminator, settings)
+    return train_gan(generator, discriminator, settings, wrap_step=wrap_step)
+
+
+def _train(args: argparse.Namespace) -> int:
+    final = train_from_arguments(args)
     print(json.dumps({"final": str(final), "config": args.config}))
     return 0
 
@@ -189,17 +179,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a GAN pair on the shared run (accelerate)")
-    p.add_argument("--config", required=True, help="registry name, e.g. transgan-cifar10")
+def add_train_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The options of ``imgtx gan train`` (read back by :func:`train_from_arguments`). Every
+    setting defaults to None: the registry recipe's value, else the settings' default.
+    ``required=False`` lets a script give ``--config`` and ``--out`` through ``set_defaults``."""
+    p.add_argument("--config", required=required, help="registry name, e.g. transgan-cifar10")
     p.add_argument("--data", help="builtin:photos32 | builtin:digits | a folder | a Hub id")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=required, help="run directory")
     p.add_argument("--max-steps", type=int, help="D steps (G steps every n_critic of them)")
     p.add_argument("--kimg", type=float, help="budget in thousands of real images")
     p.add_argument("--minutes", type=float, help="wall-clock budget")
     p.add_argument("--batch-size", type=int, help="real images per process and micro-batch "
                    "(default: the config's)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--g-batch-size", type=int, help="G's fresh latents per G step over all "
+                   "processes and micro-batches (TransGAN gen_batch_size; default: the config's, "
+                   "else D's real images per step)")
     p.add_argument("--loss", choices=["wgan-gp", "hinge", "logistic-r1"])
     p.add_argument("--loss-option", action="append", metavar="NAME=NUMBER",
                    help="e.g. gp_weight=10, drift=0.001, r1_gamma=1")
@@ -210,6 +205,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--clip-grad-norm", type=float, help="0 turns clipping off (default 5)")
     p.add_argument("--ema-kimg", type=float, help="EMA half-life of G in thousands of images")
     p.add_argument("--ema-warmup", type=float, help="half-life cap: this x images seen")
+    p.add_argument("--ema-decay", type=float, help="instead of --ema-kimg: a fixed EMA decay "
+                   "per G step (TransGAN --ema, e.g. 0.995)")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--eval-every", type=int, help="steps between metrics.jsonl lines")
     p.add_argument("--sample-every", type=int, help="steps between sample grids")
@@ -233,7 +230,6 @@ def _add_train_parser(sub) -> None:
                    "(num_classes and checkpoint_blocks apply to D too)")
     p.add_argument("--set-d", action="append", metavar="FIELD=VALUE",
                    help="override a discriminator config field, e.g. --set-d diffaug=color")
-    p.set_defaults(func=_train)
 
 
 def _add_sample_parser(sub) -> None:
@@ -282,7 +278,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config name, or 'all'")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=_info)
-    _add_train_parser(sub)
+    train = sub.add_parser("train", help="train a GAN pair on the shared run (accelerate)")
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
     _add_sample_parser(sub)
     _add_eval_parser(sub)
     return parser

@@ -18,23 +18,9 @@ import torch
 from torch import nn
 
 from imgtx.errors import UserError
+from imgtx.gan.configs import discriminator_classes, generator_classes
 
-__all__ = ["generator_classes", "discriminator_classes", "load_generator", "write_samples"]
-
-
-def generator_classes() -> list[type[nn.Module]]:
-    """The generator classes ``load_generator`` knows (TransGAN, STrans)."""
-    from imgtx.gan.strans import STransGenerator
-    from imgtx.gan.transgan import TransGANGenerator
-
-    return [TransGANGenerator, STransGenerator]
-
-
-def discriminator_classes() -> list[type[nn.Module]]:
-    from imgtx.gan.strans import STransDiscriminator
-    from imgtx.gan.transgan import TransGANDiscriminator
-
-    return [TransGANDiscriminator, STransDiscriminator]
+__all__ = ["load_generator", "write_samples"]
 
 
 def _read_config(model: str) -> dict:

@@ -6,12 +6,21 @@ also takes a generator step (:class:`imgtx.gan.step.GANStep`). Both steps of a m
 inside the run's one ``accelerator.accumulate(G, D)``, with D frozen during the G step, so that
 gradient accumulation counts micro-batches once for both networks.
 
-The defaults are TransGAN's (Jiang et al. 2021; VITA-Group/TransGAN ``exps/cifar_train.py``,
-``functions.py``): WGAN-GP with the drift term, Adam(1e-4, betas (0, 0.99)) for both networks,
-gradient-norm clipping at 5, an EMA of G. A named config's registry entry (``train``) overrides
-them, and explicit settings override both. The EMA half-life is given in thousands of images
-(``ema_kimg``), with a warm-up that caps it at ``ema_warmup x images seen`` (Karras et al. 2020,
-StyleGAN2-ADA ``ema_kimg``/``ema_rampup``).
+The defaults are TransGAN's (Jiang et al. 2021; VITA-Group/TransGAN@6b85440
+``exps/cifar_train.py``, ``functions.py``): WGAN-GP with the drift term, Adam(1e-4, betas
+(0, 0.99)) for both networks, gradient-norm clipping at 5, an EMA of G. A named config's registry
+entry (``train``) overrides them, and explicit settings override both
+(:func:`settings_from_registry`; every recipe key must be a :class:`GANTrainSettings` field).
+
+G's batch is its own: ``g_batch_size`` fresh latents per G step over all processes and
+micro-batches (TransGAN's ``gen_batch_size x g_accumulated_times``; None: as many as D's real
+images). The EMA of G is updated once per G step, either with a half-life in thousands of images
+(``ema_kimg``, with a warm-up that caps it at ``ema_warmup x images seen``; Karras et al. 2020,
+StyleGAN2-ADA ``ema_kimg``/``ema_rampup``; TransGAN ``--ema_kimg``/``--ema_warmup``) or with a
+fixed decay per G step (``ema_decay``; TransGAN ``--ema`` with ``--ema_warmup 0``). With D's
+global batch of ``B`` images per step the two agree when
+``ema_decay = 0.5 ** (B / (1000 ema_kimg))``, i.e. ``ema_kimg = B ln 2 / (-1000 ln ema_decay)``
+without warm-up: 0.995 at B = 64 is a half-life of 8.85 kimg.
 
 The run directory holds ``metrics.jsonl`` (losses, ``kimg``, FID/KID ticks), ``metrics.png``,
 ``samples/step_*.png`` (EMA G on a fixed latent), ``checkpoint/`` (``--resume``) and ``final/``:
@@ -23,7 +32,9 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +45,19 @@ from imgtx.errors import UserError, check_at_least, check_positive
 from imgtx.gan.auxiliary import AuxiliaryClassifierLoss
 from imgtx.gan.losses import LOSSES, make_loss
 from imgtx.gan.step import GANStep
+from imgtx.registry import settings_from_recipe
 from imgtx.training import EMASettings, Run, RunSettings, Schedule
 
-__all__ = ["GANTrainSettings", "build_models", "settings_from_registry", "train_gan",
-           "DEFAULTS", "GENERATOR_DIR", "DISCRIMINATOR_DIR"]
+__all__ = ["GANTrainSettings", "build_models", "settings_from_registry", "resolved_recipe",
+           "train_gan", "RECIPE_KEYS", "GENERATOR_DIR", "DISCRIMINATOR_DIR"]
 
 GENERATOR_DIR = "."  # final/ itself holds the EMA generator
 DISCRIMINATOR_DIR = "discriminator"
 
-# TransGAN's training settings (exps/cifar_train.py, functions.py); the registry entry and the
-# user override them in that order.
-DEFAULTS: dict[str, Any] = {"loss": "wgan-gp", "lr": 1e-4, "betas": (0.0, 0.99), "n_critic": 4,
-                            "clip_grad_norm": 5.0, "batch_size": 32, "ema_kimg": 10.0,
-                            "ema_warmup": 0.05}
+# The settings a registry recipe sets (and `imgtx gan info` shows); the others are run settings.
+RECIPE_KEYS = ("batch_size", "grad_accum", "g_batch_size", "n_critic", "loss", "loss_options",
+               "lr", "lr_d", "betas", "warmup", "clip_grad_norm", "ema_kimg", "ema_warmup",
+               "ema_decay", "aux_weight")
 
 
 @dataclass
@@ -55,6 +66,8 @@ class GANTrainSettings(RunSettings):
     steps; ``kimg`` (thousands of real images shown to D) is another budget."""
 
     data: str = "builtin:photos32"
+    batch_size: int = 32  # D's real images per process and micro-batch
+    g_batch_size: int | None = None  # G's latents per G step, all processes and micro-batches
     kimg: float | None = None  # budget in thousands of real images (sets max_steps)
     loss: str = "wgan-gp"  # "wgan-gp" | "hinge" | "logistic-r1" (imgtx.gan.losses)
     loss_options: dict = field(default_factory=dict)  # e.g. {"gp_weight": 10}, {"r1_gamma": 1}
@@ -64,8 +77,9 @@ class GANTrainSettings(RunSettings):
     warmup: int = 0  # optimiser steps of linear LR warm-up (each network counts its own)
     n_critic: int = 4  # D steps per G step
     clip_grad_norm: float | None = 5.0  # gradient-norm clipping of both networks (None: off)
-    ema_kimg: float = 10.0  # EMA half-life of G in thousands of images
+    ema_kimg: float | None = 10.0  # EMA half-life of G in thousands of images
     ema_warmup: float | None = 0.05  # half-life <= ema_warmup x images seen (None: no warm-up)
+    ema_decay: float | None = None  # instead of ema_kimg: a fixed EMA decay per G step
     num_samples: int = 16  # images per sample grid (0: none)
     fid_every: int = 0  # steps between FID/KID ticks of the EMA G (0: none)
     fid_samples: int = 256  # generated (and real) images per tick
@@ -98,6 +112,13 @@ class GANTrainSettings(RunSettings):
         check_positive("clip_grad_norm", self.clip_grad_norm)
         check_positive("ema_kimg", self.ema_kimg)
         check_positive("ema_warmup", self.ema_warmup)
+        if (self.ema_kimg is None) == (self.ema_decay is None):
+            raise UserError("give the EMA of G as a half-life (ema_kimg) or as a decay per G step "
+                            f"(ema_decay), not both or neither; got ema_kimg={self.ema_kimg}, "
+                            f"ema_decay={self.ema_decay}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise UserError(f"ema_decay={self.ema_decay}: give a number in [0, 1), e.g. 0.995")
+        self._check_g_batch_size()
         check_positive("aux_weight", self.aux_weight)
         check_at_least("num_samples", self.num_samples, 0)
         check_at_least("fid_every", self.fid_every, 0)
@@ -105,29 +126,51 @@ class GANTrainSettings(RunSettings):
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
+    def _check_g_batch_size(self, processes: int | None = None) -> None:
+        """G's latents split into ``grad_accum x processes`` equal parts (the processes of a
+        ``torchrun``/``accelerate launch`` job: ``WORLD_SIZE``)."""
+        check_at_least("g_batch_size", self.g_batch_size, 1)
+        if self.g_batch_size is None:
+            return
+        processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+        parts = self.grad_accum * processes
+        if self.g_batch_size % parts:
+            raise UserError(f"g_batch_size {self.g_batch_size} (G's latents per G step, over all "
+                            f"processes) must divide into grad_accum x processes = "
+                            f"{self.grad_accum} x {processes} equal parts; give a multiple of "
+                            f"{parts} with --g-batch-size")
 
-def settings_from_registry(entry_train: dict, **given: Any) -> GANTrainSettings:
-    """:class:`GANTrainSettings` from :data:`DEFAULTS`, then a registry entry's ``train`` dict
-    (keys that are settings: ``loss``, ``lr``, ``n_critic``, ``batch_size``, ...), then ``given``
-    (None values are skipped); validated."""
-    names = {f.name for f in fields(GANTrainSettings)}
-    values = {**DEFAULTS, **{k: v for k, v in entry_train.items() if k in names}}
-    values.update({k: v for k, v in given.items() if v is not None})
-    settings = GANTrainSettings(**values)
-    settings.validate()
-    return settings
+    def ema_settings(self) -> EMASettings:
+        """The EMA of G these settings describe (updated once per G step by the run)."""
+        if self.ema_decay is not None:
+            return EMASettings(decay=self.ema_decay)
+        return EMASettings(self.ema_kimg * 1000, self.ema_warmup)
 
 
-def _classes(config) -> tuple[type[nn.Module], type[nn.Module]]:
-    from imgtx.gan.configs import TransGANGeneratorConfig
+def settings_from_registry(recipe: dict, **given: Any) -> GANTrainSettings:
+    """:class:`GANTrainSettings` from its defaults, then a registry entry's ``train`` dict, then
+    ``given`` (the user's settings; None values are skipped); validated.
 
-    if isinstance(config, TransGANGeneratorConfig):
-        from imgtx.gan.transgan import TransGANDiscriminator, TransGANGenerator
+    Every key must be a settings field (:func:`imgtx.registry.settings_from_recipe`). The EMA is
+    one choice: a given ``ema_decay`` replaces the recipe's half-life, and a given ``ema_kimg`` or
+    ``ema_warmup`` replaces the recipe's ``ema_decay``.
+    """
+    recipe = dict(recipe)
+    if given.get("ema_decay") is not None:
+        recipe.update(ema_kimg=None, ema_warmup=None)
+    elif given.get("ema_kimg") is not None or given.get("ema_warmup") is not None:
+        recipe["ema_decay"] = None
+        for key in ("ema_kimg", "ema_warmup"):  # a fixed-decay recipe's None: the defaults
+            if key in recipe and recipe[key] is None:
+                del recipe[key]
+    return settings_from_recipe(GANTrainSettings, recipe, **given)
 
-        return TransGANGenerator, TransGANDiscriminator
-    from imgtx.gan.strans import STransDiscriminator, STransGenerator
 
-    return STransGenerator, STransDiscriminator
+def resolved_recipe(recipe: dict) -> dict[str, Any]:
+    """The training settings a registry recipe resolves to (:data:`RECIPE_KEYS`, defaults
+    filled in), as :func:`settings_from_registry` builds them."""
+    settings = settings_from_registry(recipe, max_steps=1)  # a budget only to pass validation
+    return {key: getattr(settings, key) for key in RECIPE_KEYS}
 
 
 def build_models(generator_config, discriminator_config) -> tuple[nn.Module, nn.Module]:
@@ -138,7 +181,9 @@ def build_models(generator_config, discriminator_config) -> tuple[nn.Module, nn.
         if hasattr(d_config, name):
             setattr(d_config, name, getattr(generator_config, name))
     d_config.__post_init__()
-    g_class, d_class = _classes(generator_config)
+    from imgtx.gan.configs import model_classes
+
+    g_class, d_class = model_classes(generator_config)
     return g_class(generator_config), d_class(d_config)
 
 
@@ -158,7 +203,11 @@ def _train_source(settings: GANTrainSettings, image_size: int, num_classes: int)
     return source
 
 
-def train_gan(generator_config, discriminator_config, settings: GANTrainSettings) -> Path:
+StepFunction = Callable[[Run, dict], "dict[str, Any] | None"]
+
+
+def train_gan(generator_config, discriminator_config, settings: GANTrainSettings, *,
+              wrap_step: Callable[[GANStep], StepFunction] | None = None) -> Path:
     """Train a GAN pair on the shared run; returns ``final/`` (the EMA generator's folder).
 
     Args:
@@ -166,6 +215,9 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
             a conditional generator (``num_classes > 0``) makes both networks conditional and
             takes its labels from the data.
         settings: budget, optimiser, loss, EMA, sample and FID settings (validated here).
+        wrap_step: the per-step hook: called once with the :class:`GANStep`, it returns the
+            ``step(run, batch) -> figures`` the run calls instead, e.g.
+            ``lambda step: RatioProbe(step, every=50)`` (:mod:`imgtx.gan.ratio_logging`).
     """
     from imgtx.data import image_loader
     from imgtx.hub import parameter_count
@@ -185,8 +237,9 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
     optimizers = {"G": torch.optim.Adam(G.parameters(), settings.lr, betas=settings.betas),
                   "D": torch.optim.Adam(D.parameters(), lr_d, betas=settings.betas)}
     schedules = {name: Schedule(settings.warmup, "constant") for name in optimizers}
-    ema = {"G": EMASettings(settings.ema_kimg * 1000, settings.ema_warmup)}
-    run.prepare({"G": G, "D": D}, optimizers, schedules, ema, data=loader)
+    run.prepare({"G": G, "D": D}, optimizers, schedules, {"G": settings.ema_settings()},
+                data=loader)
+    settings._check_g_batch_size(run.num_processes)
     run.write_json("settings.json", {"generator": asdict(G.config),
                                      "discriminator": asdict(D.config),
                                      "train": asdict(settings)})
@@ -196,8 +249,10 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
     loss = make_loss(settings.loss, **settings.loss_options)
     if getattr(D.config, "aux_classifier", False):
         loss = AuxiliaryClassifierLoss(loss, settings.aux_weight)
-    step = GANStep(loss, settings.n_critic,
-                   settings.clip_grad_norm, G.config.latent_dim, num_classes)
+    step = GANStep(loss, settings.n_critic, settings.clip_grad_norm, G.config.latent_dim,
+                   num_classes, g_batch_size=settings.g_batch_size)
+    if wrap_step is not None:
+        step = wrap_step(step)
     record = run.fit(step, evaluate=lambda r: _evaluate(r, settings), samples=(
         (lambda r: _samples(r, settings)) if settings.num_samples else None))
     if settings.fid_every and "fid" not in record and run.is_main_process:  # stopped by time
@@ -241,7 +296,8 @@ def _export(run: Run, settings: GANTrainSettings, record: dict) -> Path:
                "D steps": run.state.step, "G steps": run.state.step // settings.n_critic,
                "kimg": round(run.state.images_seen / 1000, 2),
                "training hours": round(run.hours(), 3),
-               "EMA half-life (kimg)": settings.ema_kimg}
+               **({"EMA decay per G step": settings.ema_decay} if settings.ema_decay is not None
+                  else {"EMA half-life (kimg)": settings.ema_kimg})}
     for key in ("fid", "kid"):
         if key in record:
             metrics[f"{key} ({settings.features}, {settings.fid_samples} samples, "

@@ -13,6 +13,12 @@ processes), with ``images_seen`` images seen *before* that step,
 so the average forgets half of its past every ``half_life`` images, and early in training (when
 the weights move fast) it follows them closely: at the first step ``beta`` is 0 and the copy
 equals the model. Buffers (e.g. running statistics) are copied, not averaged.
+
+A fixed decay per update (``EMASettings(decay=d)``: ``beta = d`` at every update, no warm-up) is
+the other common form (TransGAN ``functions.py::train`` with ``--ema_warmup 0``: ``--ema 0.995``).
+The two agree when ``d = 0.5 ** (batch_images / half_life)``, i.e.
+``half_life = batch_images * ln 2 / -ln d``: 0.995 at 64 images per update is a half-life of
+8,850 images.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ __all__ = ["EMASettings", "EMA", "ema_beta"]
 class EMASettings:
     """How fast an EMA forgets: ``half_life_images`` images (StyleGAN2-ADA uses 10k-20k images
     for its generators), capped at ``warmup_ratio`` x the images seen so far (0.05 in
-    StyleGAN2-ADA's ``ema_rampup``; ``None``: no warm-up)."""
+    StyleGAN2-ADA's ``ema_rampup``; ``None``: no warm-up). ``decay``, when given, is the fixed
+    ``beta`` of every update instead, and the other two are not used."""
 
     half_life_images: float = 10_000.0
     warmup_ratio: float | None = 0.05
+    decay: float | None = None
 
     def __post_init__(self) -> None:
+        if self.decay is not None and not 0 <= self.decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
         if not self.half_life_images > 0:
             raise ValueError(f"half_life_images must be > 0, got {self.half_life_images}")
         if self.warmup_ratio is not None and not self.warmup_ratio > 0:
@@ -43,7 +53,10 @@ class EMASettings:
 
 
 def ema_beta(settings: EMASettings, images_seen: int, batch_images: int) -> float:
-    """The decay of one update: ``0.5 ** (batch_images / half_life)`` with the warm-up cap."""
+    """The decay of one update: ``settings.decay`` if given, else
+    ``0.5 ** (batch_images / half_life)`` with the warm-up cap."""
+    if settings.decay is not None:
+        return settings.decay
     half_life = settings.half_life_images
     if settings.warmup_ratio is not None:
         half_life = min(half_life, images_seen * settings.warmup_ratio)

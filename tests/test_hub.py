@@ -139,7 +139,8 @@ def test_save_writes_config_weights_and_card(saved):
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json",
                                                         "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
-    assert config == json.loads(json.dumps(dataclasses.asdict(model.config)))
+    assert config == {"_class_name": "TinyModel",  # the model class, as diffusers records it
+                      **json.loads(json.dumps(dataclasses.asdict(model.config)))}
     assert config["kernel"] == [5, 1] and config["inner"]["widths"] == [7, 8, 9]
     assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())
 

@@ -24,18 +24,23 @@ from huggingface_hub import constants
 
 from imgtx.hub.errors import ConfigMismatchError
 
-__all__ = ["IGNORED_FIELDS_ATTRIBUTE", "config_from_dict"]
+__all__ = ["CLASS_NAME_KEY", "IGNORED_FIELDS_ATTRIBUTE", "config_from_dict"]
 
 logger = logging.getLogger(__name__)
 
 IGNORED_FIELDS_ATTRIBUTE = "IGNORED_CONFIG_FIELDS"
+# The model class a config.json belongs to, as diffusers' ConfigMixin records it (``_class_name``):
+# written by HubModel.save_pretrained, read by from_pretrained to pick the class, and never a
+# field of the config dataclass.
+CLASS_NAME_KEY = "_class_name"
 
 
 def config_from_dict(config_class: type, data: Mapping[str, Any],
                      where: str = constants.CONFIG_NAME) -> Any:
     """Build ``config_class`` from a JSON dict.
 
-    Keys named in ``config_class.IGNORED_CONFIG_FIELDS`` are dropped; other unknown keys raise
+    ``_class_name`` (the model class, :data:`CLASS_NAME_KEY`) and the keys named in
+    ``config_class.IGNORED_CONFIG_FIELDS`` are dropped; other unknown keys raise
     :class:`ConfigMismatchError`; missing keys take the dataclass defaults. Values are rebuilt
     from the field annotations: JSON lists become tuples where the field is a tuple, nested dicts
     become nested dataclasses, ints become floats for float fields.
@@ -43,6 +48,7 @@ def config_from_dict(config_class: type, data: Mapping[str, Any],
     if not isinstance(data, Mapping):
         raise ConfigMismatchError(f"{where}: expected a JSON object for {config_class.__name__}, "
                                   f"got {type(data).__name__}")
+    data = {key: value for key, value in data.items() if key != CLASS_NAME_KEY}
     ignored = set(getattr(config_class, IGNORED_FIELDS_ATTRIBUTE, ()))
     dropped = sorted(ignored & set(data))
     if dropped:

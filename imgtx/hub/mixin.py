@@ -5,6 +5,12 @@ writes ``config.json`` (the dataclass fields), ``model.safetensors`` and a ``REA
 ``Model.from_pretrained(dir_or_hub_id)`` rebuilds the dataclass (:mod:`imgtx.hub.config`), checks
 the safetensors file (:mod:`imgtx.hub.weights`) and loads the weights strictly. It never unpickles
 (:mod:`imgtx.hub.files`). The save/push machinery is ``huggingface_hub.PyTorchModelHubMixin``'s.
+
+config.json names its model class (``"_class_name"``, as diffusers' ``ConfigMixin`` writes it), so
+``from_pretrained`` on a family's base class builds the subclass that was saved, and refuses a
+checkpoint of another family with a message that names the class to use. A config.json written
+before the class was recorded loads as the class it is loaded with (or the one its base class's
+:meth:`HubModel.legacy_class` picks).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.repocard import ModelCard, ModelCardData
 from torch import nn
 
-from imgtx.hub.config import config_from_dict
+from imgtx.hub.config import CLASS_NAME_KEY, config_from_dict
 from imgtx.hub.errors import ConfigMismatchError
 from imgtx.hub.files import CONFIG_FILE, config_file, find_weights, hub_options
 from imgtx.hub.weights import load_safetensors, load_state_dict_checked, parameter_count
@@ -110,7 +116,7 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
         hub = hub_options(model_id, revision=revision, cache_dir=cache_dir,
                           force_download=force_download, local_files_only=local_files_only,
                           token=token)
-        config_class = cls.resolve_config_class()
+        model_class = cls
         if config is None:
             where = f"{model_id}/{CONFIG_FILE}"
             path = config_file(model_id, hub, cls.__name__)
@@ -119,7 +125,8 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
             except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
                 raise ConfigMismatchError(f"{where} is not valid JSON ({error}); fix it, or "
                                           "re-save the model with save_pretrained.") from error
-            config = config_from_dict(config_class, data, where=where)
+            model_class = cls.saved_class(data, where)
+            config = config_from_dict(model_class.resolve_config_class(), data, where=where)
         if config_overrides:
             unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(config)})
             if unknown:
@@ -128,10 +135,43 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
             config = dataclasses.replace(config, **config_overrides)
         weights_path = find_weights(model_id, hub)
         state_dict = load_safetensors(weights_path, target)  # header checked before reading
-        model = cls(config).to(target)
+        model = model_class(config).to(target)
         load_state_dict_checked(model, state_dict, strict=strict,
                                 source=f"{model_id}/{Path(weights_path).name}")
         return model.eval()
+
+    @classmethod
+    def saved_class(cls, data: Mapping[str, Any], where: str = CONFIG_FILE) -> type[HubModel]:
+        """The class to build from a config.json ``data``: ``cls`` or the subclass of it that
+        ``data["_class_name"]`` names; without that key, :meth:`legacy_class`.
+
+        Raises :class:`ConfigMismatchError` when the named class is not ``cls`` or one of its
+        subclasses (a checkpoint of another kind of model), saying which class to load it with.
+        """
+        name = data.get(CLASS_NAME_KEY) if isinstance(data, Mapping) else None
+        if name is None:
+            return cls.legacy_class(data)
+        if name == cls.__name__:
+            return cls
+        matches = [c for c in _family(cls) if c.__name__ == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ConfigMismatchError(f"{where} names class {name!r}, which several subclasses "
+                                      f"of {cls.__name__} are called: load it with one of "
+                                      f"{[f'{c.__module__}.{c.__qualname__}' for c in matches]}.")
+        known = [c for c in _family(HubModel) if c.__name__ == name]
+        hint = (f"load it with {known[0].__module__}.{name}.from_pretrained" if known else
+                f"import the module that defines {name}, or load it with its own class")
+        raise ConfigMismatchError(f"{where} holds a {name}, which is not a {cls.__name__}: "
+                                  f"{hint}.")
+
+    @classmethod
+    def legacy_class(cls, data: Mapping[str, Any]) -> type[HubModel]:
+        """The class of a config.json saved before ``_class_name`` was recorded: ``cls``. A
+        family's base class whose subclasses must be told apart overrides this (by the keys of
+        ``data``), for its old checkpoints only."""
+        return cls
 
     def save_pretrained(
         self,
@@ -166,8 +206,11 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
             else:
                 warnings.warn(f"{card_path} was not written by imgtx; left unchanged, so the "
                               "model card (and any metrics) was not written.", stacklevel=2)
+        config = self._hub_config() if config is None else config
+        if dataclasses.is_dataclass(config):  # config.json names the class (CLASS_NAME_KEY)
+            config = {CLASS_NAME_KEY: type(self).__name__, **dataclasses.asdict(config)}
         return super().save_pretrained(
-            save_directory, config=self._hub_config() if config is None else config,
+            save_directory, config=config,
             repo_id=repo_id, push_to_hub=push_to_hub, model_card_kwargs=card_kwargs,
             **push_to_hub_kwargs)
 
@@ -208,6 +251,17 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
             raise TypeError(f"{type(self).__name__} has no dataclass config to save; call "
                             "super().__init__(config) in its __init__.")
         return config
+
+
+def _family(base: type) -> list[type]:
+    """``base`` and every subclass of it defined so far (depth first)."""
+    found, stack = [], [base]
+    while stack:
+        cls = stack.pop()
+        if cls not in found:
+            found.append(cls)
+            stack.extend(cls.__subclasses__())
+    return found
 
 
 def _cell(value: Any) -> str:

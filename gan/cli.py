@@ -97,7 +97,7 @@ def train_from_arguments(args: argparse.Namespace, wrap_step=None):
     import copy
     from dataclasses import fields
 
-    from imgtx.cli import apply_overrides
+    from imgtx.cli_options import apply_overrides
     from imgtx.gan.configs import gan_entry
     from imgtx.gan.train import GANTrainSettings, settings_from_registry, train_gan
 
@@ -179,19 +179,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """The options of ``imgtx gan train`` (read back by :func:`train_from_arguments`). Every
-    setting defaults to None: the registry recipe's value, else the settings' default.
-    ``required=False`` lets a script give ``--config`` and ``--out`` through ``set_defaults``."""
-    p.add_argument("--config", required=required, help="registry name, e.g. transgan-cifar10")
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``imgtx gan train``: every run's (:func:`imgtx.cli_options.add_run_arguments`;
+    a step is a D step) and the GAN settings, read back by :func:`train_from_arguments`. Every
+    setting defaults to None: the registry recipe's value, else the settings' default."""
+    from imgtx.cli_options import add_run_arguments
+
+    p.add_argument("--config", required=True, help="registry name, e.g. transgan-cifar10")
     p.add_argument("--data", help="builtin:photos32 | builtin:digits | a folder | a Hub id")
-    p.add_argument("--out", required=required, help="run directory")
-    p.add_argument("--max-steps", type=int, help="D steps (G steps every n_critic of them)")
+    add_run_arguments(p)
     p.add_argument("--kimg", type=float, help="budget in thousands of real images")
-    p.add_argument("--minutes", type=float, help="wall-clock budget")
-    p.add_argument("--batch-size", type=int, help="real images per process and micro-batch "
-                   "(default: the config's)")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
     p.add_argument("--g-batch-size", type=int, help="G's fresh latents per G step over all "
                    "processes and micro-batches (TransGAN gen_batch_size; default: the config's, "
                    "else D's real images per step)")
@@ -207,10 +204,6 @@ def add_train_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--ema-warmup", type=float, help="half-life cap: this x images seen")
     p.add_argument("--ema-decay", type=float, help="instead of --ema-kimg: a fixed EMA decay "
                    "per G step (TransGAN --ema, e.g. 0.995)")
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
-    p.add_argument("--eval-every", type=int, help="steps between metrics.jsonl lines")
-    p.add_argument("--sample-every", type=int, help="steps between sample grids")
-    p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--num-samples", type=int, help="images per sample grid")
     p.add_argument("--fid-every", type=int, help="steps between FID/KID ticks (0: none)")
     p.add_argument("--fid-samples", type=int, help="images per FID/KID tick")
@@ -219,12 +212,6 @@ def add_train_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--features", help="FID feature extractor (default: imgtx-small)")
     p.add_argument("--aux-weight", type=float, help="weight of the AC-GAN class loss, when D "
                    "has an auxiliary classifier (--set-d aux_classifier=true; default 1)")
-    p.add_argument("--resume", action="store_true", default=None,
-                   help="continue from OUT/checkpoint")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--num-workers", type=int, help="data-loading processes")
-    p.add_argument("--report-to", choices=["none", "tensorboard", "wandb", "all"])
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a generator config field, e.g. --set checkpoint_blocks=true "
                    "(num_classes and checkpoint_blocks apply to D too)")
@@ -283,4 +270,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     _add_sample_parser(sub)
     _add_eval_parser(sub)
+    from imgtx.gan.official import add_convert_parser
+
+    add_convert_parser(sub)
     return parser

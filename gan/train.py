@@ -31,6 +31,7 @@ the EMA generator (``config.json``, ``model.safetensors``, model card) with the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from imgtx.registry import settings_from_recipe
 from imgtx.training import EMASettings, Run, RunSettings, Schedule
 
 __all__ = ["GANTrainSettings", "build_models", "settings_from_registry", "resolved_recipe",
-           "train_gan", "RECIPE_KEYS", "GENERATOR_DIR", "DISCRIMINATOR_DIR"]
+           "train_gan", "train_named", "RECIPE_KEYS", "GENERATOR_DIR", "DISCRIMINATOR_DIR"]
 
 GENERATOR_DIR = "."  # final/ itself holds the EMA generator
 DISCRIMINATOR_DIR = "discriminator"
@@ -262,6 +263,23 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
         run.save_samples(lambda r: _samples(r, settings))
     run.end()
     return final
+
+
+def train_named(name: str, *, generator: dict | None = None, discriminator: dict | None = None,
+                wrap_step: Callable[[GANStep], StepFunction] | None = None, **given: Any) -> Path:
+    """Train the registry pair ``name`` (e.g. ``"transgan-cifar10"``); returns ``final/``.
+
+    ``generator`` and ``discriminator`` replace fields of its configs; ``given`` are settings
+    on top of its recipe (:func:`settings_from_registry`); ``wrap_step`` as in
+    :func:`train_gan`.
+    """
+    from imgtx.gan.configs import gan_entry
+
+    entry = gan_entry(name)
+    settings = settings_from_registry(entry.train, **given)
+    return train_gan(dataclasses.replace(entry.config, **(generator or {})),
+                     dataclasses.replace(entry.discriminator, **(discriminator or {})),
+                     settings, wrap_step=wrap_step)
 
 
 def _samples(run: Run, settings: GANTrainSettings) -> torch.Tensor:

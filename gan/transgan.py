@@ -41,8 +41,8 @@ from imgtx.gan.conditioning import (
     adanorm_layer_kwargs,
     check_labels,
 )
-from imgtx.gan.transgan_configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
 from imgtx.gan.diffaugment import AugmentedInput
+from imgtx.gan.transgan_configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
 from imgtx.hub import HubModel
 from imgtx.transformer import PixelNorm
 

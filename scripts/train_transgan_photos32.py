@@ -9,8 +9,9 @@ untrained sample grids into ``docs/``.
 
 The model is the ``transgan-photos32-small`` registry entry made cheaper for 2 shared CPU cores
 (G width 192 with blocks at 8x8 and 16x16 only; a one-block-per-scale D of width 64): see
-``OVERRIDES``. Pilot runs chose the hinge loss, one D step per G step, Adam 2e-4 (betas 0, 0.99)
-and a 2k-image EMA half-life (docs/gan.md has the pilot table).
+``SETTINGS``, which also hold the training settings. Pilot runs chose the hinge loss, one D step
+per G step, Adam 2e-4 (betas 0, 0.99) and a 2k-image EMA half-life (docs/gan.md has the pilot
+table).
 
     python scripts/train_transgan_photos32.py --minutes 70 --out runs/transgan-photos32
     python scripts/train_transgan_photos32.py --max-steps 4 --out /tmp/smoke --export '' \
@@ -20,33 +21,24 @@ and a 2k-image EMA half-life (docs/gan.md has the pilot table).
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 from pathlib import Path
 
 from imgtx.errors import UserError
-from imgtx.gan.configs import gan_entry
-from imgtx.gan.train import settings_from_registry, train_gan
+from imgtx.gan.train import train_named
 from imgtx.training.checkpoints import export_run
 from imgtx.training.curves import plot_curves, read_records
 
 CONFIG = "transgan-photos32-small"
 # Cheaper than the registry entry: the 32x32 stage has no blocks (its global attention over
-# 1,024 tokens cost 10x the rest of G on this CPU) and D has one block per scale.
-OVERRIDES = {"generator": {"dim": 192, "depths": (2, 1, 0)},
-             "discriminator": {"dim": 64, "embed_dims": (48, 16), "depths": ((1,), (1,))}}
-TRAIN = {"loss": "hinge", "lr": 2e-4, "n_critic": 1, "batch_size": 16, "ema_kimg": 2.0,
-         "ema_warmup": 0.05, "clip_grad_norm": 5.0}
+# 1,024 tokens cost 10x the rest of G on this CPU) and D has one block per scale. The training
+# settings replace the entry's recipe where they differ.
+SETTINGS = {"generator": {"dim": 192, "depths": (2, 1, 0)},
+            "discriminator": {"dim": 64, "embed_dims": (48, 16), "depths": ((1,), (1,))},
+            "data": "builtin:photos32", "loss": "hinge", "lr": 2e-4, "n_critic": 1,
+            "batch_size": 16, "ema_kimg": 2.0, "ema_warmup": 0.05, "clip_grad_norm": 5.0,
+            "eval_every": 100, "sample_every": 500, "checkpoint_every": 250, "num_samples": 64}
 COMMAND = ("python scripts/train_transgan_photos32.py --minutes {minutes} --out {out}")
-
-
-def configs():
-    entry = gan_entry(CONFIG)
-    generator = dataclasses.replace(copy.deepcopy(entry.config), **OVERRIDES["generator"])
-    discriminator = dataclasses.replace(copy.deepcopy(entry.discriminator),
-                                        **OVERRIDES["discriminator"])
-    return entry, generator, discriminator
 
 
 def evaluate(export: Path, samples: int, docs: Path | None) -> dict:
@@ -98,12 +90,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
-    entry, generator, discriminator = configs()
-    settings = settings_from_registry(
-        entry.train, **TRAIN, data="builtin:photos32", out=args.out, minutes=args.minutes,
-        max_steps=args.max_steps, eval_every=100, sample_every=500, checkpoint_every=250,
-        num_samples=64, threads=args.threads, resume=args.resume)
-    final = train_gan(generator, discriminator, settings)
+    final = train_named(CONFIG, **SETTINGS, out=args.out, minutes=args.minutes,
+                        max_steps=args.max_steps, threads=args.threads, resume=args.resume)
     if not args.export:
         return
     export = export_run(final, args.export)
@@ -112,10 +100,10 @@ def main() -> None:
                for r in read_records(export / "training_curve.jsonl")]
     plot_curves(records, export / "training_curve.png")
     progress = json.loads((Path(args.out) / "progress.json").read_text())
-    summary = {"metrics": {"training data": "builtin:photos32 (train)", "loss": settings.loss,
+    summary = {"metrics": {"training data": "builtin:photos32 (train)", "loss": SETTINGS["loss"],
                            "D steps": progress["step"], "images seen": progress["images_seen"],
                            "training hours": round(progress["hours"], 3),
-                           "EMA half-life (kimg)": settings.ema_kimg}}
+                           "EMA half-life (kimg)": SETTINGS["ema_kimg"]}}
     (export / "train_summary.json").write_text(json.dumps(summary, indent=2))
     result = None
     if args.eval_samples:

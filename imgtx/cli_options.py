@@ -180,7 +180,7 @@ def apply_overrides(config, pairs: list[str] | None) -> None:
             raise UserError(f"--set {key}={raw}: expected a {type(old).__name__} like {old!r}")
         _check_size(key, raw, value, old)
         setattr(config, key, value)
-    if pairs:
+    if pairs and hasattr(config, "__post_init__"):
         try:
             config.__post_init__()
         except (ValueError, TypeError) as error:  # the config's own validation

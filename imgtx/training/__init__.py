@@ -8,7 +8,9 @@ schedules, EMA copies, images seen over all processes, ``metrics.jsonl`` with it
 (accelerate's ``save_state``/``load_state``), and export (``save_pretrained``). Only the main
 process prints, writes files and shows progress bars.
 
-Files: :mod:`~imgtx.training.run` (the run), :mod:`~imgtx.training.settings` (its settings),
+Files: :mod:`~imgtx.training.run` (the run and its loop), :mod:`~imgtx.training.outputs` (what
+it writes: metrics, sample grids, checkpoints, export), :mod:`~imgtx.training.settings` (its
+settings),
 :mod:`~imgtx.training.ema`, :mod:`~imgtx.training.schedules`, :mod:`~imgtx.training.curves`
 (``metrics.jsonl`` and its PNG), :mod:`~imgtx.training.checkpoints` (atomic checkpoints and
 exports), :mod:`~imgtx.training.likelihood` (one model, Adam and noam: ``imgtx train`` and
@@ -42,7 +44,8 @@ A GAN on the run::
         run.optimizer_step("G")            # then G's EMA follows (after the micro-batches)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
-    record = run.fit(step, evaluate=lambda run: {"fid": ...}, samples=lambda run: ...)
+    record = run.fit(step, evaluate=lambda run: {"fid": ...}, samples=lambda run: ...,
+                     callbacks=[lambda run, figures: ...])   # after every optimiser step
     run.export("G", ema=True)              # final/G_ema (save_pretrained)
     run.end()
 
@@ -64,9 +67,9 @@ Rules of the road:
 """
 
 from imgtx.training.ema import EMA, EMASettings, ema_beta
-from imgtx.training.run import Run, TrainingDiverged
+from imgtx.training.run import Run, StepCallback, StepFunction, TrainingDiverged
 from imgtx.training.schedules import Schedule, noam
 from imgtx.training.settings import RunSettings
 
 __all__ = ["Run", "RunSettings", "EMA", "EMASettings", "ema_beta", "Schedule", "noam",
-           "TrainingDiverged"]
+           "TrainingDiverged", "StepFunction", "StepCallback"]

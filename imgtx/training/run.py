@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -19,28 +19,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imgtx.errors import UserError
-from imgtx.training.checkpoints import (
-    RunState,
-    batch_images,
-    export_model,
-    find_checkpoint,
-    save_checkpoint,
-)
-from imgtx.training.curves import append_record, plot_curves, read_records
+from imgtx.training.checkpoints import RunState, batch_images, find_checkpoint
+from imgtx.training.curves import read_records
 from imgtx.training.ema import EMA, EMASettings
+from imgtx.training.outputs import RunOutputs
 from imgtx.training.settings import RunSettings
 
-__all__ = ["Run", "TrainingDiverged"]
+__all__ = ["Run", "TrainingDiverged", "StepFunction", "StepCallback"]
 
 StepFunction = Callable[["Run", Any], "dict[str, Any] | None"]
+StepCallback = Callable[["Run", "dict[str, float]"], None]
 
 
 class TrainingDiverged(UserError):
     """A training figure became NaN or infinite; the last checkpoint is left as it was."""
 
 
-class Run:
-    """One training run: accelerator, run directory, budget, checkpoints, EMA, metrics, export.
+class Run(RunOutputs):
+    """One training run: accelerator, run directory, budget, checkpoints, EMA, metrics, export
+    (the files it writes: :class:`imgtx.training.outputs.RunOutputs`).
 
     Construct it first (it seeds every random generator), then build the models, then
     :meth:`prepare` them; or pass everything to the constructor. ``schedules`` maps optimiser
@@ -259,7 +256,8 @@ class Run:
         return bool(flag.item())
 
     def fit(self, step: StepFunction, *, evaluate: Callable[[Run], dict] | None = None,
-            samples: Callable[[Run], torch.Tensor] | None = None) -> dict:
+            samples: Callable[[Run], torch.Tensor] | None = None,
+            callbacks: Sequence[StepCallback] = ()) -> dict:
         """Train until ``max_steps`` or ``minutes`` runs out; returns the last metrics record.
 
         Each optimiser step calls ``step(run, batch)`` once per micro-batch inside one
@@ -268,14 +266,17 @@ class Run:
         ``evaluate(run)`` (on every process) adds figures and a line goes to ``metrics.jsonl``;
         every ``sample_every`` steps ``samples(run)`` (main process only) gives images
         ``(N, 3, H, W)`` uint8 for ``samples/step_<step>.png``; every ``checkpoint_every`` steps
-        and at the end the state is saved to ``checkpoint/``.
+        and at the end the state is saved to ``checkpoint/``. After every optimiser step, each
+        of ``callbacks`` is called as ``callback(run, figures)`` on every process, with the
+        step's training figures (averaged over its micro-batches) and the counters already
+        advanced: a family's per-step diagnostics hook in here, not into its step.
 
         When a step fails (unreadable data, a non-finite loss, ...) before any checkpoint was
         saved, the run directory is removed if this run made it; a run with a checkpoint keeps
         it, to resume from.
         """
         try:
-            return self._fit(step, evaluate, samples)
+            return self._fit(step, evaluate, samples, callbacks)
         except Exception:
             if (self._made_out and self.accelerator.is_main_process
                     and find_checkpoint(self.out) is None):
@@ -283,7 +284,8 @@ class Run:
             raise
 
     def _fit(self, step: StepFunction, evaluate: Callable[[Run], dict] | None,
-             samples: Callable[[Run], torch.Tensor] | None) -> dict:
+             samples: Callable[[Run], torch.Tensor] | None,
+             callbacks: Sequence[StepCallback]) -> dict:
         settings, accelerator = self.settings, self.accelerator
         self._start = time.time()
         deadline = self._start + 60 * settings.minutes if settings.minutes else None
@@ -299,7 +301,9 @@ class Run:
                     bar.write(f"time budget of {settings.minutes} min used up at step "
                               f"{self.state.step}")
                     break
-                self._one_step(step, batches)
+                figures = self._one_step(step, batches)
+                for callback in callbacks:
+                    callback(self, figures)
                 bar.update(1)
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in self.state.running.items()},
                                  "img": self.state.images_seen})
@@ -317,7 +321,7 @@ class Run:
         self.checkpoint()
         return record
 
-    def _one_step(self, step: StepFunction, batches: Iterator[Any]) -> None:
+    def _one_step(self, step: StepFunction, batches: Iterator[Any]) -> dict[str, float]:
         settings = self.settings
         self._stepped.clear()
         sums: dict[str, float] = {}
@@ -346,99 +350,4 @@ class Run:
         for key, value in figures.items():
             old = self.state.running.get(key)
             self.state.running[key] = value if old is None else 0.98 * old + 0.02 * value
-
-    # -- outputs ---------------------------------------------------------------------------
-
-    def print(self, *args, **kwargs) -> None:
-        """``print`` on the main process only."""
-        self.accelerator.print(*args, **kwargs)
-
-    def write_json(self, name: str, value: Any) -> None:
-        """Write ``value`` as ``<out>/<name>`` (main process only)."""
-        if self.accelerator.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / name).write_text(json.dumps(value, indent=2))
-
-    def _running_over_processes(self) -> dict[str, float]:
-        if self.num_processes == 1 or not self.state.running:
-            return dict(self.state.running)
-        values = torch.tensor(list(self.state.running.values()), dtype=torch.float64,
-                              device=self.device)
-        values = self.accelerator.reduce(values, "mean")
-        return dict(zip(self.state.running, values.tolist()))
-
-    def log(self, figures: dict[str, Any]) -> dict:
-        """Append ``{step, images_seen, hours, **figures}`` to ``metrics.jsonl``, redraw
-        ``metrics.png`` and send the numbers to the trackers (main process); returns it."""
-        record = {"step": self.state.step, "images_seen": self.state.images_seen,
-                  "hours": round(self.hours(), 4), **figures}
-        if self.accelerator.is_main_process:
-            append_record(self.out / "metrics.jsonl", record)
-            plot_curves(read_records(self.out / "metrics.jsonl"), self.out / "metrics.png")
-        numbers = {k: v for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
-        if self.accelerator.trackers:
-            self.accelerator.log(numbers, step=self.state.step)
-        return record
-
-    def log_evaluation(self, evaluate: Callable[[Run], dict] | None,
-                       write: Callable[[str], None] | None = None) -> dict:
-        """Evaluate (every process), then :meth:`log` the running training figures, the
-        evaluation's figures and the learning rates."""
-        figures = evaluate(self) if evaluate is not None else {}
-        for model in self.models.values():
-            model.train()
-        record = self.log({**self._running_over_processes(), **figures,
-                           **self.learning_rates()})
-        if write is not None and self.accelerator.is_main_process:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items()
-                              if isinstance(v, float))
-            write(f"step {self.state.step} ({self.state.images_seen} images seen)"
-                  + (f": {shown}" if shown else ""))
-        return record
-
-    def save_samples(self, samples: Callable[[Run], torch.Tensor] | None) -> Path | None:
-        """``samples(run)`` -> ``samples/step_<step>.png`` on the main process only."""
-        if samples is None or not self.accelerator.is_main_process:
-            return None
-        from imgtx.images import save_grid
-
-        images = samples(self)
-        path = save_grid(images, self.out / "samples" / f"step_{self.state.step:07d}.png")
-        for model in self.models.values():
-            model.train()
-        return path
-
-    def checkpoint(self) -> Path:
-        """Save the accelerate state (models, optimisers, schedulers, EMA copies, counters,
-        every process's RNG states) to ``checkpoint/``: written as ``checkpoint.partial/`` and
-        renamed, so a kill during the save leaves the previous checkpoint whole."""
-        self.state.hours = self.hours()
-        return save_checkpoint(self.accelerator, self.out, self.state)
-
-    def export(self, name: str | None = None, *, ema: bool = False, path: str | Path | None = None,
-               metrics: dict | None = None) -> Path:
-        """Write model ``name`` (or its EMA copy) with ``save_pretrained`` (main process).
-
-        The default path is ``final/`` for a run of one model, else ``final/<name>`` (and
-        ``final/<name>_ema``). The export is written beside the path and renamed into place.
-        ``metrics`` go into an imgtx model card. A model without ``save_pretrained`` is saved
-        as ``model.safetensors``.
-        """
-        name = name or next(iter(self.models))
-        model = self.emas[name].model if ema else self.unwrap(name)
-        if path is None:
-            single = len(self.models) == 1 and not ema
-            path = self.out / "final" if single else self.out / "final" / (
-                name + ("_ema" if ema else ""))
-        if self.accelerator.is_main_process:
-            export_model(model, Path(path), metrics)
-            self.print(f"exported {path}")
-        self.accelerator.wait_for_everyone()
-        return Path(path)
-
-    def end(self) -> None:
-        """Close the trackers and wait for every process."""
-        if self.accelerator.trackers:
-            self.accelerator.end_training()
-        self.accelerator.wait_for_everyone()
+        return figures

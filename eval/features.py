@@ -8,9 +8,10 @@ give class probabilities have a ``probabilities`` method ``(B, 3, H, W) -> (B, C
   TorchScript translation ``inception-2015-12-05.pt`` that StyleGAN2-ADA's metrics download
   (Karras et al. 2020, ``metrics/metric_utils.py``); loading it needs no torchvision.
 * ``"imgtx-small"`` -- :class:`SmallFeatureNet`, a 290k-parameter CNN whose weights ship in
-  ``checkpoints/imgtx-features-small`` (trained by ``scripts/train_feature_net.py`` on real
-  handwritten digits and on photo identity). Offline, 128-d; its digit head gives probabilities.
-  ``"imgtx-small:DIR"`` loads the same network from another folder.
+  ``checkpoints/imgtx-features-small`` (trained on real handwritten digits and on photo
+  identity by :mod:`imgtx.eval.feature_training`; recipe: ``scripts/train_feature_net.py``).
+  Offline, 128-d; its digit head gives probabilities. ``"imgtx-small:DIR"`` loads the same
+  network from another folder.
 * ``"random"`` -- :class:`RandomConvFeatures`, a fixed random network for tests.
 
 Numbers from different extractors are not comparable with each other.
@@ -188,7 +189,7 @@ def load_small_feature_net(
         raise UserError(
             f"no feature network in {folder} (expected config.json and model.safetensors); the "
             "repo ships one in checkpoints/imgtx-features-small, or run "
-            "scripts/train_feature_net.py --out DIR and pass 'imgtx-small:DIR'"
+            "scripts/train_feature_net.py --out RUN and pass 'imgtx-small:RUN/final'"
         )
     card = json.loads(config_file.read_text())
     fields = {k: card[k] for k in asdict(SmallFeatureConfig()) if k in card}

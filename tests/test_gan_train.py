@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import PIL.Image
@@ -19,12 +20,13 @@ from imgtx.errors import UserError
 from imgtx.gan.configs import gan_entry
 from imgtx.gan.losses import make_loss
 from imgtx.gan.sample import load_generator
-from imgtx.gan.step import GANStep, is_generator_step
+from imgtx.gan.step import GANStep, is_generator_step, to_unit_range
 from imgtx.gan.train import GANTrainSettings, build_models, settings_from_registry, train_gan
 from imgtx.hub import load_safetensors
 from imgtx.training import EMASettings, Run, Schedule
 
 TINY = gan_entry("transgan-tiny")
+UNPATCHED_STEP = GANStep.__call__
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -44,17 +46,23 @@ def toy_loader(count: int, batch_size: int) -> DataLoader:
 
 
 def run_steps(tmp_path: Path, *, max_steps: int, batch_size: int, grad_accum: int,
-              n_critic: int, loss: str = "wgan-gp"):
-    """A GAN on a bare Run; returns (run, initial G state, initial D state)."""
+              n_critic: int, loss: str = "wgan-gp", optimizer=None, clip: float | None = 5.0,
+              discriminator_overrides: dict | None = None, step_options: dict | None = None):
+    """A GAN on a bare Run; returns (run, initial G state, initial D state). ``optimizer`` maps
+    parameters to an optimiser (default: Adam(1e-3, betas (0, 0.99))); ``step_options`` go to
+    :class:`GANStep` (``g_batch_size``, ``isolate_d``)."""
     run = Run(GANTrainSettings(out=str(tmp_path), max_steps=max_steps, batch_size=batch_size,
                                grad_accum=grad_accum, eval_every=0, checkpoint_every=0))
-    G, D = build_models(*tiny_pair())
+    g_config, d_config = tiny_pair()
+    d_config = dataclasses.replace(d_config, **(discriminator_overrides or {}))
+    G, D = build_models(g_config, d_config)
     before = (copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict()))
-    optimizers = {name: torch.optim.Adam(model.parameters(), 1e-3, betas=(0.0, 0.99))
-                  for name, model in (("G", G), ("D", D))}
+    optimizer = optimizer or (lambda params: torch.optim.Adam(params, 1e-3, betas=(0.0, 0.99)))
+    optimizers = {name: optimizer(model.parameters()) for name, model in (("G", G), ("D", D))}
     run.prepare({"G": G, "D": D}, optimizers, {n: Schedule(0, "constant") for n in optimizers},
                 {"G": EMASettings(1000)}, data=toy_loader(16, batch_size))
-    run.fit(GANStep(make_loss(loss), n_critic, 5.0, G.config.latent_dim))
+    run.fit(GANStep(make_loss(loss), n_critic, clip, G.config.latent_dim,
+                    **(step_options or {})))
     return run, *before
 
 
@@ -88,6 +96,75 @@ def test_gradient_accumulation_keeps_the_step_counts(tmp_path, grad_accum):
     assert run.state.images_seen == 16
 
 
+def batch_split_draws(monkeypatch) -> None:
+    """Within a run step, ``torch.randn((n, ...))`` returns the next n rows of one fixed table
+    (from row 0 at each step's first micro-batch): k micro-batches of n, and G's chunks, then
+    draw exactly the latents of one batch of k n, in the same order."""
+    randn = torch.randn
+    table = randn(64, 64, generator=torch.Generator().manual_seed(0))
+    where = {"row": 0, "micro_batch": 0}
+
+    def batch_split_randn(*size, **kwargs):
+        kwargs.pop("generator", None)
+        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+        rows, start = size[0], where["row"]
+        where["row"] += rows
+        return table[start : start + rows, : math.prod(size[1:])].reshape(size).to(**kwargs)
+
+    def step(self, run, batch):
+        if where["micro_batch"] == 0:
+            where["row"] = 0
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "randn", batch_split_randn)
+            figures = UNPATCHED_STEP(self, run, batch)
+        where["micro_batch"] = (where["micro_batch"] + 1) % run.settings.grad_accum
+        return figures
+
+    monkeypatch.setattr(GANStep, "__call__", step)
+
+
+def sgd_updates(tmp_path: Path, monkeypatch, batch_size: int, grad_accum: int,
+                step_options: dict) -> torch.Tensor:
+    """Every weight's change (G and D) after 2 D steps and 1 G step with plain SGD (no momentum,
+    no clipping, no augmentation or D noise), where the update is proportional to the gradient:
+    unlike Adam's, it shows a gradient summed over micro-batches instead of averaged."""
+    batch_split_draws(monkeypatch)
+    run, g_before, d_before = run_steps(
+        tmp_path, max_steps=2, batch_size=batch_size, grad_accum=grad_accum, n_critic=2,
+        loss="hinge", optimizer=lambda params: torch.optim.SGD(params, lr=0.05), clip=None,
+        discriminator_overrides={"diffaug": "", "noise": False}, step_options=step_options)
+    assert run.schedulers["G"].last_epoch == 1 and run.schedulers["D"].last_epoch == 2
+    return torch.cat([(value.double() - before[key].double()).flatten()
+                      for model, before in ((run.unwrap("G"), g_before),
+                                            (run.unwrap("D"), d_before))
+                      for key, value in model.state_dict().items()])
+
+
+# G on fresh latents after D's step (TransGAN's gen_batch_size), the official loop's D gradients
+# kept. (With the D step's own fakes, micro-batch 1's G loss is taken through D before D's step
+# and the last one's after it, so that mode is not a large batch by construction.)
+FRESH_LATENTS = {"g_batch_size": 4}
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, monkeypatch):
+    """2 micro-batches of 2 give the SGD updates of one batch of 4: accumulation averages."""
+    one_batch = sgd_updates(tmp_path / "one", monkeypatch, 4, 1, FRESH_LATENTS)
+    accumulated = sgd_updates(tmp_path / "two", monkeypatch, 2, 2, FRESH_LATENTS)
+    assert one_batch.abs().max() > 1e-3  # the steps moved the weights
+    assert (accumulated - one_batch).abs().max() <= 1e-4 * one_batch.abs().max()
+
+
+def test_summed_micro_batch_gradients_are_caught(tmp_path, monkeypatch):
+    """Negative control: a backward that sums the micro-batches' gradients (skips the 1/k of
+    accumulation) moves the weights differently from the large batch, so the test above fails
+    on it."""
+    one_batch = sgd_updates(tmp_path / "one", monkeypatch, 4, 1, FRESH_LATENTS)
+    monkeypatch.setattr(Run, "backward", lambda run, loss: run.accelerator.backward(
+        loss * run.settings.grad_accum))
+    summed = sgd_updates(tmp_path / "two", monkeypatch, 2, 2, FRESH_LATENTS)
+    assert (summed - one_batch).abs().max() > 0.1 * one_batch.abs().max()
+
+
 def tiny_settings(out: Path, **overrides) -> GANTrainSettings:
     values = dict(out=str(out), data="builtin:digits", max_steps=2, batch_size=4,
                   n_critic=2, eval_every=0, checkpoint_every=0, num_samples=4, threads=1)
@@ -108,8 +185,37 @@ def test_resume_continues_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), sub
 
 
-def test_export_holds_ema_generator_and_discriminator(tmp_path):
-    final = train_gan(*tiny_pair(), tiny_settings(tmp_path, num_samples=4))
+def recorded_runs(monkeypatch) -> list[Run]:
+    """The runs that ``fit`` while the test runs (train_gan's own, whose EMA and raw G the
+    test compares with what it exported)."""
+    runs, fit = [], Run.fit
+
+    def recording_fit(self, *args, **kwargs):
+        runs.append(self)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "fit", recording_fit)
+    return runs
+
+
+def holds_weights(folder: Path, model: torch.nn.Module) -> bool:
+    """Whether ``folder/model.safetensors`` holds exactly ``model``'s state."""
+    saved, state = load_safetensors(folder / "model.safetensors"), model.state_dict()
+    return saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
+
+
+def test_export_holds_ema_generator_and_discriminator(tmp_path, monkeypatch):
+    runs = recorded_runs(monkeypatch)
+    # 2 G steps; a half-life of 1 x images seen makes the EMA half of the last two Gs
+    final = train_gan(*tiny_pair(), tiny_settings(tmp_path, n_critic=1, ema_warmup=1.0))
+    (run,) = runs
+    assert holds_weights(final, run.ema_model("G"))
+    assert not holds_weights(final, run.unwrap("G"))
+    assert holds_weights(final / "discriminator", run.unwrap("D"))
+    # control: an export of the raw G (the bug this guards against) fails the first check
+    raw = run.export("G", path=tmp_path / "raw_g")
+    assert holds_weights(raw, run.unwrap("G")) and not holds_weights(raw, run.ema_model("G"))
+
     generator = load_generator(str(final))
     assert generator.config == TINY.config
     assert generator.generate(2, seed=3).shape == (2, 3, 32, 32)
@@ -118,22 +224,112 @@ def test_export_holds_ema_generator_and_discriminator(tmp_path):
         load_generator(str(final / "discriminator"))
 
 
-def test_memory_options_train(tmp_path):
-    """bf16 autocast, per-block activation checkpointing (G and D) and accumulation together."""
+class LinearOutputs:
+    """While a GAN step runs: for every ``nn.Linear`` call, the layer, whether CPU autocast is
+    on, its dtype, and the dtype of the layer's output."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[tuple[torch.nn.Module, bool, torch.dtype, torch.dtype]] = []
+        forward, inside = torch.nn.Linear.forward, [False]
+
+        def recording_forward(layer, x):
+            out = forward(layer, x)
+            if inside[0]:
+                self.calls.append((layer, torch.is_autocast_enabled("cpu"),
+                                   torch.get_autocast_dtype("cpu"), out.dtype))
+            return out
+
+        def recording_step(step, run, batch):
+            inside[0] = True
+            try:
+                return UNPATCHED_STEP(step, run, batch)
+            finally:
+                inside[0] = False
+
+        monkeypatch.setattr(torch.nn.Linear, "forward", recording_forward)
+        monkeypatch.setattr(GANStep, "__call__", recording_step)
+
+    def all_bf16(self, model: torch.nn.Module) -> bool:
+        """Whether ``model``'s layers ran inside the step, each under bf16 autocast with a bf16
+        output."""
+        layers = {id(m) for m in model.modules()}
+        calls = [c for c in self.calls if id(c[0]) in layers]
+        return bool(calls) and all(c[1:] == (True, torch.bfloat16, torch.bfloat16)
+                                   for c in calls)
+
+
+def test_memory_options_train(tmp_path, monkeypatch):
+    """bf16 autocast, per-block activation checkpointing (G and D) and accumulation together:
+    every linear layer of G and D computes in bf16 inside the step; the weights stay float32."""
+    runs, linear = recorded_runs(monkeypatch), LinearOutputs(monkeypatch)
     g_config, d_config = tiny_pair(checkpoint_blocks=True)
     final = train_gan(g_config, d_config, tiny_settings(tmp_path, mixed_precision="bf16",
                                                         grad_accum=2, n_critic=1))
+    assert linear.all_bf16(runs[0].unwrap("G")) and linear.all_bf16(runs[0].unwrap("D"))
     assert json.loads((final / "discriminator" / "config.json").read_text())["checkpoint_blocks"]
     weights = load_safetensors(final / "model.safetensors")
     assert all(torch.isfinite(w).all() and w.dtype == torch.float32 for w in weights.values())
 
 
-def test_conditional_training_takes_labels_from_the_data(tmp_path):
+def test_without_bf16_the_step_computes_in_float32(tmp_path, monkeypatch):
+    """Negative control of the bf16 check: the same step without mixed precision fails it."""
+    linear = LinearOutputs(monkeypatch)
+    run, _, _ = run_steps(tmp_path, max_steps=1, batch_size=2, grad_accum=1, n_critic=1)
+    assert linear.calls and not linear.all_bf16(run.unwrap("D"))
+    assert {c[3] for c in linear.calls} == {torch.float32}
+
+
+class LabelsSeen:
+    """The batches a GAN step gets, and the (images, labels) of every conditional-D forward.
+    ``ignore_labels`` builds the broken step: it gives D and G class 0 whatever the data says."""
+
+    def __init__(self, monkeypatch, ignore_labels: bool = False) -> None:
+        from imgtx.gan.transgan import TransGANDiscriminator
+
+        self.batches: list[dict] = []
+        self.d_calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        forward = TransGANDiscriminator.forward
+
+        def recording_forward(model, images, labels=None, **kwargs):
+            self.d_calls.append((images.detach().clone(),
+                                 None if labels is None else labels.clone()))
+            return forward(model, images, labels, **kwargs)
+
+        def recording_step(step, run, batch):
+            self.batches.append({key: value.clone() for key, value in batch.items()})
+            if ignore_labels:
+                batch = {**batch, "label": torch.zeros_like(batch["label"])}
+            return UNPATCHED_STEP(step, run, batch)
+
+        monkeypatch.setattr(TransGANDiscriminator, "forward", recording_forward)
+        monkeypatch.setattr(GANStep, "__call__", recording_step)
+
+    def d_sees_the_data_labels(self) -> bool:
+        """Every batch's real images reach D with the batch's own labels, and D is never called
+        without labels."""
+        if any(labels is None or len(labels) != len(images) for images, labels in self.d_calls):
+            return False
+        return all(any(torch.equal(images, to_unit_range(batch["image"]))
+                       and torch.equal(labels, batch["label"]) for images, labels in self.d_calls)
+                   for batch in self.batches)
+
+
+def test_conditional_training_takes_labels_from_the_data(tmp_path, monkeypatch):
+    seen = LabelsSeen(monkeypatch)
     final = train_gan(*tiny_pair(num_classes=10), tiny_settings(tmp_path / "c"))
+    assert len(seen.batches) == 2 and seen.d_sees_the_data_labels()
+    assert any(len(set(batch["label"].tolist())) > 1 for batch in seen.batches)
     assert load_generator(str(final)).config.num_classes == 10
     with pytest.raises(UserError, match="class-conditional"):
         train_gan(*tiny_pair(num_classes=10),
                   tiny_settings(tmp_path / "p", data="builtin:photos32"))
+
+
+def test_a_step_that_ignores_the_labels_is_caught(tmp_path, monkeypatch):
+    """Negative control: a step that gives D class 0 for every image fails the check above."""
+    seen = LabelsSeen(monkeypatch, ignore_labels=True)
+    train_gan(*tiny_pair(num_classes=10), tiny_settings(tmp_path, max_steps=1, num_samples=0))
+    assert seen.batches and not seen.d_sees_the_data_labels()
 
 
 @pytest.mark.parametrize("bad", [{"n_critic": 0}, {"batch_size": 0}, {"max_steps": 0},

@@ -173,7 +173,7 @@ def train_on_random_images(config: str, steps: int, batch: int, seconds: float,
         settings = settings_from_registry(
             entry.train, out=str(scratch / "run"), data=str(data), batch_size=batch,
             max_steps=steps, minutes=seconds / 60, mixed_precision="bf16",
-            eval_every=max(1, steps // 4), checkpoint_every=0, num_samples=0,
+            eval_every=max(2, steps // 6), checkpoint_every=0, num_samples=0,
             cpu=device.type != "cuda", seed=0)
         reset_accelerate()
         start = time.perf_counter()

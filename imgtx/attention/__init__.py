@@ -24,11 +24,10 @@ from imgtx.attention.patterns import (
     Local1D,
     Local2D,
     Pattern,
-    Window,
     block_raster_to_raster,
     raster_to_block_raster,
-    shifted_window,
 )
+from imgtx.attention.windows import Window, shifted_window
 
 __all__ = [
     "BACKENDS",

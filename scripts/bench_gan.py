@@ -12,8 +12,9 @@
     (through D's forward, DiffAugment included), backward.
   FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
   attention; elementwise ops are not counted), so GFLOP/s is a lower bound of the work done.
-  Anchor (DESIGN: the official VITA-Group/TransGAN code on this machine kind, same config, batch
-  and threads): 5.4 s per G step, 4.0 s per D step.
+  Fixed anchor: the official VITA-Group/TransGAN code (6b85440) timed earlier on an idle
+  machine of this kind (2 CPU cores) at the same config, batch and threads took 5.4 s per G
+  step and 4.0 s per D step (docs/benchmarks.md); ``--official`` times it beside ours instead.
 * ``--official PATH``: the official code (a checkout outside this repository, loaded at run
   time) at its CIFAR-10 settings, G and D steps timed interleaved with ours in one process;
   ``g_step_ratio``/``d_step_ratio`` are ours over theirs (medians of ``--repeats``).

@@ -1,8 +1,10 @@
 """Spec for imgtx.attention.
 
 1. The dense masks (the definition of each pattern) against hand-written loops.
-2. Every pattern x every backend against the float64 reference: forward and gradients wrt q, k, v
-   and the bias, max abs error <= 1e-5 in float32. GPU-only backends skip without CUDA.
+2. The float64 reference against attention written out query by query (a softmax over the keys
+   each query sees, from the definitions of section 1); then every pattern x every fast backend
+   against that reference: forward and gradients wrt q, k, v and the bias, max abs error <= 1e-5
+   in float32. GPU-only backends skip without CUDA.
 3. Incremental decoding with the KV caches against the full forward.
 4. The attention modules, error messages, and the linear-cost guarantee of the blocked layout.
 
@@ -11,6 +13,7 @@ Shapes: B batch, H heads, Nq / Nk query / key lengths, E head dim, w window size
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import pytest
@@ -330,11 +333,102 @@ def test_shifted_window_is_swin(height, width, window, mask_wraparound):
 
 GRADIENT_RUNS = [
     pytest.param("blocked", "cpu", id="blocked-cpu"),
-    pytest.param("reference", "cpu", id="reference-cpu"),
     pytest.param("blocked", "cuda", marks=needs_cuda, id="blocked-cuda"),
     pytest.param("flex", "cuda", marks=needs_cuda, id="flex-cuda"),
     pytest.param("xformers", "cuda", marks=[needs_cuda, needs_xformers], id="xformers-cuda"),
 ]
+
+
+@functools.cache
+def loop_visible_keys(pattern, num_queries: int, num_keys: int) -> torch.Tensor:
+    """``(Nq, Nk)`` bool: which keys each query sees, from the hand-written definitions of
+    section 1 (not from ``pattern.dense_mask``)."""
+    if isinstance(pattern, Full):
+        return torch.ones(num_queries, num_keys, dtype=torch.bool)
+    if isinstance(pattern, Causal):
+        return torch.ones(num_queries, num_keys, dtype=torch.bool).tril()
+    if isinstance(pattern, Local1D):
+        return loop_local1d_mask(num_queries, pattern.block)
+    if isinstance(pattern, Local2D):
+        raster = loop_local2d_raster_mask(pattern.height, pattern.width, pattern.query_shape,
+                                          pattern.memory_flange)
+        return to_block_raster_mask(raster, pattern.height, pattern.width, pattern.query_shape)
+    if pattern.shift:
+        return loop_swin_shifted_mask(pattern.height, pattern.width, pattern.window,
+                                      pattern.shift, pattern.mask_wraparound)
+    h, w, size = pattern.height, pattern.width, pattern.window
+    same = [[(i // w // size, i % w // size) == (j // w // size, j % w // size)
+             for j in range(h * w)] for i in range(h * w)]
+    return torch.tensor(same)
+
+
+def loop_window_bias(pattern, window_bias: torch.Tensor, query: int, key: int) -> torch.Tensor:
+    """The window-local bias ``(H, w*w, w*w)`` entry of a query/key pair: their slots in their
+    window of the grid rolled by ``-shift`` (Swin's relative position index)."""
+    size, shift = pattern.window, pattern.shift
+
+    def slot(token: int) -> int:
+        row = (token // pattern.width - shift) % pattern.height
+        col = (token % pattern.width - shift) % pattern.width
+        return (row % size) * size + col % size
+
+    return window_bias[:, slot(query), slot(key)]  # (H,)
+
+
+def per_query_softmax(pattern, q, k, v, bias=None) -> torch.Tensor:
+    """Attention written out query by query, in float64: the scores of the keys the query sees,
+    ``q.k / sqrt(E)`` plus the bias, a softmax over those keys only, the weighted sum of their
+    values. Queries that see no key would be undefined; none of the patterns has one."""
+    b_size, heads, num_queries, head_dim = q.shape
+    visible = loop_visible_keys(pattern, num_queries, k.shape[-2])
+    q, k, v = q.double(), k.double(), v.double()
+    out = torch.zeros(b_size, heads, num_queries, head_dim, dtype=torch.float64)
+    for b in range(b_size):
+        for i in range(num_queries):
+            keys = visible[i].nonzero().flatten().tolist()
+            scores = (k[b][:, keys] @ q[b, :, i, :, None])[..., 0] / head_dim**0.5  # (H, n)
+            if bias is not None and isinstance(pattern, Window):
+                scores = scores + torch.stack([loop_window_bias(pattern, bias.double(), i, j)
+                                               for j in keys], dim=-1)
+            elif bias is not None:  # (Nq, Nk), (H, Nq, Nk) or (B, H, Nq, Nk)
+                full = bias.double().expand(b_size, heads, num_queries, k.shape[-2])
+                scores = scores + full[b][:, i, keys]
+            weights = scores.exp() / scores.exp().sum(-1, keepdim=True)  # (H, n)
+            out[b, :, i] = (weights[..., None] * v[b][:, keys]).sum(-2)
+    return out
+
+
+# Each pattern without a bias and with its richest bias layout.
+LOOP_CASES = [case for case in CASES if case.id.endswith(("bias_None", "bias_bhqk", "bias_window"))]
+
+
+@pytest.mark.parametrize("pattern, num_queries, num_keys, bias_kind", LOOP_CASES)
+def test_reference_attention_is_the_per_query_softmax(pattern, num_queries, num_keys,
+                                                      bias_kind):
+    """The float64 reference every backend is held to, against attention written out one query
+    at a time from the definitions of section 1."""
+    q, k, v = random_qkv(2, 2, num_queries, num_keys, seed=5)
+    bias = random_bias(bias_kind, pattern, 2, 2, num_queries, num_keys, seed=6)
+    expected = per_query_softmax(pattern, q, k, v, bias)
+    got = reference_attention(q, k, v, pattern, bias)
+    assert got.dtype == torch.float64
+    assert (got - expected).abs().max().item() <= 1e-12
+
+
+def test_per_query_softmax_tells_patterns_and_biases_apart():
+    """Negative control: the loop above distinguishes a pattern from its neighbour (the same
+    Local2D without its flange, an unshifted window) and a bias from none."""
+    q, k, v = random_qkv(1, 2, 24, 24, seed=5)
+    with_flange, block_only = Local2D(4, 6, (2, 3), (1, 1)), Local2D(4, 6, (2, 3), (0, 0))
+    assert not torch.allclose(per_query_softmax(with_flange, q, k, v),
+                              reference_attention(q, k, v, block_only))
+    q, k, v = random_qkv(1, 2, 64, 64, seed=5)
+    shifted = shifted_window(8, 8, 4)
+    assert not torch.allclose(per_query_softmax(shifted, q, k, v),
+                              reference_attention(q, k, v, Window(8, 8, 4)))
+    bias = random_bias("window", shifted, 1, 2, 64, 64)
+    assert not torch.allclose(per_query_softmax(shifted, q, k, v, bias),
+                              reference_attention(q, k, v, shifted))
 
 
 @pytest.mark.parametrize("backend, device", GRADIENT_RUNS)

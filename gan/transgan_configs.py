@@ -188,7 +188,9 @@ _PS, _BI, _UD = "pixel_shuffle", "bicubic", "updown_pixel_shuffle"
 # - ema_kimg, ema_warmup: with --ema_warmup > 0, beta = 0.5 ** (dis_bs / min(ema_kimg * 1000,
 #   ema_warmup * images seen)) once per G step; with --ema_warmup 0 the fixed --ema is beta
 #   (ema_decay here).
-_TRAIN = {"loss": "wgan-gp", "lr": 1e-4, "betas": (0.0, 0.99), "clip_grad_norm": 5.0}
+_TRAIN = {"loss": "wgan-gp", "lr": 1e-4, "betas": (0.0, 0.99), "clip_grad_norm": 5.0,
+          # wgangp-eps: the drift term squares the mean critic value (functions.py)
+          "loss_options": {"drift_of_mean": True}}
 # The 256^2 scripts: a fixed EMA decay per G step (--ema 0.995, --ema_warmup left at 0).
 _FIXED_EMA = {"ema_decay": 0.995, "ema_kimg": None, "ema_warmup": None}
 

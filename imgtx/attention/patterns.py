@@ -69,6 +69,16 @@ class Pattern:
                 f"{num_queries} queries and {num_keys} keys; use Full() for cross-attention"
             )
 
+    def check_grid_length(self, num_queries: int, num_keys: int, unit: str) -> None:
+        """:meth:`check_length` of a pattern on a ``height x width`` grid of ``length``
+        positions: self-attention over exactly the whole grid."""
+        Pattern.check_length(self, num_queries, num_keys)
+        if num_queries != self.length:
+            raise ValueError(
+                f"{type(self).__name__} pattern is for a {self.height}x{self.width} grid "
+                f"({self.length} {unit}) but got a sequence of {num_queries}"
+            )
+
     def dense_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """An additive bias in the dense ``(..., Nq, Nk)`` layout (here: as given)."""
         return bias
@@ -239,12 +249,7 @@ class Local2D(Pattern):
         return qh + fh, qw + 2 * fw
 
     def check_length(self, num_queries: int, num_keys: int) -> None:
-        super().check_length(num_queries, num_keys)
-        if num_queries != self.length:
-            raise ValueError(
-                f"Local2D pattern is for a {self.height}x{self.width} grid ({self.length} "
-                f"positions) but got a sequence of {num_queries}"
-            )
+        self.check_grid_length(num_queries, num_keys, "positions")
 
     def dense_mask(self, num_queries: int, num_keys: int) -> torch.Tensor:
         self.check_length(num_queries, num_keys)

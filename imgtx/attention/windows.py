@@ -47,12 +47,7 @@ class Window(Pattern):
         return self.height * self.width
 
     def check_length(self, num_queries: int, num_keys: int) -> None:
-        super().check_length(num_queries, num_keys)
-        if num_queries != self.length:
-            raise ValueError(
-                f"Window pattern is for a {self.height}x{self.width} grid ({self.length} tokens) "
-                f"but got a sequence of {num_queries}"
-            )
+        self.check_grid_length(num_queries, num_keys, "tokens")
 
     def _window_ids(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per token (raster order): window id, slot inside its window, wrap-around region."""

@@ -195,7 +195,9 @@ def _check_size(key: str, raw: str, value, old) -> None:
     for new, current in pairs:
         if isinstance(new, bool) or not isinstance(new, int):
             continue
-        minimum = 1 if isinstance(current, int) and current >= 1 else 0
+        # Entries of a tuple may be 0 (a TransGAN stage without blocks, as celebahq256's).
+        minimum = 1 if isinstance(current, int) and current >= 1 and \
+            not isinstance(old, tuple) else 0
         if new < minimum:
             raise UserError(f"--set {key}={raw}: {key} is a size or count; it must be >= "
                             f"{minimum}")

@@ -65,8 +65,8 @@ REDUCED = {  # what the CPU check changes
     "transgan-stl10": dict(latent_dim=32, gf_dim=64, g_depth="2,2,1", df_dim=64, d_depth=2,
                            dis_batch_size=2, gen_batch_size=4),
 }
-FIXTURE = ("transgan-cifar10", dict(  # the CI fixture: the CIFAR-10 layout at 16^2, tiny
-    bottom_width=4, img_size=16, latent_dim=8, gf_dim=64, g_depth="0,1,1", df_dim=32, d_depth=1,
+FIXTURE = ("transgan-cifar10", dict(  # the CI fixture: the CIFAR-10 layout at 8^2, tiny
+    bottom_width=2, img_size=8, latent_dim=8, gf_dim=64, g_depth="0,1,1", df_dim=32, d_depth=1,
     dis_batch_size=2, gen_batch_size=4))
 COMMON = dict(  # exps/*_train.py, the same for both
     g_lr=1e-4, d_lr=1e-4, beta1=0.0, beta2=0.99, loss="wgangp-eps", phi=1.0, patch_size=2,
@@ -222,7 +222,7 @@ def official_run(official, name: str, sizes: dict, dtype: torch.dtype, out: Path
     checkpoint = out / "checkpoint.pth"
     utils.save_checkpoint({"epoch": 0, "gen_model": args.gen_model, "dis_model": args.dis_model,
                            **weights, "gen_optimizer": {}, "dis_optimizer": {},
-                           "best_fid": 1e4, "path_helper": {"prefix": str(out)},
+                           "best_fid": 1e4, "path_helper": {"prefix": "logs/check"},
                            "fixed_z": torch.zeros(2, args.latent_dim, dtype=torch.float32)},
                           False, str(out), filename=checkpoint.name)
     G.load_state_dict({k: v.to(dtype) for k, v in weights["gen_state_dict"].items()})
@@ -235,6 +235,11 @@ def official_run(official, name: str, sizes: dict, dtype: torch.dtype, out: Path
     z = torch.randn(b, args.latent_dim, generator=data, dtype=dtype)
     x = (images[:b].to(dtype) / 127.5 - 1)
     result = {"name": name, "args": args, "checkpoint": checkpoint, "images": images, "z": z}
+    # The latents `imgtx gan sample --seed 0` draws, through the saved averaged generator.
+    sample_z = torch.randn(4, args.latent_dim, generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float32)
+    with torch.no_grad():
+        result["sample_out"] = G(sample_z.to(dtype), 0)
     draws: list = []
     with torch_draws_for_official(dtype), recording(draws):
         torch.manual_seed(4)
@@ -274,8 +279,9 @@ def imgtx_configs(args):
     return g, d
 
 
-def imgtx_run(case: dict, dtype: torch.dtype, out: Path) -> dict:
-    """Convert the official checkpoint, then the same forward passes and iteration in imgtx."""
+def imgtx_run(case: dict, dtype: torch.dtype, out: Path, isolate_d: bool = False) -> dict:
+    """Convert the official checkpoint, then the same forward passes and iteration in imgtx
+    (``isolate_d``: with imgtx's fix of the official loop, which then differs)."""
     from torch.utils.data import DataLoader
 
     from imgtx.data import collate_images
@@ -313,7 +319,7 @@ def imgtx_run(case: dict, dtype: torch.dtype, out: Path) -> dict:
                     {"G": settings.ema_settings()}, data=loader)
         loss = make_loss(settings.loss, **settings.loss_options)
         run.fit(GANStep(loss, settings.n_critic, settings.clip_grad_norm, args.latent_dim,
-                        g_batch_size=settings.g_batch_size))
+                        g_batch_size=settings.g_batch_size, isolate_d=isolate_d))
     result["after"] = {"generator": run.unwrap("G").state_dict(),
                        "discriminator": run.unwrap("D").state_dict(),
                        "ema": run.ema_model("G").state_dict()}
@@ -343,6 +349,64 @@ def check(official, name: str, sizes: dict, dtype: torch.dtype) -> dict:
             "after_step_max_abs": after, "draws": len(case["step_draws"])}
 
 
+# -- the CI fixture ------------------------------------------------------------------------------
+
+FIXTURE_ARGS = ("bottom_width", "img_size", "latent_dim", "gf_dim", "g_depth", "df_dim",
+                "d_depth", "g_norm", "d_norm", "diff_aug", "patch_size", "n_critic",
+                "dis_batch_size", "gen_batch_size")
+FIXTURE_COMMAND = ("python scripts/check_official_transgan.py --official PATH_TO_TRANSGAN "
+                   "--make-fixture tests/fixtures/official_transgan")
+
+
+def write_fixture(official, out: Path) -> dict:
+    """The official code's checkpoint, inputs, draws, outputs and post-step weights at the tiny
+    FIXTURE size (float64 run; weights stored as float32, inputs and draws exactly)."""
+    from safetensors.torch import save_file
+
+    name, sizes = FIXTURE
+    out.mkdir(parents=True, exist_ok=True)
+    case = official_run(official, name, sizes, torch.float64, out)
+    expected = {"images": case["images"], "z": case["z"], "g_out": case["g_out"].float(),
+                "d_out": case["d_out"].float(), "sample_out": case["sample_out"].float()}
+    for network, state in case["after"].items():
+        expected.update({f"after.{network}.{k}": v.float().contiguous()
+                         for k, v in state.items()})
+    save_file({k: v.contiguous() for k, v in expected.items()}, str(out / "expected.safetensors"))
+    draws = {f"{part}.{i:04d}": value.contiguous()
+             for part in ("forward", "step") for i, (_, value) in enumerate(case[f"{part}_draws"])}
+    save_file(draws, str(out / "draws.safetensors"))
+    meta = {"config": name, "official": f"VITA-Group/TransGAN@{OFFICIAL_COMMIT}",
+            "command": FIXTURE_COMMAND,
+            "official_args": {k: getattr(case["args"], k) for k in FIXTURE_ARGS},
+            "draws": {part: [f for f, _ in case[f"{part}_draws"]]
+                      for part in ("forward", "step")}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return {"fixture": str(out), "draws": len(draws),
+            "bytes": sum(f.stat().st_size for f in out.iterdir())}
+
+
+def load_fixture(folder: Path) -> tuple[dict, dict]:
+    """``(case, expected)`` of a fixture folder, in the shapes :func:`imgtx_run` and
+    :func:`max_difference` take; needs no official code."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "meta.json").read_text())
+    tensors, draws = (load_file(str(folder / f)) for f in ("expected.safetensors",
+                                                            "draws.safetensors"))
+    case = {"name": meta["config"], "args": argparse.Namespace(**meta["official_args"]),
+            "checkpoint": folder / "checkpoint.pth", "images": tensors["images"],
+            "z": tensors["z"]}
+    for part, names in meta["draws"].items():
+        case[f"{part}_draws"] = [(f, draws[f"{part}.{i:04d}"]) for i, f in enumerate(names)]
+    after = {}
+    for key, value in tensors.items():
+        if key.startswith("after."):
+            _, network, tensor = key.split(".", 2)
+            after.setdefault(network, {})[tensor] = value
+    expected = {k: tensors[k] for k in ("g_out", "d_out", "sample_out")} | {"after": after}
+    return case, expected
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", required=True, help="a clone of VITA-Group/TransGAN")
@@ -354,6 +418,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     torch.set_default_dtype(dtype)  # the official code makes tensors of the default dtype
     official = import_official(args.official)
+    if args.make_fixture:
+        print(json.dumps(write_fixture(official, Path(args.make_fixture))))
+        return
     tolerance = 1e-5 if dtype == torch.float64 else 1e-4
     results = [check(official, name, REDUCED[name], dtype) for name in args.configs.split(",")]
     worst = max(max(r["g_forward_max_abs"], r["d_forward_max_abs"],

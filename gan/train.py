@@ -127,13 +127,13 @@ class GANTrainSettings(RunSettings):
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
-    def _check_g_batch_size(self, processes: int | None = None) -> None:
+    def _check_g_batch_size(self) -> None:
         """G's latents split into ``grad_accum x processes`` equal parts (the processes of a
         ``torchrun``/``accelerate launch`` job: ``WORLD_SIZE``)."""
         check_at_least("g_batch_size", self.g_batch_size, 1)
         if self.g_batch_size is None:
             return
-        processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # as imgtx.training.Run counts
         parts = self.grad_accum * processes
         if self.g_batch_size % parts:
             raise UserError(f"g_batch_size {self.g_batch_size} (G's latents per G step, over all "
@@ -240,7 +240,6 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
     schedules = {name: Schedule(settings.warmup, "constant") for name in optimizers}
     run.prepare({"G": G, "D": D}, optimizers, schedules, {"G": settings.ema_settings()},
                 data=loader)
-    settings._check_g_batch_size(run.num_processes)
     run.write_json("settings.json", {"generator": asdict(G.config),
                                      "discriminator": asdict(D.config),
                                      "train": asdict(settings)})

@@ -162,7 +162,9 @@ def reset_accelerate() -> None:
 def train_on_random_images(config: str, steps: int, batch: int, seconds: float,
                            device: torch.device) -> dict:
     """``imgtx gan train`` (train_gan) in bf16 on random images for ``steps`` D steps or
-    ``seconds``, whichever ends first. A non-finite loss stops the run (TrainingDiverged)."""
+    ``seconds``, whichever ends first. A non-finite loss stops the run (TrainingDiverged); the
+    curve is the run's logged running mean of the D loss. ``run_seconds`` includes building
+    the models and saving the checkpoint and the export."""
     from imgtx.gan.configs import gan_entry
     from imgtx.gan.train import settings_from_registry, train_gan
 
@@ -191,7 +193,7 @@ def train_on_random_images(config: str, steps: int, batch: int, seconds: float,
     finite = all(math.isfinite(v) for values in losses.values() for v in values)
     return {"steps": last["step"], "batch": batch, "mixed_precision": "bf16",
             "d_loss": last.get("d_loss"), "g_loss": last.get("g_loss"),
-            "d_loss_curve": losses["d_loss"], "steps_per_second": last["step"] / wall,
+            "d_loss_curve": losses["d_loss"], "run_seconds": wall,
             "ok": finite and bool(losses["d_loss"])}
 
 

@@ -1,0 +1,194 @@
+"""Lossless image compression with an Image Transformer: range coding under the model's own
+likelihood, so a file takes (almost exactly) the model's bits/dim.
+
+    data = compress(model, image)           # bytes of an .itx file
+    image = decompress(data, model)         # the same pixels, as a PIL image
+
+The file format is in :mod:`imgtx.codec.format`, the coding in :mod:`imgtx.codec.coder`, and the
+``imgtx compress`` / ``imgtx decompress`` commands in :mod:`imgtx.codec.cli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import PIL.Image
+import torch
+
+from imgtx.codec.coder import (
+    RangeSink,
+    RangeSource,
+    code_tiles,
+    join_tiles,
+    split_tiles,
+    tile_layout,
+)
+from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
+
+__all__ = ["compress", "decompress", "read_header", "image_pixels", "load_model", "CodecError",
+           "DEFAULT_BATCH"]
+
+#: Tiles per batch of the cached decoder (recorded in each file; the decoder uses the file's).
+DEFAULT_BATCH = 64
+
+
+def image_pixels(image) -> tuple[np.ndarray, bool]:
+    """``(pixels (H, W, 3) uint8, grey)`` of a PIL image (mode RGB or L), a ``(H, W)`` or
+    ``(H, W, 3)`` uint8 array, or a ``(3, H, W)`` uint8 tensor; anything that the codec cannot
+    restore exactly (alpha, 16-bit, palettes, ...) raises :class:`CodecError`."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode not in ("RGB", "L"):
+            reason = {"RGBA": "it has an alpha channel", "LA": "it has an alpha channel",
+                      "P": "it is a palette image", "I;16": "it has 16-bit samples",
+                      "I": "it has 32-bit samples", "F": "it has float samples",
+                      "1": "it is a 1-bit image"}.get(image.mode, f"its mode is {image.mode}")
+            raise CodecError(f"cannot compress this image losslessly: {reason}; imgtx compress "
+                             "codes 8-bit RGB and greyscale (convert it first, e.g. with "
+                             "Pillow's Image.convert('RGB'), if that loses nothing you need)")
+        array, grey = np.asarray(image), image.mode == "L"
+    else:
+        array = image.permute(1, 2, 0).cpu().numpy() if isinstance(image, torch.Tensor) \
+            else np.asarray(image)
+        grey = array.ndim == 2
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or \
+                (array.ndim == 3 and array.shape[2] != 3):
+            raise CodecError(f"expected 8-bit pixels (H, W) or (H, W, 3), got an array of shape "
+                             f"{array.shape} and dtype {array.dtype}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise CodecError("the image is empty")
+    if grey:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array, dtype=np.uint8), grey
+
+
+def _check_model(model) -> None:
+    from imgtx.model import ImageTransformer
+
+    if not isinstance(model, ImageTransformer) or getattr(model, "context_dim", None):
+        raise CodecError("the codec needs an unconditional Image Transformer likelihood model "
+                         f"(got {type(model).__name__})")
+    if model.config.num_classes:
+        raise CodecError("the codec needs an unconditional model; this one is class-conditional")
+
+
+@contextlib.contextmanager
+def _pinned():
+    """Eval mode, CPU, one intra-op thread: the probabilities must not depend on how many
+    threads split a kernel (a vectorised loop's scalar tail differs in the last place), so both
+    sides compute them with one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _to_model_order(model, tiles: np.ndarray) -> torch.Tensor:
+    """``(T, S, S, 3)`` uint8 -> model-order values ``(T, N, 3)`` (DMOL) or ``(T, N)``."""
+    images = torch.from_numpy(tiles).permute(0, 3, 1, 2)
+    return model.to_sequence(model.targets(images))
+
+
+def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
+    size = model.config.image_size
+    raster = model.to_raster(values)
+    return raster.reshape(raster.shape[0], size, size, 3).to(torch.uint8).numpy()
+
+
+def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
+             stats: dict | None = None) -> bytes:
+    """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
+
+    ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
+    ``batch``: tiles per batch of the cached decoder. ``stats``, if given, receives ``bytes``,
+    ``header_bytes``, ``subpixels`` (coded ones), ``ideal_bits`` (the model's code length of the
+    coded values), ``positions`` (decoder steps x tiles) and ``seconds``."""
+    _check_model(model)
+    pixels, grey = image_pixels(image)
+    start = time.perf_counter()
+    model = model.eval().cpu()
+    size = model.config.image_size
+    tiles, sizes = split_tiles(pixels, size)
+    layout = tile_layout(model.config, sizes, grey)
+    sink = RangeSink()
+    with _pinned():
+        truth = _to_model_order(model, tiles)
+        _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch)
+    stored = pixels[:, :, 0] if grey else pixels
+    header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
+                    batch=batch, model=fingerprint(model), build=build_tag(),
+                    pixels=pixel_crc(stored), name=name)
+    words = sink.words()
+    data = pack(header, words)
+    if stats is not None:
+        empty = len(pack(header, np.zeros(0, np.uint32)))
+        stats.update(bytes=len(data), header_bytes=empty, subpixels=int(layout.coded.sum()),
+                     ideal_bits=ideal_bits, positions=_positions(model, layout, batch),
+                     seconds=time.perf_counter() - start)
+    return data
+
+
+def _positions(model, layout, batch: int) -> int:
+    """Decoder steps times tiles, as :func:`imgtx.codec.coder.code_tiles` runs them."""
+    coded = layout.coded if layout.coded.dim() == 2 else layout.coded.any(-1)
+    total = 0
+    for start in range(0, coded.shape[0], batch):
+        part = coded[start : start + batch]
+        if part.any():
+            total += (int(part.nonzero()[:, 1].max()) + 1) * part.shape[0]
+    return total
+
+
+def read_header(data: bytes) -> Header:
+    """The header of an .itx file (checks the file's CRC)."""
+    return unpack(data)[0]
+
+
+def load_model(name: str, device: str = "cpu"):
+    """An :class:`~imgtx.model.ImageTransformer` from a directory or Hub id."""
+    from imgtx.model import ImageTransformer
+
+    return ImageTransformer.from_pretrained(name, device=device)
+
+
+def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Image.Image:
+    """The image of an .itx file, as a PIL image (mode RGB, or L for greyscale).
+
+    ``model``: the model it was made with (loaded from the name in the header when None).
+    Raises :class:`CodecError` for a damaged file, another model, or pixels whose CRC-32 does
+    not match (never returns a wrong image)."""
+    header, words = unpack(data)
+    if model is None:
+        if not header.name:
+            raise CodecError("the file does not name its model; pass the model (--model)")
+        model = load_model(header.name)
+    _check_model(model)
+    model = model.eval().cpu()
+    if fingerprint(model) != header.model or model.config.image_size != header.tile:
+        made_with = f" ({header.name})" if header.name else ""
+        raise CodecError(f"the file was made with another model{made_with}: its fingerprint "
+                         f"{header.model.hex()} does not match this model's "
+                         f"{fingerprint(model).hex()}; pass the right one with --model")
+    start = time.perf_counter()
+    size = header.tile
+    _, sizes = split_tiles(np.zeros((header.height, header.width, 3), np.uint8), size)
+    layout = tile_layout(model.config, sizes, header.grey)
+    try:
+        with _pinned():
+            values, _ = code_tiles(model, layout, RangeSource(words), batch=header.batch)
+    except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
+        raise CodecError(f"the coded pixels are damaged ({error})") from None
+    pixels = join_tiles(_from_model_order(model, values), header.height, header.width)
+    stored = pixels[:, :, 0] if header.grey else pixels
+    if pixel_crc(stored) != header.pixels:
+        other = "" if header.build == build_tag() else (
+            "; it was made on another float build (torch version or CPU kind)")
+        raise CodecError("the decoded pixels fail the file's CRC-32: the file is damaged or "
+                         f"this model computes different probabilities here{other}")
+    if stats is not None:
+        stats.update(seconds=time.perf_counter() - start,
+                     positions=_positions(model, layout, header.batch))
+    return PIL.Image.fromarray(stored, mode="L" if header.grey else "RGB")

@@ -1,0 +1,169 @@
+"""The ``.itx`` file format: a compact header, the range coder's words, and a CRC-32 of the file.
+
+Layout (all integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group first)::
+
+    magic        2 bytes  b"IX"
+    version      1 byte   FORMAT_VERSION
+    flags        1 byte   bit 0: greyscale (restored as mode "L"); bit 1: a model name follows
+    width        varint
+    height       varint
+    tile         varint   the model's image size: tiles are tile x tile pixels
+    batch        varint   tiles coded together in one batch of the cached decoder
+    model        4 bytes  fingerprint of the model's config and weights (:func:`fingerprint`)
+    build        2 bytes  tag of the float build (torch version, CPU capability), see below
+    pixels       4 bytes  CRC-32 of the image's bytes (H x W x C, row-major, uint8)
+    [name]       varint length + UTF-8: the model's Hub id or path, when flag bit 1 is set
+    payload      the range coder's 32-bit words, big-endian; trailing zero bytes of the last
+                 word are dropped (the reader restores them)
+    file CRC     4 bytes  CRC-32 of everything before it
+
+What must match between encoder and decoder for the probabilities to agree bit for bit: the model
+(``model``), the tile size and batch layout (``tile``, ``batch``), and the float build (``build``).
+A different build usually still computes the same floats; the decoder tries, and the pixel CRC
+turns any disagreement into an error instead of a wrong image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from imgtx.errors import UserError
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "build_tag",
+           "pack", "unpack", "pixel_crc"]
+
+MAGIC = b"IX"
+FORMAT_VERSION = 1
+GREY, NAMED = 1, 2  # flag bits
+
+
+class CodecError(UserError):
+    """A file that cannot be decoded here: not an .itx file, damaged, or made with another
+    model or image than the one at hand."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything an .itx file says besides the coded pixels."""
+
+    width: int
+    height: int
+    grey: bool
+    tile: int
+    batch: int
+    model: bytes  # 4-byte fingerprint
+    build: bytes  # 2-byte build tag
+    pixels: int  # CRC-32 of the pixel bytes
+    name: str | None = None
+
+
+def fingerprint(model: torch.nn.Module) -> bytes:
+    """4 bytes identifying a model: SHA-256 of its config (JSON, sorted keys) and of every
+    tensor of its state dict (names, shapes, dtypes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    digest.update(type(model).__name__.encode())
+    digest.update(json.dumps(asdict(model.config), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.digest()[:4]
+
+
+def build_tag() -> bytes:
+    """2 bytes naming the float build probabilities are computed with: torch's version and the
+    CPU instruction set its kernels use."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return zlib.crc32(f"{torch.__version__}|{capability}".encode()).to_bytes(4, "big")[:2]
+
+
+def pixel_crc(pixels: np.ndarray) -> int:
+    """CRC-32 of a ``(H, W)`` or ``(H, W, 3)`` uint8 array's bytes, row-major."""
+    return zlib.crc32(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.offset = data, 0
+
+    def take(self, count: int) -> bytes:
+        if self.offset + count > len(self.data):
+            raise CodecError("the file is truncated (its header is incomplete)")
+        chunk = self.data[self.offset : self.offset + count]
+        self.offset += count
+        return chunk
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+            if shift > 35:
+                raise CodecError("the file is damaged (a header number is too long)")
+
+
+def pack(header: Header, words: np.ndarray) -> bytes:
+    """The file: ``header``, then the range coder's ``words`` (uint32), then the file's CRC."""
+    flags = (GREY if header.grey else 0) | (NAMED if header.name else 0)
+    out = bytearray(MAGIC + bytes([FORMAT_VERSION, flags]))
+    for number in (header.width, header.height, header.tile, header.batch):
+        out += _varint(number)
+    out += header.model + header.build + header.pixels.to_bytes(4, "big")
+    if header.name:
+        name = header.name.encode()
+        out += _varint(len(name)) + name
+    payload = np.asarray(words, dtype=">u4").tobytes()
+    if payload:  # the last word's trailing zero bytes carry nothing
+        keep = len(payload.rstrip(b"\0"))
+        payload = payload[: max(keep, len(payload) - 3)]
+    out += payload
+    return bytes(out) + zlib.crc32(out).to_bytes(4, "big")
+
+
+def unpack(data: bytes) -> tuple[Header, np.ndarray]:
+    """Parse a file written by :func:`pack`: ``(header, words)``; raises :class:`CodecError` for
+    anything that is not an intact .itx file of this version."""
+    if data[:2] != MAGIC:
+        raise CodecError("not an imgtx compressed file (.itx): wrong magic bytes")
+    if len(data) < 4 + 4:
+        raise CodecError("the file is truncated")
+    body, stored = data[:-4], int.from_bytes(data[-4:], "big")
+    if zlib.crc32(body) != stored:
+        raise CodecError("the file is damaged or truncated (its CRC-32 does not match)")
+    reader = _Reader(body)
+    _, version, flags = reader.take(2), reader.take(1)[0], reader.take(1)[0]
+    if version != FORMAT_VERSION:
+        raise CodecError(f"format version {version} is not supported (this imgtx reads version "
+                         f"{FORMAT_VERSION}); upgrade imgtx")
+    width, height, tile, batch = (reader.varint() for _ in range(4))
+    model, build = reader.take(4), reader.take(2)
+    pixels = int.from_bytes(reader.take(4), "big")
+    name = None
+    if flags & NAMED:
+        name = reader.take(reader.varint()).decode("utf-8", errors="replace")
+    if min(width, height, tile, batch) < 1:
+        raise CodecError("the file is damaged (a zero size in its header)")
+    payload = body[reader.offset :]
+    payload += b"\0" * (-len(payload) % 4)
+    words = np.frombuffer(payload, dtype=">u4").astype(np.uint32)
+    header = Header(width=width, height=height, grey=bool(flags & GREY), tile=tile, batch=batch,
+                    model=model, build=build, pixels=pixels, name=name)
+    return header, words

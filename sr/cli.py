@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from imgtx.cli_options import (
@@ -80,6 +80,7 @@ def _train(args: argparse.Namespace) -> int:
                                            and decoder_init == recipe.get("decoder_init"))
     if freeze and not decoder_init:
         raise UserError("--freeze-decoder keeps the weights of --decoder-init fixed: give one")
+    settings = replace(settings, decoder_init=decoder_init, freeze_decoder=freeze)  # as run
     train(config, settings, decoder_init=decoder_init, freeze_decoder=freeze)
     return 0
 

@@ -1,8 +1,8 @@
 """Exact bits/dim of an Image Transformer over a data split (``imgtx eval-bpd``).
 
-Every subpixel of every image is counted once: ``bits/dim = sum of per-image nats /
-(num_images * 3 * H * W) / ln 2``, accumulated in float64, so the figure does not depend on the
-batch size (to float32 rounding of the logits, ~1e-7). Alongside it, on the very same images:
+Every subpixel of every image is counted once: bits/dim is the sum of the per-image nats over
+``num_images * 3 * H * W`` subpixels, in bits (:func:`imgtx.likelihood.bits_per_dim`),
+accumulated in float64, so the figure does not depend on the batch size (to float32 rounding of the logits, ~1e-7). Alongside it, on the very same images:
 
 * ``ci95``: half-width of a 95% Student-t interval over per-image bits/dim
   (:func:`imgtx.eval.stats.mean_and_ci95`); report ``bits_per_dim ± ci95``. It measures how much the
@@ -32,11 +32,11 @@ from imgtx.data import ImageDataError, image_loader, load_images
 from imgtx.errors import check_at_least
 from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim
 from imgtx.eval.stats import mean_and_ci95
+from imgtx.likelihood import bits_per_dim
 from imgtx.model import ImageTransformer
 
 __all__ = ["evaluate_model", "evaluate_images", "per_image_values", "mean_bits_per_dim"]
 
-LN2 = math.log(2.0)
 TRIM_EVERY = 16  # batches between hand-backs of freed heap memory (see _release_freed_memory)
 
 
@@ -210,10 +210,10 @@ def evaluate_images(model: ImageTransformer, batches, *, num_classes_in_data: in
     if count == 0:
         raise ImageDataError("no images to evaluate: the data split is empty (or limit=0)")
     nats_per_image = values["nats"]  # (N,) float64
-    bits_per_image = (nats_per_image / (dims_per_image * LN2)).tolist()
+    bits_per_image = bits_per_dim(nats_per_image, dims_per_image).tolist()
     _, half_width = mean_and_ci95(bits_per_image)
     result: dict[str, Any] = {
-        "bits_per_dim": float(nats_per_image.sum()) / LN2 / (count * dims_per_image),
+        "bits_per_dim": bits_per_dim(float(nats_per_image.sum()), count * dims_per_image),
         "ci95": half_width,
         "num_images": count,
         "png_bits_per_dim": None,

@@ -38,14 +38,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NUM_VALUES = 256  # values per subpixel
+# The discretized logistic itself; imported here, where callers have always found it.
+from imgtx.logistic import (  # noqa: F401
+    EDGE,
+    HALF_BIN,
+    NUM_VALUES,
+    TINY_BIN_PROB,
+    discretized_logistic_log_mass,
+    discretized_logistic_log_prob,
+    scale_pixels,
+    standardized_interval_edges,
+)
+
 PARAMS_PER_MIXTURE = 10  # 1 logit + 3 means + 3 log-scales + 3 coefficients
 MIN_LOG_SCALE = -7.0  # PixelCNN++ / T2T clamp
-HALF_BIN = 1.0 / 255.0  # half the bin width after scaling [0, 255] to [-1, 1]
-EDGE = 0.999  # scaled values beyond +-EDGE are the open-ended edge bins (values 0 and 255)
-# Below this bin probability PixelCNN++ switches to "pdf at the bin centre times the bin width";
-# kept so that reported bits/dim match published numbers.
-TINY_BIN_PROB = 1e-5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,25 +59,29 @@ TINY_BIN_PROB = 1e-5
 # ----------------------------------------------------------------------------------------------
 
 
-def nats_to_bits(nats: float | Tensor) -> float | Tensor:
-    """Convert nats to bits (divide by ln 2). Works on floats and tensors of any shape."""
-    return nats / math.log(2.0)
-
-
-def bits_per_dim(nats_per_subpixel_sum: float, num_subpixels: int) -> float:
-    """Bits per dimension from a summed negative log-likelihood.
+def bits_per_dim(nats: float | Tensor, num_subpixels: int) -> float | Tensor:
+    """Bits per dimension (subpixel) of a summed negative log-likelihood: the one place where
+    nats become bits/dim; every model, loss and evaluation goes through it.
 
     Args:
-        nats_per_subpixel_sum: total NLL in nats over ``num_subpixels`` subpixels (for DMOL, the
-            sum of per-pixel NLLs; each pixel counts as 3 subpixels).
-        num_subpixels: number of subpixels the sum covers, ``B * 3 * H * W`` for a batch.
+        nats: total NLL in nats over ``num_subpixels`` subpixels, a float or a tensor of such
+            sums of any shape (e.g. ``(B,)`` per image; for DMOL, sums of per-pixel NLLs, each
+            pixel counting as 3 subpixels).
+        num_subpixels: number of subpixels each sum covers, e.g. ``3 * H * W`` per image.
 
     Returns:
-        ``sum / (num_subpixels * ln 2)``.
+        ``nats / (num_subpixels * ln 2)``, a float for a float.
     """
     if num_subpixels <= 0:
         raise ValueError(f"num_subpixels must be positive, got {num_subpixels}")
-    return float(nats_per_subpixel_sum) / (num_subpixels * math.log(2.0))
+    if not isinstance(nats, Tensor):
+        nats = float(nats)
+    return nats / (num_subpixels * math.log(2.0))
+
+
+def nats_to_bits(nats: float | Tensor) -> float | Tensor:
+    """Convert nats to bits. Works on floats and tensors of any shape."""
+    return bits_per_dim(nats, 1)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -163,11 +173,6 @@ def dmol_split_params(params: Tensor) -> DMOLParams:
     )
 
 
-def scale_pixels(pixels: Tensor, dtype: torch.dtype) -> Tensor:
-    """Values 0..255 -> [-1, 1] by ``v / 127.5 - 1``."""
-    return pixels.to(dtype) / 127.5 - 1.0
-
-
 def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
     """Re-centre DMOL outputs on a per-pixel guess: the channel means become ``base`` plus the
     network's means, with the autoregressive coefficients acting on the residuals ``x - base``::
@@ -206,90 +211,6 @@ def dmol_conditional_means(p: DMOLParams, x: Tensor) -> Tensor:
     mean_g = p.means[..., 1] + p.coeffs[..., 0] * x[..., 0]
     mean_b = p.means[..., 2] + p.coeffs[..., 1] * x[..., 0] + p.coeffs[..., 2] * x[..., 1]
     return torch.stack(torch.broadcast_tensors(mean_r, mean_g, mean_b), dim=-1)  # (..., K, 3)
-
-
-def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
-    """Log-probability of the bin of scaled value ``x`` under a discretized logistic.
-
-    The bin of ``x`` is ``[x - 1/255, x + 1/255]``; value 0 (``x < -0.999``) owns everything below
-    its upper edge and value 255 (``x > 0.999``) everything above its lower edge, so the 256 bins
-    cover the real line. Where a bin's probability is below 1e-5 PixelCNN++ replaces it by the
-    density at the bin centre times the bin width (``log_pdf - log 127.5``); we keep that so numbers
-    match published ones, at the price of the pmf not summing to exactly 1 when such bins occur.
-
-    Args:
-        x: scaled values in ``[-1, 1]`` (exactly ``v / 127.5 - 1``), broadcastable with the rest.
-        mean: logistic location.
-        log_scale: logistic log-scale (already clamped).
-
-    Returns:
-        Broadcast shape of the inputs, log-probabilities in nats.
-    """
-    centered = x - mean
-    inv_scale = torch.exp(-log_scale)
-    plus_in = inv_scale * (centered + HALF_BIN)
-    min_in = inv_scale * (centered - HALF_BIN)
-    mid_in = inv_scale * centered
-    log_cdf_plus = F.logsigmoid(plus_in)  # edge bin of value 0
-    log_one_minus_cdf_min = F.logsigmoid(-min_in)  # edge bin of value 255
-    # sigmoid(a) - sigmoid(b) == sigmoid(-b) - sigmoid(-a): take the side where both terms are
-    # small, which avoids cancellation between two numbers close to 1 (same value mathematically
-    # as the PixelCNN++ form, fewer rounding errors in float32).
-    right_of_mean = mid_in > 0
-    upper = torch.where(right_of_mean, -min_in, plus_in)
-    lower = torch.where(right_of_mean, -plus_in, min_in)
-    cdf_delta = torch.sigmoid(upper) - torch.sigmoid(lower)
-    log_pdf_mid = mid_in - log_scale - 2.0 * F.softplus(mid_in)
-    log_prob_mid = torch.where(
-        cdf_delta > TINY_BIN_PROB,
-        torch.log(cdf_delta.clamp(min=1e-12)),
-        log_pdf_mid - math.log(127.5),  # density times the bin width 2/255
-    )
-    return torch.where(
-        x < -EDGE, log_cdf_plus, torch.where(x > EDGE, log_one_minus_cdf_min, log_prob_mid)
-    )
-
-
-def standardized_interval_edges(lo: Tensor, hi: Tensor, mean: Tensor,
-                                log_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """The outer bin edges of the values ``lo..hi`` (integers 0..255) in a logistic's standard
-    units, ``(edge - mean) / scale``: ``(lower, upper)``, with -inf / +inf at the open-ended
-    edge bins of 0 and 255 (as in :func:`discretized_logistic_log_prob`)."""
-    inv_scale = torch.exp(-log_scale)
-    upper = torch.where(hi >= NUM_VALUES - 1, torch.inf,
-                        inv_scale * (scale_pixels(hi, mean.dtype) + HALF_BIN - mean))
-    lower = torch.where(lo <= 0, -torch.inf,
-                        inv_scale * (scale_pixels(lo, mean.dtype) - HALF_BIN - mean))
-    return lower, upper
-
-
-def discretized_logistic_log_mass(lo: Tensor, hi: Tensor, mean: Tensor, log_scale: Tensor,
-                                  exact_width: int = 16) -> Tensor:
-    """Log-probability that a discretized logistic takes a value in ``lo..hi`` (integers 0..255,
-    ``lo <= hi``; broadcastable with the rest); 0 for the whole range ``0..255``.
-
-    Intervals of at most ``exact_width`` values sum :func:`discretized_logistic_log_prob` over
-    their bins, so that the pmf truncated to them sums to exactly 1 even where PixelCNN++'s
-    tiny-bin substitution applies (intervals far in a tail). Wider ones take the logistic's mass
-    between the interval's outer bin edges (edge bins of 0 and 255 open-ended), which ignores
-    that substitution (below 1e-5 per bin)."""
-    lower, upper = standardized_interval_edges(lo, hi, mean, log_scale)
-    # mass = sigmoid(upper) - sigmoid(lower); right of the mean use sigmoid(-lower) -
-    # sigmoid(-upper) instead, so that both terms are small (no cancellation near 1).
-    right = lower > 0
-    big, small = torch.where(right, -lower, upper), torch.where(right, -upper, lower)
-    log_big = F.logsigmoid(big)
-    ratio = torch.exp(F.logsigmoid(small) - log_big).clamp(max=1.0 - 1e-7)
-    between_edges = log_big + torch.log1p(-ratio)
-    if exact_width < 1:
-        return between_edges
-    offsets = torch.arange(exact_width, device=mean.device)
-    values = lo[..., None] + offsets  # (..., W) the interval's first values
-    bins = discretized_logistic_log_prob(scale_pixels(values.clamp(max=NUM_VALUES - 1),
-                                                      mean.dtype), mean[..., None],
-                                         log_scale[..., None])
-    summed = torch.logsumexp(bins.masked_fill(values > hi[..., None], -torch.inf), dim=-1)
-    return torch.where(hi - lo < exact_width, summed, between_edges)
 
 
 def _check_pixels(params: Tensor, pixels: Tensor) -> None:

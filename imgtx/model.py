@@ -17,9 +17,11 @@ Shapes: B batch, H/W image rows/cols, N = number of positions, D model width.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from imgtx.attention import (
     Causal,
@@ -31,9 +33,15 @@ from imgtx.attention import (
     set_backend,
 )
 from imgtx.configs import ImageTransformerConfig
-from imgtx.fused_step import FusedStep
 from imgtx.hub import HubModel
-from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel, dmol_shift_means, scale_pixels
+from imgtx.incremental import IncrementalDecoder
+from imgtx.likelihood import (
+    bits_per_dim,
+    categorical_nll,
+    dmol_nll_per_pixel,
+    dmol_shift_means,
+    scale_pixels,
+)
 from imgtx.neighbours import (
     MED_NEIGHBOURS,
     NEIGHBOURS,
@@ -43,9 +51,22 @@ from imgtx.neighbours import (
 )
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
-__all__ = ["ImageTransformer", "IncrementalDecoder", "check_images", "pattern_for"]
+__all__ = ["ImageTransformer", "IncrementalDecoder", "LikelihoodOutput", "check_images",
+           "pattern_for"]
 
-LN2 = math.log(2.0)
+
+class LikelihoodOutput(NamedTuple):
+    """What ``forward(..., with_loss=True)`` returns: the head ``outputs`` (raster order, as
+    without the loss) and each image's exact ``bits_per_dim`` ``(B,)``; the training loss is
+    ``bits_per_dim.mean()``."""
+
+    outputs: torch.Tensor
+    bits_per_dim: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Mean bits/dim over the batch (a scalar)."""
+        return self.bits_per_dim.mean()
 
 def pattern_for(config: ImageTransformerConfig, grid: tuple[int, int] | None = None) -> Pattern:
     """The self-attention pattern of a config on its sequence grid."""
@@ -283,17 +304,22 @@ class ImageTransformer(HubModel):
         return [tuple(t.contiguous() for t in layer.context_kv(context)) for layer in self.layers]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, side=None) -> torch.Tensor:
-        """Head outputs for every position given all earlier ones, in raster order.
+                context: torch.Tensor | None = None, side=None, *,
+                with_loss: bool = False) -> torch.Tensor | LikelihoodOutput:
+        """Head outputs for every position given all earlier ones, in raster order, and with
+        ``with_loss`` each image's exact bits/dim (nanoGPT's ``forward(idx, targets)``: the
+        images are their own targets).
 
         Args:
             images: ``(B, 3, H, W)`` uint8.
             labels: ``(B,)`` class ids for class-conditional models.
             context: ``(B, Nc, context_dim)`` for models built with ``context_dim``.
             side: side information, for subclasses that take it.
+            with_loss: also score the images (a :class:`LikelihoodOutput`).
 
         Returns:
-            categorical: logits ``(B, H*W*3, 256)``; DMOL: parameters ``(B, H*W, 10K)``.
+            categorical: logits ``(B, H*W*3, 256)``; DMOL: parameters ``(B, H*W, 10K)``; with
+            ``with_loss``, ``LikelihoodOutput(outputs, bits_per_dim (B,))``.
         """
         values = self.to_sequence(self.targets(images))  # (B, N) | (B, N, 3), model order
         b = values.shape[0]
@@ -316,7 +342,10 @@ class ImageTransformer(HubModel):
         x = self.dropout(x)
         for layer, context_kv in zip(self.layers, self.context_kv(context)):
             x = layer(x, context_kv)  # (B, N, D)
-        return self.to_raster(self.outputs_at(x, side, canvas))
+        outputs = self.to_raster(self.outputs_at(x, side, canvas))
+        if not with_loss:
+            return outputs
+        return LikelihoodOutput(outputs, self.bits_of_nll(self.nll_of_outputs(outputs, images)))
 
     def nll(self, images: torch.Tensor, labels: torch.Tensor | None = None,
             context: torch.Tensor | None = None, side=None) -> torch.Tensor:
@@ -332,11 +361,46 @@ class ImageTransformer(HubModel):
             return categorical_nll(outputs, targets)
         return dmol_nll_per_pixel(outputs, targets)
 
+    def bits_of_nll(self, nats: torch.Tensor) -> torch.Tensor:
+        """Each image's bits per subpixel from its per-position nats ``(B, positions)``:
+        ``(B,)`` (:func:`imgtx.likelihood.bits_per_dim` over the 3*H*W subpixels)."""
+        return bits_per_dim(nats.sum(dim=1), 3 * self.config.image_size**2)
+
     def bits_per_dim(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                      context: torch.Tensor | None = None, side=None) -> torch.Tensor:
-        """Bits per subpixel of each image, ``(B,)``: total nats / (3*H*W * ln 2)."""
-        nats = self.nll(images, labels, context, side).sum(dim=1)
-        return nats / (3 * self.config.image_size**2 * LN2)
+        """Bits per subpixel of each image, ``(B,)``."""
+        return self(images, labels, context, side, with_loss=True).bits_per_dim
+
+    @torch.no_grad()
+    def generate(self, num_images: int, labels: torch.Tensor | int | None = None, *,
+                 temperature: float = 1.0, seed: int | None = None, batch_size: int = 16,
+                 policy=None, use_cache: bool = True, progress: bool = False) -> torch.Tensor:
+        """Sample ``num_images`` images ``(num_images, 3, H, W)`` uint8, ``batch_size`` at a time,
+        with the KV cache (:func:`imgtx.sampling.decode`).
+
+        ``labels``: one class id for all, or ``(num_images,)`` ids (class-conditional models
+        only). ``temperature`` scales the draws (0: the most likely value at each position);
+        ``seed`` makes them reproducible. ``policy``: a decoding policy that chooses every value
+        instead (:mod:`imgtx.sampling`); its own randomness then applies.
+        """
+        from imgtx.sampling import decode, draws
+
+        device = next(self.parameters()).device
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        if policy is None:
+            policy = draws(self, temperature, generator)
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=device).long()
+            if labels.dim() == 0:
+                labels = labels.expand(num_images)
+        chunks = []
+        starts = range(0, num_images, batch_size)
+        for start in tqdm(starts, desc="batches", disable=not progress or len(starts) == 1):
+            count = min(batch_size, num_images - start)
+            chunk_labels = None if labels is None else labels[start : start + count]
+            chunks.append(decode(self, count, labels=chunk_labels, use_cache=use_cache,
+                                 policy=policy, progress=progress))
+        return torch.cat(chunks)
 
     def incremental_decoder(self, batch: int, *, labels: torch.Tensor | None = None,
                             context: torch.Tensor | None = None, side=None, fused: bool = True,
@@ -345,90 +409,3 @@ class ImageTransformer(HubModel):
         ``fused``/``compile``: see :class:`IncrementalDecoder`)."""
         return IncrementalDecoder(self, batch, labels=labels, context=context, side=side,
                                   fused=fused, compile=compile)
-
-
-class IncrementalDecoder:
-    """Runs an :class:`ImageTransformer` one position at a time, in model order, with each
-    layer's KV cache: ``outputs()`` gives the head outputs at the next position and ``feed(value)``
-    appends the value chosen there. The same hooks as :meth:`ImageTransformer.forward` make the
-    inputs, so the outputs equal the full forward pass on the finished sequence. Call under
-    ``torch.no_grad()`` with the model in eval mode.
-
-    Cost per position: one query against each layer's cache (O(b) for local 1D blocks of b).
-    With ``fused`` (default) plain layers run as :class:`imgtx.fused_step.FusedStep` (about half
-    the ops a layer, same result to float rounding); ``compile`` also compiles their
-    fixed-shape part with :func:`torch.compile` (off by default: it did not pay on CPU).
-    """
-
-    def __init__(self, model: ImageTransformer, batch: int, *,
-                 labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                 side=None, fused: bool = True, compile: bool = False) -> None:
-        parameter = next(model.parameters())
-        self.model, self.length, self.position = model, model.config.sequence_length, 0
-        self.caches = [layer.attn.new_cache(batch, self.length, parameter.device,
-                                            parameter.dtype) for layer in model.layers]
-        self.context_kvs = model.context_kv(context)
-        self.cond = model.condition(labels, batch)  # (B, 1, D) | None
-        self.side = model.side_values(side, batch)  # (B, N, ...) | None
-        self.positions = model.positions()  # (N, D)
-        # The input contribution of the previous value: zero before the first position.
-        self.previous = torch.zeros(batch, 1, model.config.hidden_size, device=parameter.device,
-                                    dtype=parameter.dtype)
-        self.waiting_for_value = False
-        # neighbour_inputs / predictor: the values fed so far, scaled, model order, one zero slot
-        # at the end (ImageTransformer.canvas_of).
-        self.canvas = None
-        if model.config.neighbour_inputs or model.config.predictor != "none":
-            per_position = (3,) if model.config.likelihood == "dmol" else ()
-            self.canvas = torch.zeros(batch, self.length + 1, *per_position,
-                                      device=parameter.device, dtype=parameter.dtype)
-        # Fused steps (imgtx.fused_step) when every layer is a plain one and the model is in
-        # eval mode (dropout off); otherwise each layer's own step.
-        self.fused = None
-        if fused and not model.training and all(FusedStep.supports(layer)
-                                                for layer in model.layers):
-            self.fused = [FusedStep(layer, compile=compile) for layer in model.layers]
-
-    def _here(self) -> tuple[slice, torch.Tensor | None]:
-        here = slice(self.position, self.position + 1)
-        return here, None if self.side is None else self.side[:, here]
-
-    def outputs(self) -> torch.Tensor:
-        """Head outputs at position ``self.position``: ``(B, 256 | 10K)``."""
-        if self.waiting_for_value:
-            raise RuntimeError("feed() the value chosen at this position before the next outputs()")
-        if self.position >= self.length:
-            raise IndexError(f"all {self.length} positions were decoded")
-        model = self.model
-        here, side = self._here()
-        x = self.previous + self.positions[here]  # (B, 1, D)
-        if model.neighbours is not None:
-            x = x + model.neighbour_embeddings(self.canvas, here)
-        own = model.position_inputs(model.channel[here], side)
-        if own is not None:
-            x = x + own
-        if self.cond is not None:
-            x = x + self.cond
-        if self.fused is not None:
-            x = x[:, 0]  # (B, D)
-            for step, cache, context_kv in zip(self.fused, self.caches, self.context_kvs):
-                x = step(x, cache, context_kv)  # (B, D)
-            x = x[:, None]
-        else:
-            for layer, cache, context_kv in zip(model.layers, self.caches, self.context_kvs):
-                x = layer.step(x, cache, context_kv)  # (B, 1, D)
-        self.waiting_for_value = True
-        return model.outputs_at(x, side, self.canvas, here)[:, 0]
-
-    def feed(self, value: torch.Tensor) -> None:
-        """The value chosen at position ``self.position``: ``(B,)`` long subpixels, or ``(B, 3)``
-        long pixels (DMOL). Moves to the next position."""
-        if not self.waiting_for_value:
-            raise RuntimeError("call outputs() for this position before feed()")
-        here, side = self._here()
-        self.previous = self.model.input_embeddings(value[:, None], self.model.channel[here],
-                                                    side)
-        if self.canvas is not None:
-            self.canvas[:, self.position] = scale_pixels(value, self.canvas.dtype)
-        self.position += 1
-        self.waiting_for_value = False

@@ -10,7 +10,6 @@ logistics per pixel).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -36,12 +35,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def image_transformer_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean bits/dim of a batch, through ``model(...)`` so that a distributed wrapper sees the
     call (and averages the gradients); ``model`` may be wrapped."""
-    inner = _unwrap(model)
-    config = inner.config
-    images = batch["image"]  # (B, 3, S, S) uint8
-    labels = batch["label"] if config.num_classes else None
-    nats = inner.nll_of_outputs(model(images, labels), images)  # (B, positions)
-    return nats.sum(1).mean() / (3 * config.image_size**2 * math.log(2))
+    labels = batch["label"] if _unwrap(model).config.num_classes else None
+    return model(batch["image"], labels, with_loss=True).loss
 
 
 def image_transformer_bits(model: nn.Module, batch: dict) -> torch.Tensor:

@@ -50,11 +50,12 @@ from imgtx.likelihood import (
 from imgtx.model import ImageTransformer
 from imgtx.neighbours import decoding_order, offset_logits
 from imgtx.resample import upscale_bicubic, upscale_nearest
+from imgtx.sampling import each_row
 from imgtx.sr.blockmean import back_project
 from imgtx.sr.configs import SuperResolutionConfig
 
-__all__ = ["AnchoredDecoder", "AnchoredPixelDecoder", "StayNearAnchor", "make_anchors",
-           "anchor_window_index", "DEFAULT_OFFSET_SCALE"]
+__all__ = ["AnchoredDecoder", "AnchoredPixelDecoder", "StayNearAnchor", "AnchorPolicy",
+           "make_anchors", "anchor_window_index", "DEFAULT_OFFSET_SCALE"]
 
 DEFAULT_OFFSET_SCALE = 8.0  # Laplace scale of a fresh anchored model's offset prior, in levels
 
@@ -81,7 +82,7 @@ def _anchor_sequence(model: ImageTransformer, side: torch.Tensor | None,
     if side is None:
         raise ValueError("this decoder is anchored: pass anchors (B, 3, H, W) uint8 as side=, "
                          "e.g. the bicubic upscale of the low-resolution input")
-    values = model.to_sequence(model.targets(side)).to(model.channel.device)
+    values = model.to_sequence(model.targets(side))
     if values.shape[0] != batch:
         raise ValueError(f"anchors have batch {values.shape[0]}, expected {batch}")
     return values
@@ -97,9 +98,9 @@ class StayNearAnchor:
     ``min_prob=0, margin=0`` is plain argmax, ties going to the anchor. The defaults are
     conservative: on ``builtin:photos32``'s test split, ``checkpoints/sr-photos-8to32-small``'s
     departures from the anchor did not raise PSNR at any setting tried, and plain argmax lost
-    1.7 dB to drift (docs/sampling.md). Pass it as ``rule`` to
-    :func:`imgtx.sampling.decode` with ``temperature=0`` (the upscale functions do so by default
-    for anchored models).
+    1.7 dB to drift (docs/sampling.md). :meth:`policy` makes it a decoding policy for
+    :func:`imgtx.sampling.decode` (the upscale functions do so at temperature 0 by default for
+    anchored models).
     """
 
     min_prob: float = 0.9
@@ -122,6 +123,11 @@ class StayNearAnchor:
             anchor_prob = probs.gather(-1, anchors[:, None])[:, 0]
             return torch.where(self.leaves(best_prob, anchor_prob), best, anchors)
         return self.choose_pixel(outputs, anchors[:, 0] if anchors.dim() == 3 else anchors)
+
+    def policy(self, anchors: torch.Tensor) -> AnchorPolicy:
+        """This rule as a decoding policy, given the decoder's per-position side values in model
+        order (``decoder.side_values(anchor_image, batch)``)."""
+        return AnchorPolicy(self, anchors)
 
     def leaves(self, best_prob: torch.Tensor, anchor_prob: torch.Tensor) -> torch.Tensor:
         """Where the most likely value (probability ``best_prob``) replaces the anchor."""
@@ -180,6 +186,20 @@ class StayNearAnchor:
         return torch.stack(chosen, dim=-1)
 
 
+@dataclass
+class AnchorPolicy:
+    """:class:`StayNearAnchor` as a decoding policy (:mod:`imgtx.sampling`): ``anchors`` are the
+    decoder's side values in model order, ``(B, N)`` (categorical) or ``(B, N, 9, 3)`` (DMOL)."""
+
+    rule: StayNearAnchor
+    anchors: torch.Tensor
+
+    def choose(self, outputs: torch.Tensor, position) -> torch.Tensor:
+        """``(b, n, 256 | 10K)`` at ``position`` -> ``(b, n)`` | ``(b, n, 3)`` long."""
+        anchors = self.anchors if position.rows is None else self.anchors[position.rows]
+        return each_row(self.rule, outputs, anchors[:, position.index])
+
+
 def _truncated_median_bin(mean: torch.Tensor, log_scale: torch.Tensor, lo: torch.Tensor,
                           hi: torch.Tensor) -> torch.Tensor:
     """The bin (0..255, inside ``lo..hi``) of the median of a logistic truncated to the bins
@@ -189,7 +209,7 @@ def _truncated_median_bin(mean: torch.Tensor, log_scale: torch.Tensor, lo: torch
     # Mirror an interval right of the mean to its left, where the CDF values are small and exact.
     flip = lower > 0
     lower, upper = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)
-    log_q = torch.logaddexp(F.logsigmoid(lower), F.logsigmoid(upper)) - math.log(2.0)
+    log_q = torch.logaddexp(F.logsigmoid(lower), F.logsigmoid(upper)) + math.log(0.5)
     logit = log_q - torch.log1p(-log_q.exp())
     median = mean + torch.exp(log_scale) * torch.where(flip, -logit, logit)
     bins = ((median + 1.0) * 127.5).round().nan_to_num(0.0)

@@ -46,10 +46,10 @@ from imgtx.likelihood import (
     scale_pixels,
 )
 from imgtx.neighbours import decoding_order
-from imgtx.sampling import draw
+from imgtx.sampling import Position, draw, each_row
 
 __all__ = ["block_sum_range", "block_structure", "project_to_block_means", "back_project",
-           "BlockMeanConstraint"]
+           "BlockMeanConstraint", "BlockMeanPolicy"]
 
 VALUES = torch.arange(256)
 
@@ -260,6 +260,35 @@ class BlockMeanConstraint:
             chosen[bound] = _dmol_draw_bounded(outputs[bound], lo[bound], hi[bound],
                                                temperature, generator)
         return chosen
+
+
+class BlockMeanPolicy:
+    """The block-mean truncation as a decoding policy (:mod:`imgtx.sampling`): each value is
+    drawn from its position's distribution truncated to the interval the earlier values leave
+    it (:meth:`BlockMeanConstraint.choose`), at ``temperature``; at temperature 0 with an anchor
+    ``rule`` (:class:`imgtx.sr.anchor.StayNearAnchor`) the rule chooses on the truncated
+    distribution, from the decoder's per-position side values ``anchors`` (model order)."""
+
+    def __init__(self, constraint: BlockMeanConstraint, temperature: float = 0.0,
+                 generator: torch.Generator | None = None, rule=None,
+                 anchors: torch.Tensor | None = None) -> None:
+        if rule is not None and anchors is None:
+            raise ValueError("an anchor rule needs the decoder's side values (anchors=)")
+        self.constraint, self.temperature, self.generator = constraint, temperature, generator
+        self.rule = rule if temperature == 0 else None
+        self.anchors = anchors
+
+    def choose(self, outputs: torch.Tensor, position: Position) -> torch.Tensor:
+        """``(b, n, 256 | 10K)`` at ``position`` -> ``(b, n)`` | ``(b, n, 3)`` long."""
+        lo, hi = self.constraint.bounds(position.values, position.index, rows=position.rows)
+        if self.rule is None:
+            return each_row(lambda out, low, high: self.constraint.choose(
+                out, low, high, temperature=self.temperature, generator=self.generator),
+                outputs, lo, hi)
+        anchors = self.anchors if position.rows is None else self.anchors[position.rows]
+        return each_row(lambda out, low, high, side: self.constraint.choose(
+            out, low, high, temperature=0.0, rule=self.rule, side=side),
+            outputs, lo, hi, anchors[:, position.index])
 
 
 def _outside(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -27,20 +27,16 @@ from torch import nn
 
 from imgtx.attention import Full, set_backend
 from imgtx.hub import HubModel
-from imgtx.likelihood import categorical_nll, dmol_nll_per_pixel
-from imgtx.model import ImageTransformer, check_images
-from imgtx.neighbours import decoding_order
+from imgtx.model import ImageTransformer, LikelihoodOutput, check_images
 from imgtx.resample import downscale_area
-from imgtx.sr.anchor import AnchoredDecoder, AnchoredPixelDecoder, make_anchors
-from imgtx.sr.blockmean import BlockMeanConstraint
+from imgtx.sampling import decode, decode_fixed_point, draws
+from imgtx.sr.anchor import AnchoredDecoder, AnchoredPixelDecoder, StayNearAnchor, make_anchors
+from imgtx.sr.blockmean import BlockMeanConstraint, BlockMeanPolicy
 from imgtx.sr.configs import SuperResolutionConfig
 from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_positions_2d
 
 # make_anchors lives in imgtx.sr.anchor; it is re-exported here, where it used to be.
-__all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors",
-           "nll_of_outputs"]
-
-LN2 = math.log(2.0)
+__all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
 
 
 def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor:
@@ -48,32 +44,6 @@ def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch
     (T2T ``image_utils.resize_by_area``, as in its CelebA 8x8 -> 32x32 problem):
     ``(B, 3, H, W)`` uint8 -> ``(B, 3, H/s, W/s)`` uint8."""
     return downscale_area(high_res.to(torch.uint8), config.scale, config.area_rounding)
-
-
-def nll_of_outputs(config: SuperResolutionConfig, outputs: torch.Tensor,
-                   high_res: torch.Tensor, low_res: torch.Tensor | None = None) -> torch.Tensor:
-    """Nats of every output subpixel (categorical, ``(B, N)``) or pixel (DMOL, ``(B, N / 3)``),
-    raster order, from the decoder outputs of :meth:`SuperResolutionTransformer.forward`. With
-    ``config.block_means`` each value's distribution is truncated to the values its input pixel
-    allows (:mod:`imgtx.sr.blockmean`); ``low_res`` is the input (None: ``make_low_res`` of
-    ``high_res``)."""
-    pixels = high_res.long().permute(0, 2, 3, 1)  # (B, H, W, 3)
-    targets = pixels.flatten(1, 2) if config.likelihood == "dmol" else pixels.flatten(1)
-    if config.likelihood == "dmol":
-        nll = dmol_nll_per_pixel(outputs, targets)
-    else:
-        nll = categorical_nll(outputs, targets)
-    if not config.block_means:
-        return nll
-    if low_res is None:
-        low_res = make_low_res(high_res, config)
-    decoder_config = config.decoder_config()
-    raster, _ = decoding_order(decoder_config)  # model order -> raster index
-    raster = raster.to(outputs.device)
-    constraint = BlockMeanConstraint(decoder_config, low_res.to(outputs.device), config.scale,
-                                     config.area_rounding)
-    mass = constraint.log_mass(outputs[:, raster], targets[:, raster])  # (B, N) model order
-    return nll.index_add(1, raster, mass.to(nll.dtype))
 
 
 class ImageEncoder(nn.Module):
@@ -178,21 +148,145 @@ class SuperResolutionTransformer(HubModel):
         """Raster-order subpixels ``(B, N)`` long of ``high_res`` ``(B, 3, H, W)``."""
         return self.decoder.targets(high_res)
 
-    def forward(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
+    def forward(self, low_res: torch.Tensor, high_res: torch.Tensor, *,
+                with_loss: bool = False) -> torch.Tensor | LikelihoodOutput:
         """Logits ``(B, N, 256)`` of every output subpixel (DMOL: parameters ``(B, N / 3, 10K)``
         of every pixel), raster order, given ``low_res`` ``(B, 3, h, w)`` and the earlier
-        subpixels of ``high_res`` ``(B, 3, H, W)`` (uint8)."""
+        subpixels of ``high_res`` ``(B, 3, H, W)`` (uint8); with ``with_loss`` also each target's
+        exact conditional bits/dim ``(B,)`` (a :class:`imgtx.model.LikelihoodOutput`)."""
         if low_res.shape[0] != high_res.shape[0]:
             raise ValueError(f"low_res and high_res batches differ: {low_res.shape[0]} vs "
                              f"{high_res.shape[0]}")
-        return self.decoder(high_res, context=self.encode(low_res), side=self.anchors(low_res))
+        outputs = self.decoder(high_res, context=self.encode(low_res), side=self.anchors(low_res))
+        if not with_loss:
+            return outputs
+        nats = self.nll_of_outputs(outputs, low_res, high_res)
+        return LikelihoodOutput(outputs, self.decoder.bits_of_nll(nats))
+
+    def nll_of_outputs(self, outputs: torch.Tensor, low_res: torch.Tensor,
+                       high_res: torch.Tensor) -> torch.Tensor:
+        """Nats of every output subpixel (categorical, ``(B, N)``) or pixel (DMOL,
+        ``(B, N / 3)``), raster order, from the outputs of :meth:`forward`: the decoder's NLL,
+        with ``config.block_means`` each value's distribution truncated to the values its input
+        pixel allows (:mod:`imgtx.sr.blockmean`)."""
+        nats = self.decoder.nll_of_outputs(outputs, high_res)
+        if not self.config.block_means:
+            return nats
+        decoder = self.decoder
+        constraint = BlockMeanConstraint(decoder.config, low_res.to(outputs.device),
+                                         self.config.scale, self.config.area_rounding)
+        mass = constraint.log_mass(decoder.to_sequence(outputs),
+                                   decoder.to_sequence(decoder.targets(high_res)))  # model order
+        return nats + decoder.to_raster(mass.to(nats.dtype))
 
     def nll(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
         """Exact negative log-likelihood ``-log p(high_res | low_res)`` in nats, raster order:
         per output subpixel ``(B, N)`` (categorical) or per pixel ``(B, N / 3)`` (DMOL)."""
-        return nll_of_outputs(self.config, self(low_res, high_res), high_res, low_res)
+        return self.nll_of_outputs(self(low_res, high_res), low_res, high_res)
 
     def bits_per_dim(self, low_res: torch.Tensor, high_res: torch.Tensor) -> torch.Tensor:
-        """Bits per output subpixel of each image given its input, ``(B,)``: total nats over the
-        3*H*W subpixels / (3*H*W * ln 2)."""
-        return self.nll(low_res, high_res).sum(dim=1) / (3 * high_res[0, 0].numel() * LN2)
+        """Bits per output subpixel of each image given its input, ``(B,)``."""
+        return self(low_res, high_res, with_loss=True).bits_per_dim
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def decoding_rule(self, rule: StayNearAnchor | str | None = "auto") -> StayNearAnchor | None:
+        """The temperature-0 rule to use: ``"auto"`` is ``config.anchor_rule`` for anchored
+        models and plain argmax (None) otherwise; a :class:`StayNearAnchor` needs an anchored
+        model."""
+        if isinstance(rule, str):
+            if rule != "auto":
+                raise ValueError(f"rule must be 'auto', None or a StayNearAnchor, got {rule!r}")
+            return StayNearAnchor(*self.config.anchor_rule) if self.config.anchor != "none" \
+                else None
+        if rule is not None and self.config.anchor == "none":
+            raise ValueError("a StayNearAnchor rule needs an anchored model (config.anchor)")
+        return rule
+
+    def policy(self, low_res: torch.Tensor, anchors: torch.Tensor | None, temperature: float,
+               generator: torch.Generator | None = None,
+               rule: StayNearAnchor | str | None = "auto"):
+        """The decoding policy (:mod:`imgtx.sampling`) for a batch of inputs ``low_res`` with
+        their ``anchors``: the block-mean truncation for ``config.block_means`` models, the
+        anchor ``rule`` at temperature 0 (see :meth:`decoding_rule`), plain draws otherwise."""
+        rule = self.decoding_rule(rule) if temperature == 0 else None
+        side_values = None
+        if rule is not None:
+            side_values = self.decoder.side_values(anchors, low_res.shape[0])  # model order
+        if self.config.block_means:  # every output downscales exactly to its input
+            constraint = BlockMeanConstraint(self.decoder.config, low_res, self.config.scale,
+                                             self.config.area_rounding)
+            return BlockMeanPolicy(constraint, temperature, generator, rule, side_values)
+        if rule is not None:
+            return rule.policy(side_values)
+        return draws(self.decoder, temperature, generator)
+
+    @torch.no_grad()
+    def generate(self, low_res: torch.Tensor, *, temperature: float | None = None,
+                 seed: int | None = None, generator: torch.Generator | None = None,
+                 rule: StayNearAnchor | str | None = "auto", batch_size: int = 64,
+                 fixed_point: bool | None = None, use_cache: bool = True,
+                 anchors: torch.Tensor | None = None, return_logits: bool = False,
+                 progress: bool = False, stats: dict | None = None):
+        """Upscale ``low_res`` by ``config.scale``.
+
+        ``low_res`` is ``(B, 3, h, w)`` uint8 of the model's input size, decoded as one batch
+        (encoded once, then KV-cached decoding), or an image ``(3, h, w)`` / a batch of any
+        other size, upscaled in model-sized tiles, ``batch_size`` at a time
+        (:func:`imgtx.sr.upscale.upscale_image`, which also says how tiles meet).
+
+        Args:
+            temperature: 0 takes the most likely value of each subpixel in decoding order (or
+                the anchor ``rule``'s choice); None uses ``config.sampling_temperature``.
+            seed, generator: the draws' randomness (a seed makes a generator).
+            rule: at temperature 0, how an anchored model picks each value: ``"auto"`` is
+                ``config.anchor_rule``, a :class:`StayNearAnchor` keeps the anchor unless the
+                model is confident, None is plain argmax. Ignored above 0.
+            fixed_point: at temperature 0, decode by fixed-point passes from the anchors
+                (:func:`imgtx.sampling.decode_fixed_point`: the same output as one subpixel at
+                a time). None: for anchored models with the KV cache on and no logits asked for.
+            use_cache: KV-cached decoding; False re-runs the decoder for every subpixel.
+            anchors: ``(B, 3, H, W)`` uint8 anchors (None: :meth:`anchors` of ``low_res``).
+            return_logits: also return the decoder outputs used at every step, model order
+                ``(B, N, 256 | 10K)`` (one batch only).
+            progress: progress bars; stats: receives the fixed-point passes made.
+
+        Returns:
+            ``(B, 3, H, W)`` (or ``(3, H, W)``) uint8 (and the logits).
+        """
+        device = next(self.parameters()).device
+        if generator is None and seed is not None:
+            generator = torch.Generator(device).manual_seed(seed)
+        size = self.config.input_size
+        if low_res.dim() != 4 or low_res.shape[-2:] != (size, size):
+            from imgtx.sr.upscale import upscale_image
+
+            options = dict(temperature=temperature, generator=generator, rule=rule,
+                           batch_size=batch_size, fixed_point=fixed_point, progress=progress,
+                           stats=stats)
+            if low_res.dim() == 3:
+                return upscale_image(self, low_res, **options)
+            return torch.stack([upscale_image(self, image, **options) for image in low_res])
+        if temperature is None:
+            temperature = self.config.sampling_temperature
+        was_training = self.training
+        self.eval()
+        low_res = low_res.to(device)
+        if anchors is None:
+            anchors = self.anchors(low_res)
+        context = self.encode(low_res)  # (B, Nin, D), once per batch
+        policy = self.policy(low_res, anchors, temperature, generator, rule)
+        if fixed_point is None:
+            fixed_point = anchors is not None and use_cache and not return_logits
+        if fixed_point and temperature == 0:
+            if anchors is None or return_logits:
+                raise ValueError("fixed-point decoding starts from the anchors of an anchored "
+                                 "model and returns no per-step logits")
+            result = decode_fixed_point(self.decoder, anchors, policy=policy, context=context,
+                                        side=anchors, progress=progress, stats=stats)
+        else:
+            result = decode(self.decoder, low_res.shape[0], use_cache=use_cache,
+                            return_outputs=return_logits, progress=progress, context=context,
+                            side=anchors, policy=policy)
+        self.train(was_training)
+        return result

@@ -7,7 +7,8 @@ A model upscales ``input_size``-square images. A larger (or non-square) image is
    ``input_size`` on each side;
 2. cut into non-overlapping ``input_size``-square tiles;
 3. upscaled tile by tile - ``batch_size`` tiles at a time, each batch encoded once and decoded
-   with the decoder's KV cache (:func:`imgtx.sampling.decode`);
+   with the decoder's KV cache (:meth:`imgtx.sr.model.SuperResolutionTransformer.generate`,
+   which comes here for inputs that are not model-sized);
 4. stitched into the output canvas, from which the padding is cropped away, so the output is
    exactly ``scale`` times the input on each side.
 
@@ -41,16 +42,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from imgtx.images import make_grid, read_image, save_image
 from imgtx.resample import upscale_bicubic
-from imgtx.sampling import decode, decode_fixed_point
 from imgtx.sr.anchor import StayNearAnchor, make_anchors
-from imgtx.sr.blockmean import BlockMeanConstraint
-from imgtx.sr.model import SuperResolutionTransformer
+
+if TYPE_CHECKING:
+    from imgtx.sr.model import SuperResolutionTransformer
 
 __all__ = ["DEFAULT_RULE", "upscale_batch", "upscale_tiles", "split_tiles", "pad_to_tiles",
            "stitch_tiles", "upscale_image", "upscale_file"]
@@ -59,80 +61,17 @@ __all__ = ["DEFAULT_RULE", "upscale_batch", "upscale_tiles", "split_tiles", "pad
 DEFAULT_RULE = StayNearAnchor()  # anchored models at temperature 0 (see "Temperature 0" above)
 
 
-def _rule(model: SuperResolutionTransformer, rule):
-    """The temperature-0 rule to use: ``"auto"`` is the model's ``config.anchor_rule`` (by
-    default :data:`DEFAULT_RULE`) for anchored models and plain argmax (None) otherwise."""
-    if isinstance(rule, str):
-        if rule != "auto":
-            raise ValueError(f"rule must be 'auto', None or a StayNearAnchor, got {rule!r}")
-        return StayNearAnchor(*model.config.anchor_rule) if model.config.anchor != "none" else None
-    if rule is not None and model.config.anchor == "none":
-        raise ValueError("a StayNearAnchor rule needs an anchored model (config.anchor)")
-    return rule
-
-
-@torch.no_grad()
 def upscale_batch(model: SuperResolutionTransformer, low_res: torch.Tensor, *,
                   temperature: float | None = None, generator: torch.Generator | None = None,
                   use_cache: bool = True, return_logits: bool = False, progress: bool = False,
                   anchors: torch.Tensor | None = None, rule: StayNearAnchor | str | None = "auto",
                   fixed_point: bool | None = None, stats: dict | None = None):
-    """Sample high-resolution images for a batch of model-sized inputs.
-
-    Args:
-        low_res: ``(B, 3, h, w)`` uint8 with ``h = w = config.input_size``.
-        anchors: ``(B, 3, H, W)`` uint8 anchors for an anchored model (None: made from
-            ``low_res`` as in training, :func:`imgtx.sr.anchor.make_anchors`).
-        temperature: softmax temperature; 0 takes the most likely value of each subpixel in
-            decoding order; None uses ``config.sampling_temperature``.
-        generator: random generator for the draws.
-        use_cache: KV-cached decoding (default); False re-runs the decoder for every subpixel.
-        return_logits: also return the logits used at every step, in the decoder's order
-            ``(B, N, 256)`` (raster for 1D, block-raster for 2D).
-        progress: show a progress bar over the subpixels being decoded.
-        rule: at temperature 0, how an anchored model picks each value: ``"auto"`` (default)
-            is the model's ``config.anchor_rule`` (default :data:`DEFAULT_RULE`), a
-            :class:`~imgtx.sr.anchor.StayNearAnchor` that keeps the anchor unless the model is
-            confident; None is plain argmax. Ignored above 0.
-        fixed_point: at temperature 0, decode by fixed-point iteration from the anchors
-            (:func:`imgtx.sampling.decode_fixed_point`: whole-image forward passes, the same
-            output as one subpixel at a time). None (default): for anchored models with the
-            KV cache on and no logits asked for; at temperatures above 0 it is never used.
-        stats: with ``fixed_point``, receives the passes made (see ``decode_fixed_point``).
-
-    Returns:
-        ``(B, 3, H, W)`` uint8 (and the logits).
-    """
-    if temperature is None:
-        temperature = model.config.sampling_temperature
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    low_res = low_res.to(device)
-    if anchors is None:
-        anchors = model.anchors(low_res)
-    context = model.encode(low_res)  # (B, Nin, D), once per batch
-    rule = _rule(model, rule)
-    constraint = None
-    if model.config.block_means:  # every output downscales exactly to its input
-        constraint = BlockMeanConstraint(model.decoder.config, low_res, model.config.scale,
-                                         model.config.area_rounding)
-    if fixed_point is None:
-        fixed_point = anchors is not None and use_cache and not return_logits
-    if fixed_point and temperature == 0:
-        if anchors is None or return_logits:
-            raise ValueError("fixed-point decoding starts from the anchors of an anchored "
-                             "model and returns no per-step logits")
-        result = decode_fixed_point(model.decoder, anchors, rule=rule, context=context,
-                                    side=anchors, progress=progress, stats=stats,
-                                    constraint=constraint)
-    else:
-        result = decode(model.decoder, low_res.shape[0], temperature=temperature,
-                        use_cache=use_cache, generator=generator, return_outputs=return_logits,
-                        progress=progress, context=context, side=anchors, rule=rule,
-                        constraint=constraint)
-    model.train(was_training)
-    return result
+    """Upscale a batch of model-sized inputs ``(B, 3, h, w)`` uint8:
+    :meth:`SuperResolutionTransformer.generate <imgtx.sr.model.SuperResolutionTransformer.generate>`
+    on one batch (see it for the arguments). Returns ``(B, 3, H, W)`` uint8 (and the logits)."""
+    return model.generate(low_res, temperature=temperature, generator=generator,
+                          use_cache=use_cache, return_logits=return_logits, progress=progress,
+                          anchors=anchors, rule=rule, fixed_point=fixed_point, stats=stats)
 
 
 def upscale_tiles(model: SuperResolutionTransformer, tiles: torch.Tensor, *,
@@ -205,13 +144,14 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
                   temperature: float | None = None, seed: int | None = None,
                   batch_size: int = 64, progress: bool = False,
                   rule: StayNearAnchor | str | None = "auto", fixed_point: bool | None = None,
-                  stats: dict | None = None) -> torch.Tensor:
+                  stats: dict | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Upscale one RGB image of any size by ``config.scale`` (tiled; see the module docstring).
 
     Args:
         image: ``(3, h, w)`` uint8.
         temperature: see :func:`upscale_batch` (None: ``config.sampling_temperature``).
-        seed: seeds the sampling (None: torch's global generator).
+        seed: seeds the sampling (None: ``generator``, or torch's global generator).
         batch_size: tiles decoded together.
         progress: show a progress bar over tiles.
         rule: the temperature-0 rule of anchored models, see :func:`upscale_batch`.
@@ -224,7 +164,6 @@ def upscale_image(model: SuperResolutionTransformer, image: torch.Tensor, *,
         raise ValueError(f"expected an RGB image (3, h, w) uint8, got {tuple(image.shape)} "
                          f"{image.dtype}; read files with imgtx.images.read_image")
     config = model.config
-    generator = None
     if seed is not None:
         generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     tiles, grid = split_tiles(image, config.input_size)

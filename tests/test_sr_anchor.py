@@ -212,11 +212,11 @@ def test_fixed_point_decoding_equals_decoding_one_subpixel_at_a_time(rule, predi
 
 
 def test_fixed_point_decoding_is_the_default_at_temperature_zero_for_anchored_models(monkeypatch):
-    import imgtx.sr.upscale as upscale_module
+    import imgtx.sr.model as generating_module
 
     calls = []
-    real = upscale_module.decode_fixed_point
-    monkeypatch.setattr(upscale_module, "decode_fixed_point",
+    real = generating_module.decode_fixed_point
+    monkeypatch.setattr(generating_module, "decode_fixed_point",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     model = anchored(input_size=2)
     low = random_images(2, 2)

@@ -8,7 +8,7 @@ Where things live: :mod:`imgtx.hub.mixin` (:class:`HubModel`), :mod:`imgtx.hub.c
 
 from __future__ import annotations
 
-from imgtx.hub.config import config_from_dict
+from imgtx.hub.config import CLASS_NAME_KEY, config_from_dict
 from imgtx.hub.errors import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -28,6 +28,7 @@ from imgtx.hub.weights import (
 
 __all__ = [
     "CARD_MARKER",
+    "CLASS_NAME_KEY",
     "CONFIG_FILE",
     "PICKLE_WEIGHTS_FILE",
     "WEIGHTS_FILE",

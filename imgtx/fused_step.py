@@ -16,9 +16,11 @@ query. :class:`FusedStep` does the same arithmetic in 30 ops on ``(B, D)`` rows:
 * one query per (batch, head) row: SDPA for few rows, plain batched matmuls for many
   (:data:`SDPA_MAX_ROWS`).
 
-Only plain Image Transformer layers are fused (LayerNorm, identity skips, no branch activation,
-no trunk or conditional norm); :meth:`FusedStep.supports` says which. The result equals
-:meth:`TransformerLayer.step` to float rounding (tests/test_sampling_speed.py).
+Only the layers that declare themselves ``fusable`` are fused: the layer checks its options
+against a positive list in ``__init__`` (:data:`imgtx.transformer.FUSABLE_OPTIONS`: LayerNorm,
+identity skips, no branch activation, no trunk or conditional norm), so an option this class does
+not know is never fused. The result equals :meth:`TransformerLayer.step` to float rounding, for
+every option combination (tests/test_fused_step.py).
 
 Optionally, ``compile=True`` runs the fixed-shape parts (everything after the self-attention
 kernel: output projection, cross-attention, FFN) through :func:`torch.compile`. The key window
@@ -90,21 +92,15 @@ class FusedStep:
 
     @staticmethod
     def supports(layer: TransformerLayer) -> bool:
-        """Whether ``layer`` is a plain layer this class reproduces exactly."""
-        norms = [layer.attn_norm, layer.ffn_norm] + (
-            [layer.cross_norm] if layer.cross_attn is not None else [])
-        return (all(type(n) is nn.LayerNorm for n in norms)
-                and type(layer.attn_skip) is nn.Identity and type(layer.ffn_skip) is nn.Identity
-                and (layer.cross_attn is None or type(layer.cross_skip) is nn.Identity)
-                and layer.branch_activation is None and layer.attn_trunk_norm is None
-                and not layer.needs_cond and not layer.record_ratios
-                and not layer.attn.is_cross)
+        """Whether ``layer`` declares itself fusable (and records no branch ratios, which only
+        its own step does)."""
+        return layer.fusable and not layer.record_ratios
 
     def __init__(self, layer: TransformerLayer, *, compile: bool = False) -> None:
         if not self.supports(layer):
-            raise ValueError("this layer has parts FusedStep does not fuse (a non-LayerNorm "
-                             "norm, projected skips, branch activations or conditional norms); "
-                             "use TransformerLayer.step")
+            raise ValueError("this layer was built with options FusedStep does not reproduce "
+                             "(see imgtx.transformer.FUSABLE_OPTIONS); use "
+                             "TransformerLayer.step")
         attn = layer.attn
         self.pre_norm = layer.pre_norm
         self.heads, self.head_dim = attn.heads, attn.head_dim

@@ -159,6 +159,28 @@ def _skip(residual: str, dim: int) -> nn.Module:
     return nn.Identity() if residual == "identity" else nn.Linear(dim, dim)
 
 
+#: Every option of :class:`TransformerLayer` that its fused decoding step
+#: (:class:`imgtx.fused_step.FusedStep`) reproduces, with the values it reproduces (None: any).
+#: A layer built with an option missing here, or with a value not listed, declines to fuse
+#: (``layer.fusable`` is False) and decodes with :meth:`TransformerLayer.step`; so a new option
+#: is never fused until it is added here, and tests/test_fused_step.py checks every combination.
+#: Dropout is listed as any value: the fused step runs only in eval mode, where it is identity.
+FUSABLE_OPTIONS: dict[str, tuple | None] = {
+    "dim": None, "heads": None, "ffn_size": None, "pattern": None, "attention_size": None,
+    "context_dim": None, "dropout": None, "attention_dropout": None, "norm": NORM_PLACEMENTS,
+    "norm_type": ("layer",), "eps": None, "activation": ACTIVATIONS, "residual": ("identity",),
+    "branch_activation": (None,), "trunk_norm": ("none",), "cond_dim": None, "qkv_bias": None,
+    "backend": None,
+}
+
+
+def _fusable(options: dict) -> bool:
+    """Whether every option (name -> value) is one :data:`FUSABLE_OPTIONS` allows."""
+    return all(name in FUSABLE_OPTIONS and (FUSABLE_OPTIONS[name] is None
+                                            or value in FUSABLE_OPTIONS[name])
+               for name, value in options.items())
+
+
 # Key names of checkpoints saved before the sub-layers had names (imgtx <= 0.1.0).
 _LEGACY_PREFIXES = {"self_attn.": "attn.", "ffn.net.0.": "ffn.fc1.", "ffn.net.3.": "ffn.fc2."}
 
@@ -196,6 +218,9 @@ class TransformerLayer(nn.Module):
         qkv_bias: biases in the q/k/v projections.
         backend: attention backend (see :func:`imgtx.attention.attend`).
 
+    ``fusable``: whether :class:`imgtx.fused_step.FusedStep` reproduces this layer's decoding
+    step (decided in ``__init__`` from :data:`FUSABLE_OPTIONS`).
+
     Set ``record_ratios = True`` to store ``||branch|| / ||shortcut||`` (Frobenius over the
     batch) of each sub-layer in ``last_ratios`` (keys ``attn``, ``cross``, ``ffn``) on every
     :meth:`forward`: STrans' diagnostic of how much each residual branch contributes.
@@ -208,7 +233,10 @@ class TransformerLayer(nn.Module):
                  residual: str = "identity", branch_activation: str | None = None,
                  trunk_norm: str = "none", cond_dim: int | None = None, qkv_bias: bool = False,
                  backend: str = "auto") -> None:
+        options = {name: value for name, value in locals().items()
+                   if name not in ("self", "__class__")}  # every argument, by name
         super().__init__()
+        self.fusable = _fusable(options)
         _check_choice("norm", norm, NORM_PLACEMENTS)
         _check_choice("branch_activation", branch_activation, BRANCH_ACTIVATIONS)
         _check_choice("trunk_norm", trunk_norm, TRUNK_NORMS)

@@ -3,32 +3,22 @@
     python scripts/check_official_transgan.py --official PATH_TO_A_CLONE [--configs ...]
     python scripts/check_official_transgan.py --official PATH --make-fixture DIR
 
-For each config it builds the official generator and discriminator (``models_search``), seeds
-them, moves every parameter off its initial value (zero-initialised noise strengths and biases
-would hide a wrong mapping), saves them with the official ``utils.save_checkpoint``, converts
-the file with :mod:`imgtx.gan.official`, and compares, in float64:
+Per config: build the official G and D (``models_search``), seed them, move every parameter off
+its initial value (constant-initialised ones would hide a wrong mapping), save them with the
+official ``utils.save_checkpoint``, convert the file (:mod:`imgtx.gan.official`), and compare in
+float64 ``G(z)``, ``D(x)`` (no DiffAugment) and every parameter of G, D and the EMA G after the
+official ``functions.train`` ran on ``n_critic + 1`` batches (a D and a G step, then ``n_critic``
+D steps, a G step on ``gen_batch_size`` latents and its EMA update) against imgtx's ``Run`` with
+``GANStep`` and the registry recipe on the same batches.
 
-* ``G(z)`` and ``D(x)`` (without DiffAugment; D's noise draws are the same on both sides);
-* one whole training iteration and the step before it: the official ``functions.train`` on
-  ``n_critic + 1`` real batches (its G steps after the first and after the last D step, the second
-  G step on ``gen_batch_size`` fresh latents, then its EMA update) against ``imgtx``'s
-  :class:`Run` with :class:`GANStep` on the same batches: every parameter of G, D and the EMA G
-  afterwards.
-
-Random draws: the official code draws latents and the penalty's mixing weights from numpy, and
-DiffAugment's coins and box sizes from Python's ``random``; here they draw from torch instead
-(the same distributions), and every torch draw of the official run is recorded, then replayed
-to imgtx in order, each checked for the same function and shape. So both sides see the same
-latents, penalty weights, DiffAugment draws and noise, and a draw in another order fails.
-
-The official code is imported from the clone at run time (never copied). It wants CUDA; these
-patches run it on the CPU: ``torch.cuda.FloatTensor`` is the CPU tensor type of the run's dtype,
-``Tensor.cuda`` returns the tensor, ``Tensor.get_device`` says ``"cpu"``, and stub modules stand in
-for imports these models never use (``cv2``, the FID code).
-
-Sizes are reduced (printed in the JSON line): widths and batches shrink so that a check takes
-seconds on a CPU; the layers, the loss, the optimiser settings, n_critic and the EMA recipe are
-the configs' own. The 256^2 configs are not checked: their model files need CUDA-only ops.
+Draws: the official numpy/``random`` calls (latents, penalty weights, DiffAugment's coins and box
+sizes) draw from torch here, with the same distributions; every torch draw of the official run
+is recorded and replayed to imgtx in order, checked for function and size. The official code is
+imported from the clone at run time (never copied) and runs on the CPU: ``torch.cuda.FloatTensor``
+is the CPU type, ``Tensor.cuda`` a no-op, ``Tensor.get_device`` says ``"cpu"``, and stubs stand
+in for imports these models never use (``cv2``, the FID code). Widths and batches are reduced
+(printed); layers, loss, optimiser settings, n_critic and the EMA recipe are the configs' own.
+The 256^2 model files are not mapped by :mod:`imgtx.gan.official` yet, so not checked.
 """
 
 from __future__ import annotations
@@ -47,6 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from official_transgan_replay import (
+    imgtx_configs,
+    imgtx_run,
+    max_difference,
+    recording,
+)
 
 # What each check builds (official argument names; the rest are exps/*_train.py's values).
 RECIPES = {
@@ -137,63 +133,6 @@ def torch_draws_for_official(dtype: torch.dtype):
          torch.cuda.FloatTensor) = saved
 
 
-DRAWS = ("rand", "randn", "randint")
-
-
-@contextlib.contextmanager
-def recording(draws: list):
-    """Append ``(function, tensor)`` for every ``torch.rand/randn/randint`` call."""
-    originals = {name: getattr(torch, name) for name in DRAWS}
-
-    def wrap(name):
-        def draw(*args, **kwargs):
-            value = originals[name](*args, **kwargs)
-            draws.append((name, value.clone()))
-            return value
-        return draw
-
-    for name in DRAWS:
-        setattr(torch, name, wrap(name))
-    try:
-        yield
-    finally:
-        for name, function in originals.items():
-            setattr(torch, name, function)
-
-
-@contextlib.contextmanager
-def replaying(draws: list):
-    """``torch.rand/randn/randint`` return the recorded draws in order (each call checked for
-    the recorded function and shape); every draw must be used."""
-    pending = list(draws)
-    originals = {name: getattr(torch, name) for name in DRAWS}
-
-    def wrap(name):
-        def draw(*args, **kwargs):
-            wanted = originals[name](*args, **kwargs)  # the shape and dtype asked for
-            if not pending:
-                raise AssertionError(f"imgtx draws more than the official run ({name})")
-            recorded_name, value = pending.pop(0)
-            if recorded_name != name or value.numel() != wanted.numel():
-                raise AssertionError(f"draw {len(draws) - len(pending)}: imgtx calls torch.{name}"
-                                     f"{tuple(wanted.shape)}, the official run called torch."
-                                     f"{recorded_name}{tuple(value.shape)}")
-            # numpy drew the penalty's weights as (B, 1, 1, 1), imgtx as (B,): same numbers
-            return value.reshape(wanted.shape).to(dtype=wanted.dtype, device=wanted.device)
-        return draw
-
-    for name in DRAWS:
-        setattr(torch, name, wrap(name))
-    try:
-        yield
-    finally:
-        for name, function in originals.items():
-            setattr(torch, name, function)
-    if pending:
-        raise AssertionError(f"imgtx used {len(draws) - len(pending)} of the official run's "
-                             f"{len(draws)} draws")
-
-
 def perturb(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Every parameter moves by N(0, 0.02^2) (bias, norm and noise-strength parameters start at
     constants, which would hide a swapped mapping)."""
@@ -263,80 +202,6 @@ def official_run(official, name: str, sizes: dict, dtype: torch.dtype, out: Path
     return result
 
 
-# -- imgtx -----------------------------------------------------------------------------------
-
-
-def imgtx_configs(args):
-    from imgtx.gan.configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
-
-    g = TransGANGeneratorConfig(
-        image_size=args.img_size, latent_dim=args.latent_dim, bottom_width=args.bottom_width,
-        dim=args.gf_dim, depths=tuple(int(d) for d in args.g_depth.split(",")), norm=args.g_norm)
-    d = TransGANDiscriminatorConfig(
-        image_size=args.img_size, dim=args.df_dim, patch_size=args.patch_size,
-        embed_dims=(args.df_dim // 4 * 3, args.df_dim // 4), depths=((args.d_depth,),) * 2,
-        windows=((0,), (0,)), norm=args.d_norm, diffaug=args.diff_aug)
-    return g, d
-
-
-def imgtx_run(case: dict, dtype: torch.dtype, out: Path, isolate_d: bool = False) -> dict:
-    """Convert the official checkpoint, then the same forward passes and iteration in imgtx
-    (``isolate_d``: with imgtx's fix of the official loop, which then differs)."""
-    from torch.utils.data import DataLoader
-
-    from imgtx.data import collate_images
-    from imgtx.gan.configs import gan_entry
-    from imgtx.gan.losses import make_loss
-    from imgtx.gan.official import models_from_official, read_official_checkpoint
-    from imgtx.gan.step import GANStep
-    from imgtx.gan.train import settings_from_registry
-    from imgtx.training import Run, Schedule
-
-    args = case["args"]
-    g_config, d_config = imgtx_configs(args)
-    models = models_from_official(read_official_checkpoint(case["checkpoint"]), g_config,
-                                  d_config)
-    G, D = models["generator"].to(dtype), models["discriminator"].to(dtype)
-    G.train(), D.train()
-    x = case["images"][:args.dis_batch_size].to(dtype) / 127.5 - 1
-    result = {}
-    with replaying(case["forward_draws"]), torch.no_grad():
-        result["g_out"] = G(case["z"])
-        result["d_out"] = D(x, augment=False)
-    # The paper recipe of the registry, at the check's batch sizes.
-    settings = settings_from_registry(
-        gan_entry(case["name"]).train, out=str(out / "run"), max_steps=args.n_critic + 1,
-        batch_size=args.dis_batch_size, g_batch_size=args.gen_batch_size, eval_every=0,
-        checkpoint_every=0, num_samples=0)
-    items = [{"image": image, "label": 0} for image in case["images"]]
-    loader = DataLoader(items, batch_size=args.dis_batch_size, collate_fn=collate_images)
-    with replaying(case["step_draws"]):
-        run = Run(settings)  # as train_gan wires it, with the converted models
-        optimizers = {"G": torch.optim.Adam(G.parameters(), settings.lr, betas=settings.betas),
-                      "D": torch.optim.Adam(D.parameters(), settings.lr_d or settings.lr,
-                                            betas=settings.betas)}
-        run.prepare({"G": G, "D": D}, optimizers, {n: Schedule(0, "constant") for n in optimizers},
-                    {"G": settings.ema_settings()}, data=loader)
-        loss = make_loss(settings.loss, **settings.loss_options)
-        run.fit(GANStep(loss, settings.n_critic, settings.clip_grad_norm, args.latent_dim,
-                        g_batch_size=settings.g_batch_size, isolate_d=isolate_d))
-    result["after"] = {"generator": run.unwrap("G").state_dict(),
-                       "discriminator": run.unwrap("D").state_dict(),
-                       "ema": run.ema_model("G").state_dict()}
-    return result
-
-
-def max_difference(official: dict, ours: dict, g_config, d_config) -> dict[str, float]:
-    """Largest absolute difference per network after the step (official names mapped)."""
-    from imgtx.gan.official import discriminator_state_dict, generator_state_dict
-
-    mapped = {"generator": generator_state_dict(official["generator"], g_config),
-              "ema": generator_state_dict(official["ema"], g_config),
-              "discriminator": discriminator_state_dict(official["discriminator"], d_config)}
-    return {name: max(float((state[k].double() - ours[name][k].double()).abs().max())
-                      for k in state) for name, state in mapped.items()}
-
-
 def check(official, name: str, sizes: dict, dtype: torch.dtype) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         case = official_run(official, name, sizes, dtype, Path(tmp))
@@ -383,28 +248,6 @@ def write_fixture(official, out: Path) -> dict:
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {"fixture": str(out), "draws": len(draws),
             "bytes": sum(f.stat().st_size for f in out.iterdir())}
-
-
-def load_fixture(folder: Path) -> tuple[dict, dict]:
-    """``(case, expected)`` of a fixture folder, in the shapes :func:`imgtx_run` and
-    :func:`max_difference` take; needs no official code."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / "meta.json").read_text())
-    tensors, draws = (load_file(str(folder / f)) for f in ("expected.safetensors",
-                                                            "draws.safetensors"))
-    case = {"name": meta["config"], "args": argparse.Namespace(**meta["official_args"]),
-            "checkpoint": folder / "checkpoint.pth", "images": tensors["images"],
-            "z": tensors["z"]}
-    for part, names in meta["draws"].items():
-        case[f"{part}_draws"] = [(f, draws[f"{part}.{i:04d}"]) for i, f in enumerate(names)]
-    after = {}
-    for key, value in tensors.items():
-        if key.startswith("after."):
-            _, network, tensor = key.split(".", 2)
-            after.setdefault(network, {})[tensor] = value
-    expected = {k: tensors[k] for k in ("g_out", "d_out", "sample_out")} | {"after": after}
-    return case, expected
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ from imgtx.cli import main
 from imgtx.gan.transgan import images_to_uint8
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_transgan"
-SCRIPT_PATH = Path(__file__).parents[1] / "scripts" / "check_official_transgan.py"
-_spec = importlib.util.spec_from_file_location("check_official_transgan", SCRIPT_PATH)
+# The imgtx side of scripts/check_official_transgan.py (it imports no official code).
+SCRIPT_PATH = Path(__file__).parents[1] / "scripts" / "official_transgan_replay.py"
+_spec = importlib.util.spec_from_file_location("official_transgan_replay", SCRIPT_PATH)
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
 

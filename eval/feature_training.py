@@ -51,7 +51,8 @@ LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 @dataclass
 class FeatureNetSettings(RunSettings):
     """The run's settings plus the feature network's optimiser and data. ``batch_size`` is the
-    number of images per task per step (digits and photo patches each)."""
+    number of images per task per step (digits and photo patches each; the run's images seen
+    count one task's)."""
 
     lr: float = 2e-3  # AdamW peak learning rate
     weight_decay: float = 5e-4  # AdamW
@@ -63,6 +64,8 @@ class FeatureNetSettings(RunSettings):
         super().validate()
         check_positive("lr", self.lr)
         check_at_least("weight_decay", self.weight_decay, 0)
+        if self.max_steps is None:
+            raise UserError("the learning rate decays to 0 at max_steps: give --max-steps")
         if not 0 < self.holdout < 1:
             raise UserError(f"holdout={self.holdout} is a share of each photo: give a value in "
                             "(0, 1)")
@@ -211,7 +214,7 @@ def train_feature_net(settings: FeatureNetSettings) -> Path:
     loss = TwoTaskLoss(SmallFeatureNet(config))
     optimizer = torch.optim.AdamW(loss.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    total = settings.max_steps or 1000
+    total = settings.max_steps
     run.prepare({"model": loss}, {"model": optimizer},
                 {"model": WarmCosine(min(50, total // 10 + 1), total)})
 

@@ -1,0 +1,268 @@
+"""imgtx.codec: lossless round trips, the coded pmfs against the model's likelihood, the file
+format's refusals, and the compress / decompress commands."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from imgtx.cli import main
+from imgtx.codec import CodecError, compress, decompress, read_header
+from imgtx.codec.coder import logistic_bin_probs
+from imgtx.configs import get_config
+from imgtx.data.builtin import photo_patches
+from imgtx.likelihood import discretized_logistic_log_prob, scale_pixels
+from imgtx.model import ImageTransformer
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "imgtx-photos-dmol-small"
+
+# Tiny randomly initialised models (8x8 tiles): every head and predictor the codec handles.
+CONFIGS = {
+    "cat": {},
+    "cat-med": {"predictor": "med"},
+    "dmol": {"likelihood": "dmol", "positions": "learned"},
+    "dmol-med": {"likelihood": "dmol", "neighbour_inputs": True, "predictor": "med"},
+    "cat-2d": {"attention": "local2d", "query_shape": (2, 6), "memory_flange": (2, 6)},
+}
+
+
+def tiny(kind: str, seed: int = 0) -> ImageTransformer:
+    torch.manual_seed(seed)
+    model = ImageTransformer(get_config("tiny", **CONFIGS[kind])).eval()
+    with torch.no_grad():  # random, not flat: the pmfs vary from position to position
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    """A real photo crop of any size, from builtin:photos32 test patches laid side by side."""
+    patches = photo_patches("test").images[:64].permute(0, 2, 3, 1).numpy()  # (64, 32, 32, 3)
+    mosaic = patches.reshape(8, 8, 32, 32, 3).transpose(0, 2, 1, 3, 4).reshape(256, 256, 3)
+    return np.ascontiguousarray(mosaic[:height, :width])
+
+
+def round_trip(model, image):
+    data = compress(model, image)
+    return data, decompress(data, model)
+
+
+# -- the coded pmfs are the model's likelihood ----------------------------------------------------
+
+
+def test_logistic_bin_probs_equal_the_likelihood_bins_by_brute_force():
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.cat([torch.randn(400, generator=generator, dtype=torch.float64) * 1.5,
+                      torch.tensor([-1.0, 1.0, 0.0, -3.0, 3.0], dtype=torch.float64)])
+    log_scale = torch.cat([torch.rand(400, generator=generator, dtype=torch.float64) * 7 - 7,
+                           torch.tensor([-7.0, -7.0, -7.0, 0.0, 2.0], dtype=torch.float64)])
+    values = scale_pixels(torch.arange(256), torch.float64)
+    reference = discretized_logistic_log_prob(values, mean[:, None], log_scale[:, None]).exp()
+    fast = logistic_bin_probs(mean, log_scale)  # (405, 256)
+    assert fast.shape == reference.shape
+    assert torch.allclose(fast, reference, rtol=1e-7, atol=1e-300)
+    # tiny bins use PixelCNN++'s density times width, as the likelihood does
+    assert (reference < 1e-5).any()
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_code_length_is_the_models_negative_log_likelihood(kind):
+    model = tiny(kind)
+    images = torch.from_numpy(photo(8, 16)).permute(2, 0, 1)
+    stats: dict = {}
+    compress(model, images, stats=stats)
+    tiles = torch.stack([images[:, :, :8], images[:, :, 8:]])  # the codec's two tiles
+    with torch.no_grad():
+        nats = float(model.nll(tiles).sum())
+    assert stats["ideal_bits"] == pytest.approx(nats / math.log(2), rel=1e-4)
+    # the range coder adds a few bytes at most; the header is counted separately
+    payload = stats["bytes"] - stats["header_bytes"]
+    assert stats["ideal_bits"] / 8 - 1 <= payload <= stats["ideal_bits"] / 8 + 5
+
+
+# -- round trips ----------------------------------------------------------------------------------
+
+
+SIZES = [(kind, size) for kind in CONFIGS for size in [(1, 1), (31, 33), (32, 32)]] + [
+    ("cat-med", (100, 75)), ("dmol-med", (100, 75))]  # 130 tiles each
+
+
+@pytest.mark.parametrize(("kind", "size"), SIZES)
+def test_round_trip_random_rgb_and_grey(kind, size):
+    model = tiny(kind)
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    _, restored = round_trip(model, PIL.Image.fromarray(rgb))
+    assert restored.mode == "RGB" and np.array_equal(np.asarray(restored), rgb)
+    grey = rng.integers(0, 256, size, dtype=np.uint8)
+    _, restored = round_trip(model, PIL.Image.fromarray(grey))
+    assert restored.mode == "L" and np.array_equal(np.asarray(restored), grey)
+
+
+@pytest.mark.parametrize("kind", ["cat-med", "dmol-med"])
+def test_round_trip_real_photo_and_its_grey_version(kind):
+    model = tiny(kind)
+    rgb = photo(37, 45)
+    data, restored = round_trip(model, rgb)
+    assert np.array_equal(np.asarray(restored), rgb)
+    grey = np.asarray(PIL.Image.fromarray(rgb).convert("L"))
+    grey_data, restored = round_trip(model, grey)
+    assert np.array_equal(np.asarray(restored), grey)
+    # greyscale codes one channel (g and b are known to equal r)
+    assert len(grey_data) < len(data) / 2
+
+
+def test_round_trip_with_the_shipped_photo_model():
+    model = ImageTransformer.from_pretrained(SHIPPED)
+    image = photo(3, 40)  # two tiles, each stopping after its last coded position
+    stats: dict = {}
+    data = compress(model, image, stats=stats)
+    assert np.array_equal(np.asarray(decompress(data, model)), image)
+    assert stats["bytes"] < image.size  # smaller than the raw pixels
+
+
+def test_thread_count_does_not_change_the_file_or_its_decoding():
+    model = tiny("dmol-med")
+    image = photo(20, 30)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = compress(model, image)
+        torch.set_num_threads(2)
+        two = compress(model, image)
+        restored = decompress(one, model)
+        assert torch.get_num_threads() == 2  # restored after coding
+    finally:
+        torch.set_num_threads(before)
+    assert one == two
+    assert np.array_equal(np.asarray(restored), image)
+
+
+def test_a_file_records_its_batch_layout_and_decodes_with_it():
+    model = tiny("cat")
+    image = photo(20, 20)  # 9 tiles
+    data = compress(model, image, batch=4)
+    assert read_header(data).batch == 4
+    assert np.array_equal(np.asarray(decompress(data, model)), image)
+
+
+def test_a_value_the_model_rules_out_still_round_trips():
+    model = tiny("cat")
+    with torch.no_grad():
+        model.head.bias.fill_(0.0)
+        model.head.bias[0] = 2000.0  # every other value gets probability exp(-2000) = 0.0
+    image = np.full((2, 3, 3), 255, np.uint8)
+    _, restored = round_trip(model, image)
+    assert np.array_equal(np.asarray(restored), image)
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def test_damaged_truncated_and_foreign_files_are_refused():
+    model = tiny("dmol")
+    data = compress(model, photo(9, 9))
+    corrupted = bytearray(data)
+    corrupted[len(data) // 2] ^= 0x10
+    for bad, message in ((bytes(corrupted), "damaged"), (data[:-7], "damaged or truncated"),
+                         (b"PNG" + data[3:], "not an imgtx")):
+        with pytest.raises(CodecError, match=message):
+            decompress(bad, model)
+    with pytest.raises(CodecError, match="another model"):
+        decompress(data, tiny("dmol", seed=1))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])
+def test_images_it_cannot_restore_exactly_are_refused(mode):
+    image = PIL.Image.new(mode, (4, 4))
+    with pytest.raises(CodecError, match="cannot compress this image losslessly"):
+        compress(tiny("cat"), image)
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def saved(tmp_path) -> dict[str, Path]:
+    paths = {}
+    for name, seed in (("model", 0), ("other", 1)):
+        paths[name] = tmp_path / name
+        tiny("dmol-med", seed).save_pretrained(paths[name])
+    paths["image"] = tmp_path / "in.png"
+    PIL.Image.fromarray(photo(12, 10)).save(paths["image"])
+    return paths
+
+
+def test_cli_round_trip_and_json(capsys, tmp_path, saved):
+    out = tmp_path / "out.itx"
+    code, stdout, _ = run(capsys, "compress", "--model", str(saved["model"]),
+                          str(saved["image"]), str(out), "--json")
+    assert code == 0 and out.is_file()
+    import json
+
+    row = json.loads(stdout)
+    assert row["bytes"] == out.stat().st_size and row["subpixels"] == 12 * 10 * 3
+    assert row["bits_per_dim"] > row["model_bits_per_dim"] > 0
+    restored = tmp_path / "restored.png"
+    code, stdout, _ = run(capsys, "decompress", str(out), str(restored), "--json")  # named model
+    assert code == 0 and json.loads(stdout)["positions_per_second"] > 0
+    assert np.array_equal(np.asarray(PIL.Image.open(restored)),
+                          np.asarray(PIL.Image.open(saved["image"])))
+
+
+def test_cli_several_inputs_with_out_dir(capsys, tmp_path, saved):
+    second = tmp_path / "grey.png"
+    PIL.Image.fromarray(photo(5, 7)[:, :, 1]).save(second)
+    code, _, _ = run(capsys, "compress", "--model", str(saved["model"]), str(saved["image"]),
+                     str(second), "--out-dir", str(tmp_path / "itx"))
+    assert code == 0
+    code, _, _ = run(capsys, "decompress", str(tmp_path / "itx" / "in.itx"),
+                     str(tmp_path / "itx" / "grey.itx"), "--out-dir", str(tmp_path / "png"))
+    assert code == 0
+    for original in (saved["image"], second):
+        restored = PIL.Image.open(tmp_path / "png" / original.name)
+        assert restored.mode == PIL.Image.open(original).mode
+        assert np.array_equal(np.asarray(restored), np.asarray(PIL.Image.open(original)))
+
+
+def test_cli_refusals_exit_2_with_one_line_and_write_nothing(capsys, tmp_path, saved):
+    good = tmp_path / "good.itx"
+    assert run(capsys, "compress", "--model", str(saved["model"]), str(saved["image"]),
+               str(good))[0] == 0
+    data = good.read_bytes()
+    corrupted = bytearray(data)
+    corrupted[len(data) - 10] ^= 0x01
+    (tmp_path / "corrupted.itx").write_bytes(bytes(corrupted))
+    (tmp_path / "truncated.itx").write_bytes(data[: len(data) // 2])
+    other = tmp_path / "other.itx"
+    assert run(capsys, "compress", "--model", str(saved["other"]), str(saved["image"]),
+               str(other))[0] == 0
+    rgba = tmp_path / "alpha.png"
+    PIL.Image.new("RGBA", (3, 3)).save(rgba)
+    cases = [
+        ("decompress", str(tmp_path / "corrupted.itx"), str(tmp_path / "a.png")),
+        ("decompress", str(tmp_path / "truncated.itx"), str(tmp_path / "b.png")),
+        # a file from another model, decoded with this one
+        ("decompress", str(other), str(tmp_path / "c.png"), "--model", str(saved["model"])),
+        # the wrong --model for a good file
+        ("decompress", str(good), str(tmp_path / "d.png"), "--model", str(saved["other"])),
+        ("compress", "--model", str(saved["model"]), str(rgba), str(tmp_path / "e.itx")),
+    ]
+    for argv in cases:
+        code, stdout, stderr = run(capsys, *argv)
+        assert code == 2, argv
+        assert stderr.count("\n") == 1 and "error:" in stderr and "Traceback" not in stderr
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert leftovers == ["alpha.png", "corrupted.itx", "good.itx", "in.png", "other.itx",
+                         "truncated.itx"]

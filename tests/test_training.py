@@ -132,11 +132,47 @@ def test_each_schedule_steps_once_per_optimizer_step(tmp_path, grad_accum):
     records = read_records(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     for r in records:  # the rate logged after step k is the one of step k + 1
-        assert r["lr_G"] == pytest.approx(LR_G * noam(r["step"] + 1, 3, "noam"), rel=1e-12)
-        assert r["lr_D"] == pytest.approx(LR_D * noam(r["step"] + 1, 2, "constant"), rel=1e-12)
+        step = r["step"] + 1  # closed forms: noam warm-up 3 steps, constant warm-up 2 steps
+        assert r["lr_G"] == pytest.approx(LR_G * min(step / 3, (3 / step) ** 0.5), rel=1e-12)
+        assert r["lr_D"] == pytest.approx(LR_D * min(step / 2, 1.0), rel=1e-12)
         assert r["images_seen"] == r["step"] * 4 * grad_accum
         assert math.isfinite(r["d_loss"]) and math.isfinite(r["g_loss"])
     assert run.optimizers["G"].state_dict()["state"][0]["step"] == 5  # Adam's own count
+
+
+@pytest.mark.parametrize("d_model, warmup", [(512, 4000), (64, 10), (1024, 1)])
+def test_noam_is_the_t2t_formula(d_model, warmup):
+    """Vaswani et al. 2017, eq. 3 (T2T ``rsqrt_decay*linear_warmup``): the rate at step s is
+    ``lr d^-0.5 min(s w^-1.5, s^-0.5)``; imgtx's multiplier times the peak ``lr d^-0.5 w^-0.5``
+    gives it."""
+    lr = 0.2
+    peak = lr * d_model**-0.5 * warmup**-0.5
+    for step in (1, 2, warmup // 2 + 1, warmup, warmup + 1, 3 * warmup, 100 * warmup):
+        t2t = lr * d_model**-0.5 * min(step * warmup**-1.5, step**-0.5)
+        assert peak * noam(step, warmup, "noam") == pytest.approx(t2t, rel=1e-12), step
+
+
+def test_schedule_values_by_hand():
+    assert [noam(s, 4, "noam") for s in (1, 2, 4, 16, 64)] == [0.25, 0.5, 1.0, 0.5, 0.25]
+    assert [noam(s, 4, "constant") for s in (1, 3, 4, 1000)] == [0.25, 0.75, 1.0, 1.0]
+    assert [Schedule(4, "noam")(i) for i in (0, 3, 15)] == [0.25, 1.0, 0.5]  # LambdaLR's index
+
+
+def test_cosine_schedule_endpoints_and_midpoint():
+    """Loshchilov & Hutter 2017 without restarts, after a linear warm-up: the peak at the end of
+    warm-up, half the peak halfway through the decay, 0 at the last step and after it."""
+    warmup, total = 10, 110
+    assert noam(5, warmup, "cosine", total) == pytest.approx(0.5)  # warming up linearly
+    assert noam(warmup, warmup, "cosine", total) == 1.0
+    assert noam(60, warmup, "cosine", total) == pytest.approx(0.5, abs=1e-12)
+    assert noam(35, warmup, "cosine", total) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.25)), abs=1e-12)
+    assert noam(total, warmup, "cosine", total) == pytest.approx(0.0, abs=1e-12)
+    assert noam(2 * total, warmup, "cosine", total) == pytest.approx(0.0, abs=1e-12)
+    rates = [noam(s, warmup, "cosine", total) for s in range(warmup, total + 1)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # decays monotonically
+    with pytest.raises(ValueError, match="max_steps"):
+        Schedule(10, "cosine")
 
 
 def test_the_frozen_model_gets_no_gradient_and_is_restored(tmp_path):

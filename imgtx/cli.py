@@ -108,12 +108,12 @@ def _sample(args: argparse.Namespace) -> int:
 
     from imgtx.images import save_grid
     from imgtx.model import ImageTransformer
-    from imgtx.sampling import sample
 
     model = ImageTransformer.from_pretrained(args.model, device=default_device(args.device))
     start = time.time()
-    images = sample(model, args.num, temperature=args.temperature, labels=args.class_label,
-                    batch_size=args.batch_size, use_cache=not args.no_cache, seed=args.seed)
+    images = model.generate(args.num, args.class_label, temperature=args.temperature,
+                            seed=args.seed, batch_size=args.batch_size,
+                            use_cache=not args.no_cache, progress=True)
     seconds = time.time() - start
     path = save_grid(images, args.out, scale=args.scale)
     print(json.dumps({"out": str(path), "num_images": args.num, "seconds": round(seconds, 3),

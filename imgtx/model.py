@@ -7,9 +7,10 @@ H x W). Local 2D attention runs the whole model in *block-raster* order of that 
 shift, loss and sampling alike); inputs and outputs of the public methods are always in raster
 order.
 
-Generation belongs to the model: :meth:`ImageTransformer.incremental_decoder` returns an
-:class:`IncrementalDecoder` that runs the same embedding, layers and head one position at a time
-with each layer's KV cache; :mod:`imgtx.sampling` only draws values and feeds them back.
+The loss and generation belong to the model: ``forward(images, with_loss=True)`` also returns
+bits/dim, :meth:`ImageTransformer.generate` samples, and its ``incremental_decoder`` runs the
+same embedding, layers and head one position at a time with each layer's KV cache
+(:mod:`imgtx.incremental`); :mod:`imgtx.sampling` only chooses values and feeds them back.
 
 Shapes: B batch, H/W image rows/cols, N = number of positions, D model width.
 """
@@ -91,8 +92,8 @@ class ImageTransformer(HubModel):
     """Decoder-only Image Transformer with a categorical or DMOL likelihood.
 
     ``forward(images, labels)`` returns the head's outputs for every position given the previous
-    ones; :meth:`nll` returns exact negative log-likelihoods; :meth:`incremental_decoder` decodes
-    one position at a time with the KV cache (:mod:`imgtx.sampling` samples with it).
+    ones (and with ``with_loss=True`` each image's bits/dim); :meth:`nll` gives exact negative
+    log-likelihoods, :meth:`generate` samples.
 
     With ``context_dim`` every layer also cross-attends to a ``context`` ``(B, Nc, context_dim)``
     (an encoder's output) passed to ``forward``/``nll``/``bits_per_dim`` and to the decoder: the
@@ -219,11 +220,9 @@ class ImageTransformer(HubModel):
         return self.embed(scale_pixels(values, torch.float32))
 
     def neighbour_embeddings(self, scaled: torch.Tensor, here: slice | None = None) -> torch.Tensor:
-        """``neighbour_inputs``: each position's earlier neighbours through one linear layer.
-
-        ``scaled`` is ``(B, N + 1, 3)``: the pixels decoded so far in model order, scaled to
-        ``[-1, 1]``, with zeros for those not decoded and in the last (off-image) slot. Returns
-        ``(B, n, D)`` for the positions ``here`` (all when None)."""
+        """``neighbour_inputs``: each position's earlier neighbours through one linear layer, from
+        ``scaled`` ``(B, N + 1, 3)`` (the pixels decoded so far, model order, in ``[-1, 1]``, zero
+        where not decoded and in the last, off-image slot) -> ``(B, n, D)`` at ``here``."""
         index = self.neighbour_index if here is None else self.neighbour_index[here]
         return self.neighbours(scaled[:, index].flatten(2))  # (B, n, 6, 3) -> (B, n, D)
 
@@ -263,15 +262,14 @@ class ImageTransformer(HubModel):
         if labels.dim() == 0:
             labels = labels.expand(batch)
         if labels.shape != (batch,) or labels.min() < 0 or labels.max() >= self.config.num_classes:
-            raise ValueError(f"labels must be (B,)={batch} ints in [0, "
-                             f"{self.config.num_classes}), got {labels.tolist()[:8]}")
+            raise ValueError(f"labels must be (B,)={batch} ints in [0, {self.config.num_classes})"
+                             f", got {labels.tolist()[:8]}")
         return self.class_embed(labels)[:, None, :]
 
-    # -- side information (none in this model; see the class docstring) -----------------------
+    # -- side information: none in this model (class docstring) -------------------------------
 
     def side_values(self, side, batch: int) -> torch.Tensor | None:
-        """The ``side`` argument as per-position values in model order ``(B, N, ...)``, or None.
-        This model takes no side information."""
+        """``side`` as per-position values in model order ``(B, N, ...)``; None here."""
         if side is not None:
             raise ValueError("this model was built without side inputs; pass side=None")
         return None
@@ -306,9 +304,8 @@ class ImageTransformer(HubModel):
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, side=None, *,
                 with_loss: bool = False) -> torch.Tensor | LikelihoodOutput:
-        """Head outputs for every position given all earlier ones, in raster order, and with
-        ``with_loss`` each image's exact bits/dim (nanoGPT's ``forward(idx, targets)``: the
-        images are their own targets).
+        """Head outputs for every position given all earlier ones, raster order; with
+        ``with_loss`` also each image's exact bits/dim (the images are their own targets).
 
         Args:
             images: ``(B, 3, H, W)`` uint8.
@@ -333,12 +330,9 @@ class ImageTransformer(HubModel):
             canvas = self.canvas_of(values, x.dtype)
         if self.neighbours is not None:
             x = x + self.neighbour_embeddings(canvas)
-        own = self.position_inputs(self.channel, side)
-        if own is not None:
-            x = x + own
-        cond = self.condition(labels, b)
-        if cond is not None:
-            x = x + cond
+        for extra in (self.position_inputs(self.channel, side), self.condition(labels, b)):
+            if extra is not None:  # a position's own side value; the class embedding
+                x = x + extra
         x = self.dropout(x)
         for layer, context_kv in zip(self.layers, self.context_kv(context)):
             x = layer(x, context_kv)  # (B, N, D)
@@ -362,8 +356,7 @@ class ImageTransformer(HubModel):
         return dmol_nll_per_pixel(outputs, targets)
 
     def bits_of_nll(self, nats: torch.Tensor) -> torch.Tensor:
-        """Each image's bits per subpixel from its per-position nats ``(B, positions)``:
-        ``(B,)`` (:func:`imgtx.likelihood.bits_per_dim` over the 3*H*W subpixels)."""
+        """Per-position nats ``(B, positions)`` -> each image's bits/dim ``(B,)``."""
         return bits_per_dim(nats.sum(dim=1), 3 * self.config.image_size**2)
 
     def bits_per_dim(self, images: torch.Tensor, labels: torch.Tensor | None = None,
@@ -375,14 +368,10 @@ class ImageTransformer(HubModel):
     def generate(self, num_images: int, labels: torch.Tensor | int | None = None, *,
                  temperature: float = 1.0, seed: int | None = None, batch_size: int = 16,
                  policy=None, use_cache: bool = True, progress: bool = False) -> torch.Tensor:
-        """Sample ``num_images`` images ``(num_images, 3, H, W)`` uint8, ``batch_size`` at a time,
-        with the KV cache (:func:`imgtx.sampling.decode`).
-
-        ``labels``: one class id for all, or ``(num_images,)`` ids (class-conditional models
-        only). ``temperature`` scales the draws (0: the most likely value at each position);
-        ``seed`` makes them reproducible. ``policy``: a decoding policy that chooses every value
-        instead (:mod:`imgtx.sampling`); its own randomness then applies.
-        """
+        """``num_images`` samples ``(num_images, 3, H, W)`` uint8, ``batch_size`` at a time
+        (:func:`imgtx.sampling.decode`). ``labels``: one class id or ``(num_images,)`` ids
+        (class-conditional models); ``temperature``: 0 takes the most likely values; ``seed``
+        makes the draws reproducible; ``policy`` (:mod:`imgtx.sampling`) replaces the draws."""
         from imgtx.sampling import decode, draws
 
         device = next(self.parameters()).device

@@ -23,7 +23,7 @@ from imgtx import ImageTransformer
 from imgtx.cli import main
 from imgtx.configs import get_config as imgtx_config
 from imgtx.data import ImageDataError
-from imgtx.eval.image_metrics import downscale_area, upscale_nearest
+from imgtx.eval.image_metrics import downscale_area, upscale_bicubic, upscale_nearest
 from imgtx.hub import CheckpointMismatchError
 from imgtx.sr import SuperResolutionConfig, SuperResolutionTransformer, get_config
 from imgtx.sr.model import make_low_res
@@ -357,7 +357,28 @@ def test_cli_eval_reports_model_and_bicubic_metrics(image_folder, saved_tiny, tm
         assert key in result, key
     assert abs(result["psnr_minus_bicubic"] - (result["psnr"] - result["bicubic_psnr"])) < 1e-4
     assert result["num_images"] == 2 and result["temperature"] == 0
-    assert 0 < result["bits_per_dim"] < 16 and result["bicubic_psnr"] > 0
+
+    # The numbers, recomputed here from the two test images (8x8: the output size, so the
+    # targets are the files themselves) and PSNR's definition, 10 log10(255^2 / MSE).
+    def plain_psnr(images: torch.Tensor, target: torch.Tensor) -> float:
+        mse = (images.double() - target.double()).square().flatten(1).mean(1)
+        return (10 * torch.log10(255.0**2 / mse)).mean().item()
+
+    high = torch.stack([torch.from_numpy(np.array(PIL.Image.open(path).convert("RGB")))
+                        .permute(2, 0, 1) for path in sorted((image_folder / "test").iterdir())])
+    model = SuperResolutionTransformer.from_pretrained(saved_tiny).eval()
+    low = make_low_res(high, model.config)
+    with torch.no_grad():
+        bits = model.bits_per_dim(low, high).mean().item()
+        unconditional_bits = ImageTransformer.from_pretrained(tmp_path / "it").eval() \
+            .bits_per_dim(high).mean().item()
+        upscaled = upscale_batch(model, low, temperature=0)
+    expected = {"bits_per_dim": bits, "unconditional_bits_per_dim": unconditional_bits,
+                "psnr": plain_psnr(upscaled, high),
+                "bicubic_psnr": plain_psnr(upscale_bicubic(low, model.config.scale), high),
+                "nearest_psnr": plain_psnr(upscale_nearest(low, model.config.scale), high)}
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=2e-5), key
 
 
 def test_pair_loss_is_the_conditional_bits_per_dim():

@@ -73,7 +73,8 @@ def _train(args: argparse.Namespace) -> int:
     from imgtx.training.likelihood import TrainSettings
 
     config = named_config(CONFIGS, args.config, args.set)
-    settings = settings_from_args(TrainSettings, args, CONFIGS[args.config].train)
+    settings = settings_from_args(TrainSettings, args, CONFIGS[args.config].train,
+                                  recipe_name=args.config)
     train(config, settings, init=args.init)
     return 0
 

@@ -119,8 +119,8 @@ def print_rows(rows: list[dict], as_json: bool, line, details: str | None = None
 # -- reading them back -------------------------------------------------------------------------
 
 def settings_from_args(settings_class: type[Settings], args: argparse.Namespace,
-                       recipe: dict | None = None, defaults: dict | None = None,
-                       **given: Any) -> Settings:
+                       recipe: dict | None = None, defaults: dict | None = None, *,
+                       recipe_name: str = "", **given: Any) -> Settings:
     """``settings_class`` from its defaults, ``defaults``, the registry ``recipe``, then every
     argument of ``args`` named like one of its fields (``None``: not given) and ``given``.
 
@@ -132,7 +132,8 @@ def settings_from_args(settings_class: type[Settings], args: argparse.Namespace,
     names = {f.name for f in dataclasses.fields(settings_class)}
     flags = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     flags.update({k: v for k, v in given.items() if v is not None})
-    return settings_from_recipe(settings_class, recipe, defaults, **flags)
+    return settings_from_recipe(settings_class, recipe, defaults, recipe_name=recipe_name,
+                                **flags)
 
 
 def get_named_config(get_config, name: str, **overrides):
@@ -162,6 +163,7 @@ def apply_overrides(config, pairs: list[str] | None) -> None:
     value so that typos fail loudly.
     """
     names = [field.name for field in dataclasses.fields(config)]
+    names += list(getattr(config, "OVERRIDE_ALIASES", ()))  # e.g. a nested config's fields
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or key not in names:

@@ -9,6 +9,7 @@ that nothing reads is an error where the registry is read, never a silently drop
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -43,14 +44,15 @@ def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
 
 
 def lookup(registry: dict[str, RegistryEntry], name: str, what: str = "config", **overrides):
-    """A fresh copy of ``registry[name].config`` with field overrides.
+    """A fresh deep copy of ``registry[name].config`` with field overrides (nested configs, such
+    as a super-resolution model's decoder, are copies too, so editing one never edits the registry).
 
     Raises ``KeyError`` naming the known entries (and the closest one) for an unknown name.
     """
     if name not in registry:
         raise KeyError(f"unknown {what} {name!r}{suggest(name, list(registry))} "
                        f"known: {', '.join(registry)}")
-    return dataclasses.replace(registry[name].config, **overrides)
+    return dataclasses.replace(copy.deepcopy(registry[name].config), **overrides)
 
 
 def check_recipe(settings_class: type, recipe: dict, where: str = "recipe") -> None:
@@ -64,16 +66,19 @@ def check_recipe(settings_class: type, recipe: dict, where: str = "recipe") -> N
 
 
 def settings_from_recipe(settings_class: type[Settings], recipe: dict | None = None,
-                         defaults: dict | None = None, **given: Any) -> Settings:
+                         defaults: dict | None = None, *, recipe_name: str = "",
+                         **given: Any) -> Settings:
     """``settings_class`` built from ``defaults``, then ``recipe`` (a registry entry's ``train``
     dict), then ``given`` (the user's flags; ``None`` means "not given" and is skipped).
 
     Every key of ``defaults``, ``recipe`` and ``given`` must be a field of ``settings_class``
-    (``UserError`` otherwise). The result is validated when the class has ``validate()``.
+    (``UserError`` otherwise; ``recipe_name`` names the registry entry in that message).
+    The result is validated when the class has ``validate()``.
     """
     recipe = dict(recipe or {})
     check_recipe(settings_class, dict(defaults or {}), "defaults")
-    check_recipe(settings_class, recipe, "registry recipe")
+    check_recipe(settings_class, recipe,
+                 f"registry recipe of {recipe_name!r}" if recipe_name else "registry recipe")
     flags = {k: v for k, v in given.items() if v is not None}
     check_recipe(settings_class, flags, "arguments")
     settings = settings_class(**{**(defaults or {}), **recipe, **flags})

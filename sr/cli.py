@@ -66,7 +66,8 @@ def _train(args: argparse.Namespace) -> int:
 
     config = named_config(CONFIGS, args.config, args.set, what="super-resolution config")
     recipe = CONFIGS[args.config].train
-    settings = settings_from_args(SuperResolutionTrainSettings, args, recipe)
+    settings = settings_from_args(SuperResolutionTrainSettings, args, recipe,
+                                  recipe_name=args.config)
     decoder_init = settings.decoder_init
     if args.decoder_init is None and decoder_init and not Path(decoder_init).exists():
         # the recipe of the shipped checkpoint names a path relative to the repository root

@@ -115,6 +115,11 @@ def test_round_trip_real_photo_and_its_grey_version(kind):
     assert np.array_equal(np.asarray(restored), grey)
     # greyscale codes one channel (g and b are known to equal r)
     assert len(grey_data) < len(data) / 2
+    # so does RGB with equal channels, restored as RGB
+    equal = np.repeat(grey[:, :, None], 3, axis=2)
+    equal_data, restored = round_trip(model, equal)
+    assert restored.mode == "RGB" and np.array_equal(np.asarray(restored), equal)
+    assert read_header(equal_data).equal and len(equal_data) == len(grey_data)
 
 
 def test_round_trip_with_the_shipped_photo_model():

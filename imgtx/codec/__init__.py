@@ -112,7 +112,9 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     model = model.eval().cpu()
     size = model.config.image_size
     tiles, sizes = split_tiles(pixels, size)
-    layout = tile_layout(model.config, sizes, grey)
+    # An RGB image with equal channels (a black-and-white photo saved as RGB) codes only red.
+    equal = not grey and bool((pixels[..., :1] == pixels[..., 1:]).all())
+    layout = tile_layout(model.config, sizes, grey or equal)
     sink = RangeSink()
     with _pinned():
         truth = _to_model_order(model, tiles)
@@ -120,7 +122,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     stored = pixels[:, :, 0] if grey else pixels
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
-                    pixels=pixel_crc(stored), name=name)
+                    pixels=pixel_crc(stored), name=name, equal=equal)
     words = sink.words()
     data = pack(header, words)
     if stats is not None:
@@ -175,7 +177,7 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
     start = time.perf_counter()
     size = header.tile
     _, sizes = split_tiles(np.zeros((header.height, header.width, 3), np.uint8), size)
-    layout = tile_layout(model.config, sizes, header.grey)
+    layout = tile_layout(model.config, sizes, header.one_channel)
     try:
         with _pinned():
             values, _ = code_tiles(model, layout, RangeSource(words), batch=header.batch)

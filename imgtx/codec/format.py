@@ -4,7 +4,9 @@ Layout (all integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group 
 
     magic        2 bytes  b"IX"
     version      1 byte   FORMAT_VERSION
-    flags        1 byte   bit 0: greyscale (restored as mode "L"); bit 1: a model name follows
+    flags        1 byte   bit 0: greyscale (restored as mode "L"); bit 1: a model name follows;
+                          bit 2: an RGB image whose three channels are equal (coded as grey,
+                          restored as RGB)
     width        varint
     height       varint
     tile         varint   the model's image size: tiles are tile x tile pixels
@@ -40,7 +42,7 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "bu
 
 MAGIC = b"IX"
 FORMAT_VERSION = 1
-GREY, NAMED = 1, 2  # flag bits
+GREY, NAMED, EQUAL = 1, 2, 4  # flag bits
 
 
 class CodecError(UserError):
@@ -61,6 +63,12 @@ class Header:
     build: bytes  # 2-byte build tag
     pixels: int  # CRC-32 of the pixel bytes
     name: str | None = None
+    equal: bool = False  # RGB with r = g = b everywhere: only r is coded
+
+    @property
+    def one_channel(self) -> bool:
+        """Only the red channel is coded (green and blue copy it)."""
+        return self.grey or self.equal
 
 
 def fingerprint(model: torch.nn.Module) -> bytes:
@@ -122,7 +130,8 @@ class _Reader:
 
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file: ``header``, then the range coder's ``words`` (uint32), then the file's CRC."""
-    flags = (GREY if header.grey else 0) | (NAMED if header.name else 0)
+    flags = (GREY if header.grey else 0) | (NAMED if header.name else 0) | \
+        (EQUAL if header.equal else 0)
     out = bytearray(MAGIC + bytes([FORMAT_VERSION, flags]))
     for number in (header.width, header.height, header.tile, header.batch):
         out += _varint(number)
@@ -165,5 +174,6 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     payload += b"\0" * (-len(payload) % 4)
     words = np.frombuffer(payload, dtype=">u4").astype(np.uint32)
     header = Header(width=width, height=height, grey=bool(flags & GREY), tile=tile, batch=batch,
-                    model=model, build=build, pixels=pixels, name=name)
+                    model=model, build=build, pixels=pixels, name=name,
+                    equal=bool(flags & EQUAL))
     return header, words

@@ -9,14 +9,32 @@ for ``photos-8to32-small`` are the recipe of the shipped checkpoint
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
 from imgtx.configs import ImageTransformerConfig, RegistryEntry, lookup
+from imgtx.hub.config import config_from_dict
 
-__all__ = ["SuperResolutionConfig", "CONFIGS", "get_config", "config_names", "ANCHORS"]
+__all__ = ["SuperResolutionConfig", "CONFIGS", "get_config", "config_names", "ANCHORS",
+           "DECODER_FIELDS"]
 
 ANCHORS = ("none", "bicubic", "nearest")  # see SuperResolutionConfig.anchor and imgtx.sr.model
+
+
+#: The decoder's settings under the names flat super-resolution configs gave them (config.json
+#: files written before the decoder was nested, ``get_config`` overrides, ``--set``): flat name
+#: -> field of :class:`ImageTransformerConfig`.
+DECODER_FIELDS = {name: name for name in (
+    "attention", "block_length", "query_shape", "memory_flange", "hidden_size", "attention_size",
+    "ffn_size", "num_heads", "dropout", "attention_dropout", "norm", "positions",
+    "layer_norm_eps", "init_gain", "predictor", "likelihood", "neighbour_inputs")}
+DECODER_FIELDS["decoder_layers"] = "num_layers"
+
+
+def _default_decoder() -> ImageTransformerConfig:
+    # T2T img2img_transformer_base: 8 layers, d 512, ffn 2048, 8 heads, block 128, dropout 0.1
+    return ImageTransformerConfig(image_size=32, block_length=128, memory_flange=(8, 64),
+                                  num_layers=8, num_heads=8)
 
 
 @dataclass
@@ -24,56 +42,39 @@ class SuperResolutionConfig:
     """Hyperparameters of :class:`imgtx.sr.SuperResolutionTransformer` (serialised to
     ``config.json``).
 
-    The encoder reads the ``input_size``-square low-resolution image; the decoder generates the
-    ``input_size * scale``-square high-resolution image one subpixel at a time. The attention
-    backend is a run-time choice, not a field (``SuperResolutionTransformer.set_backend``).
+    The encoder reads the ``input_size``-square low-resolution image; the decoder, an Image
+    Transformer of config ``decoder``, generates the ``input_size * scale``-square
+    high-resolution image one subpixel at a time, cross-attending to the encoder. The encoder
+    shares the decoder's width, heads, FFN, dropout, norm, positions and initialisation. The
+    decoder's ``image_size`` (the output size) and ``num_classes`` (0) follow from this config.
+    Its settings can also be read and set under their flat names (:data:`DECODER_FIELDS`, e.g.
+    ``config.likelihood``, ``config.decoder_layers``). The attention backend is a run-time
+    choice, not a field (``SuperResolutionTransformer.set_backend``).
     """
 
     #: Keys older config.json files may hold that no longer change the model; loaders drop them.
     IGNORED_CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("backend",)
+    #: Names ``--set`` accepts besides the fields (imgtx.cli_options.apply_overrides).
+    OVERRIDE_ALIASES: ClassVar[tuple[str, ...]] = tuple(DECODER_FIELDS)
 
     input_size: int = 8  # side of the low-resolution input, in pixels
     scale: int = 4  # upscaling factor: the output side is input_size * scale
-    attention: str = "local1d"  # decoder self-attention: "local1d" | "local2d" | "causal"
-    block_length: int = 128  # local1d: query block b on the output's subpixel sequence
-    query_shape: tuple[int, int] = (8, 32)  # local2d: query block (rows, cols) on the H x 3W grid
-    memory_flange: tuple[int, int] = (8, 64)  # local2d: flange (rows above, cols each side)
     encoder_layers: int = 4  # full self-attention layers over the input's subpixels
-    decoder_layers: int = 8  # local self-attention + cross-attention + FFN layers
-    hidden_size: int = 512  # model width d (encoder and decoder)
-    attention_size: int | None = None  # total q/k/v width over heads (None: hidden_size)
-    ffn_size: int = 2048
-    num_heads: int = 8
-    dropout: float = 0.1  # residual and embedding dropout
-    attention_dropout: float = 0.0
-    norm: str = "post"  # "post": T2T "dan" (dropout, add, LayerNorm) | "pre": pre-norm
-    positions: str = "sinusoid"  # "sinusoid": half rows / half columns | "learned": per axis
-    layer_norm_eps: float = 1e-6
-    init_gain: float = 0.2 ** 0.5  # xavier_uniform gain (T2T uniform_unit_scaling 0.2)
+    decoder: ImageTransformerConfig = field(default_factory=_default_decoder)
     area_rounding: str = "nearest"  # how training/eval inputs round the area mean: "nearest" |
     #                                 "floor" (T2T resize_by_area); see imgtx.eval.image_metrics
     sampling_temperature: float = 0.9  # default temperature of `imgtx sr upscale` / `sr eval`
     anchor: str = "none"  # imgtx extension, not in the paper: "bicubic" | "nearest" gives the
     #                       decoder that upscale of the input as a per-subpixel anchor (an input
     #                       embedding and logits over the offset from it); "none": the paper's model
-    predictor: str = "none"  # imgtx extension: "med" adds logits over the offset from the LOCO-I
-    #                          median edge prediction of the output's decoded neighbours (DMOL:
-    #                          the means are relative to it; ImageTransformerConfig.predictor);
-    #                          "none": the paper's model
     anchor_rule: tuple[float, float] = (0.9, 0.6)  # anchored models at temperature 0: keep
     #                   the anchor unless the most likely value has probability > [0] and beats
     #                   the anchor's by > [1] (imgtx.sr.anchor.StayNearAnchor(min_prob, margin))
-    likelihood: str = "cat"  # the decoder's output: "cat" (the paper's 256-way softmax per
-    #                          subpixel) | "dmol" (PixelCNN++ mixture of logistics per pixel)
-    neighbour_inputs: bool = False  # DMOL decoders: the decoded pixels around each position as
-    #                                 inputs (ImageTransformerConfig.neighbour_inputs)
     block_means: bool = False  # imgtx extension: restrict every output value to those that keep
     #                            its block's mean equal to the input pixel (exact; likelihood,
     #                            sampling and temperature 0; imgtx.sr.blockmean)
 
     def __post_init__(self) -> None:
-        self.query_shape = tuple(self.query_shape)
-        self.memory_flange = tuple(self.memory_flange)
         self.anchor_rule = tuple(float(v) for v in self.anchor_rule)
         if len(self.anchor_rule) != 2 or not all(0.0 <= v <= 1.0 for v in self.anchor_rule):
             raise ValueError(f"config.anchor_rule={self.anchor_rule}: expected (min_prob, "
@@ -90,7 +91,48 @@ class SuperResolutionConfig:
             raise ValueError(f"config.anchor={self.anchor!r}; expected one of {ANCHORS}")
         if self.sampling_temperature < 0:
             raise ValueError(f"sampling_temperature must be >= 0, got {self.sampling_temperature}")
-        self.decoder_config()  # validates the decoder's fields with the Image Transformer's rules
+        decoder = self.decoder
+        if isinstance(decoder, dict):  # dataclasses.asdict of a config
+            decoder = ImageTransformerConfig(**decoder)
+        # The decoder models the output image, unconditionally (validated by its own rules).
+        self.decoder = replace(decoder, image_size=self.output_size, num_classes=0)
+
+    def __getattr__(self, name: str):
+        # Only called for names that are not attributes: the decoder's flat names.
+        if name in DECODER_FIELDS and "decoder" in self.__dict__:
+            return getattr(self.decoder, DECODER_FIELDS[name])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in DECODER_FIELDS:
+            setattr(self.decoder, DECODER_FIELDS[name], value)
+        else:
+            super().__setattr__(name, value)
+
+    @classmethod
+    def flat(cls, **settings) -> SuperResolutionConfig:
+        """A config from flat settings: its own fields and the decoder's (flat names), the
+        decoder's defaults those of T2T ``img2img_transformer_base``."""
+        return cls().updated(**settings)
+
+    def updated(self, **changes) -> SuperResolutionConfig:
+        """A copy with ``changes``: fields of this config, or the decoder's flat names."""
+        nested = {DECODER_FIELDS[k]: v for k, v in changes.items() if k in DECODER_FIELDS}
+        own = {k: v for k, v in changes.items() if k not in DECODER_FIELDS}
+        decoder = own.pop("decoder", self.decoder)
+        return replace(self, decoder=replace(decoder, **nested), **own)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config.json") -> SuperResolutionConfig:
+        """The config of a ``config.json`` dict, nested or flat (written before the decoder's
+        settings were nested: upgraded, with the flat defaults of that time)."""
+        if "decoder" in data or not set(data) & set(DECODER_FIELDS):
+            return config_from_dict(cls, data, where)
+        data = {k: v for k, v in data.items() if k not in cls.IGNORED_CONFIG_FIELDS}
+        decoder = asdict(_default_decoder())
+        decoder.update({DECODER_FIELDS[k]: v for k, v in data.items() if k in DECODER_FIELDS})
+        own = {k: v for k, v in data.items() if k not in DECODER_FIELDS}
+        return config_from_dict(cls, {**own, "decoder": decoder}, where)
 
     @property
     def output_size(self) -> int:
@@ -103,20 +145,12 @@ class SuperResolutionConfig:
         return self.input_size, 3 * self.input_size
 
     def decoder_config(self) -> ImageTransformerConfig:
-        """The decoder as an Image Transformer config (on the output image)."""
-        return ImageTransformerConfig(
-            image_size=self.output_size, likelihood=self.likelihood, attention=self.attention,
-            block_length=self.block_length, query_shape=self.query_shape,
-            memory_flange=self.memory_flange, num_layers=self.decoder_layers,
-            hidden_size=self.hidden_size, attention_size=self.attention_size,
-            ffn_size=self.ffn_size, num_heads=self.num_heads, dropout=self.dropout,
-            attention_dropout=self.attention_dropout, norm=self.norm, positions=self.positions,
-            num_classes=0, layer_norm_eps=self.layer_norm_eps, init_gain=self.init_gain,
-            predictor=self.predictor, neighbour_inputs=self.neighbour_inputs)
+        """A copy of the decoder's config (an Image Transformer on the output image)."""
+        return replace(self.decoder)
 
 
 def _cfg(**kwargs) -> SuperResolutionConfig:
-    return SuperResolutionConfig(**kwargs)
+    return SuperResolutionConfig.flat(**kwargs)
 
 
 # T2T img2img hparams: lr 0.2, warmup 12000, noam. With the extra 0.002*5000 constant of T2T's
@@ -202,5 +236,9 @@ def config_names() -> list[str]:
 
 
 def get_config(name: str, **overrides) -> SuperResolutionConfig:
-    """A fresh copy of the named configuration, with field overrides."""
-    return lookup(CONFIGS, name, "super-resolution config", **overrides)
+    """A fresh copy of the named configuration, with overrides of its fields or of the decoder's
+    settings under their flat names (:data:`DECODER_FIELDS`)."""
+    own = {f.name for f in fields(SuperResolutionConfig)}
+    config = lookup(CONFIGS, name, "super-resolution config",
+                    **{k: v for k, v in overrides.items() if k in own})
+    return config.updated(**{k: v for k, v in overrides.items() if k not in own})

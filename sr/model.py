@@ -20,6 +20,7 @@ Shapes: B batch, h/w input rows/cols, H/W output rows/cols, Nin = 3hw, N = 3HW, 
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -27,6 +28,8 @@ from torch import nn
 
 from imgtx.attention import Full, set_backend
 from imgtx.hub import HubModel
+from imgtx.hub.errors import ConfigMismatchError
+from imgtx.hub.files import config_file, hub_options
 from imgtx.model import ImageTransformer, LikelihoodOutput, check_images
 from imgtx.resample import downscale_area
 from imgtx.sampling import decode, decode_fixed_point, draws
@@ -37,6 +40,8 @@ from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_pos
 
 # make_anchors lives in imgtx.sr.anchor; it is re-exported here, where it used to be.
 __all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
+
+HUB_OPTIONS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
 def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor:
@@ -54,9 +59,9 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, config: SuperResolutionConfig, *, backend: str = "auto") -> None:
         super().__init__()
-        c, d = config, config.hidden_size
+        c, d = config.decoder, config.decoder.hidden_size  # the encoder shares these settings
         self.config = config
-        rows, cols = c.input_grid
+        rows, cols = config.input_grid
         self.embed = nn.Embedding(256 * 3, d)  # channel c looks up value + 256*c (T2T)
         if c.positions == "learned":
             self.learned_positions = LearnedPositions2D(rows, cols, d)
@@ -69,17 +74,18 @@ class ImageEncoder(nn.Module):
             TransformerLayer(d, c.num_heads, c.ffn_size, Full(), attention_size=c.attention_size,
                              dropout=c.dropout, attention_dropout=c.attention_dropout,
                              norm=c.norm, eps=c.layer_norm_eps, backend=backend)
-            for _ in range(c.encoder_layers))
+            for _ in range(config.encoder_layers))
         self.final_norm = nn.LayerNorm(d, eps=c.layer_norm_eps) if c.norm == "pre" else None
 
     def positions(self) -> torch.Tensor:
         """``(Nin, D)`` position encodings in raster order."""
-        return self.learned_positions() if self.config.positions == "learned" else self.sinusoid
+        learned = self.config.decoder.positions == "learned"
+        return self.learned_positions() if learned else self.sinusoid
 
     def forward(self, low_res: torch.Tensor) -> torch.Tensor:
         check_images(low_res, self.config.input_size)
         values = low_res.long().permute(0, 2, 3, 1).flatten(1)  # (B, Nin) r,g,b per pixel
-        x = self.embed(values + 256 * self.channel) * math.sqrt(self.config.hidden_size)
+        x = self.embed(values + 256 * self.channel) * math.sqrt(self.config.decoder.hidden_size)
         x = self.dropout(x + self.positions())  # (B, Nin, D)
         for layer in self.layers:
             x = layer(x)
@@ -109,10 +115,32 @@ class SuperResolutionTransformer(HubModel):
         self.encoder = ImageEncoder(config, backend=backend)
         decoder = ImageTransformer
         if config.anchor != "none":
-            decoder = AnchoredPixelDecoder if config.likelihood == "dmol" else AnchoredDecoder
-        self.decoder = decoder(config.decoder_config(), context_dim=config.hidden_size,
+            dmol = config.decoder.likelihood == "dmol"
+            decoder = AnchoredPixelDecoder if dmol else AnchoredDecoder
+        self.decoder = decoder(config.decoder_config(), context_dim=config.decoder.hidden_size,
                                backend=backend)
         self.reset_parameters()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, config=None,
+                        config_overrides=None, **options) -> SuperResolutionTransformer:
+        """:meth:`imgtx.hub.HubModel.from_pretrained`, also for ``config.json`` files written
+        before the decoder's settings were nested (:meth:`SuperResolutionConfig.from_dict`
+        upgrades them); ``config_overrides`` may name the decoder's settings by their flat
+        names."""
+        if config is None:
+            model_id = str(pretrained_model_name_or_path)
+            hub = hub_options(model_id, **{k: options[k] for k in HUB_OPTIONS if k in options})
+            where = f"{model_id}/config.json"
+            try:
+                data = json.loads(config_file(model_id, hub, cls.__name__).read_text())
+            except ValueError as error:
+                raise ConfigMismatchError(f"{where} is not valid JSON ({error}); fix it, or "
+                                          "re-save the model with save_pretrained.") from error
+            config = SuperResolutionConfig.from_dict(data, where)
+        if config_overrides:
+            config = config.updated(**config_overrides)
+        return super().from_pretrained(pretrained_model_name_or_path, config=config, **options)
 
     def set_backend(self, backend: str) -> SuperResolutionTransformer:
         """Compute every attention layer (encoder and decoder) with ``backend`` from now on
@@ -126,10 +154,10 @@ class SuperResolutionTransformer(HubModel):
         self.decoder.reset_parameters()
         for module in self.encoder.modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight, gain=self.config.init_gain)
+                nn.init.xavier_uniform_(module.weight, gain=self.config.decoder.init_gain)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.normal_(self.encoder.embed.weight, std=self.config.hidden_size**-0.5)
+        nn.init.normal_(self.encoder.embed.weight, std=self.config.decoder.hidden_size**-0.5)
 
     def encode(self, low_res: torch.Tensor) -> torch.Tensor:
         """The encoder output ``(B, Nin, D)`` for ``low_res`` ``(B, 3, h, w)`` uint8; compute it

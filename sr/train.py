@@ -12,7 +12,6 @@ super-resolution: 8x8 inputs area-downscaled from 32x32 targets).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -98,7 +97,7 @@ def init_decoder_from(model: SuperResolutionTransformer, image_transformer: str,
                                    f"{name} has no counterpart of shape {tuple(tensor.shape)}")
         copied[name] = tensor
     model.decoder.load_state_dict(copied, strict=False)
-    if model.config.likelihood == "dmol":
+    if model.config.decoder.likelihood == "dmol":
         with torch.no_grad():
             for layer in model.decoder.layers:
                 layer.cross_attn.proj.weight.zero_()
@@ -117,8 +116,8 @@ def init_model_from(config: SuperResolutionConfig, source: str) -> SuperResoluti
     trained = SuperResolutionTransformer.from_pretrained(source)
     if trained.config == config:
         return trained
-    if (trained.config.predictor != "none"
-            or dataclasses.replace(config, predictor="none") != trained.config):
+    if (trained.config.decoder.predictor != "none"
+            or config.updated(predictor="none") != trained.config):
         raise DecoderInitError(f"{source} has another config than the one being trained: "
                                f"{trained.config} != {config}")
     model = SuperResolutionTransformer(config)
@@ -169,7 +168,7 @@ def train(config: SuperResolutionConfig | str, settings: TrainSettings,
     if freeze_decoder and not decoder_init:
         raise ValueError("freeze_decoder needs decoder_init (the weights to keep fixed)")
     prior = None
-    if config.anchor != "none" and config.likelihood == "cat" and not model_init:
+    if config.anchor != "none" and config.decoder.likelihood == "cat" and not model_init:
         prior = offset_log_prior(train_source, config)
 
     def build() -> SuperResolutionTransformer:

@@ -103,7 +103,8 @@ def categorical_nll(logits: Tensor, targets: Tensor) -> Tensor:
         targets: ``(...)`` integer values in ``[0, 255]``.
 
     Returns:
-        ``(...)`` nats per subpixel, no reduction. Mean over all entries / ln 2 is bits/dim.
+        ``(...)`` nats per subpixel, no reduction; :func:`bits_per_dim` of their sum over
+        the subpixels is bits/dim.
     """
     if logits.shape[-1] != NUM_VALUES:
         raise ValueError(

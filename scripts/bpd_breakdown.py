@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from PIL import Image
 
 from imgtx.errors import UserError
 from imgtx.eval.compression import png_bits_per_dim, webp_bits_per_dim
-from imgtx.likelihood import dmol_nll_per_channel
+from imgtx.likelihood import dmol_nll_per_channel, nats_to_bits
 from imgtx.model import ImageTransformer
 
 
@@ -33,7 +32,7 @@ from imgtx.model import ImageTransformer
 def bits_per_channel(model: ImageTransformer, images: torch.Tensor) -> torch.Tensor:
     """``(B, 3)`` mean bits of r, g | r and b | r, g per pixel of each image (DMOL models)."""
     nats = dmol_nll_per_channel(model(images), model.targets(images))  # (B, N, 3)
-    return nats.mean(1) / math.log(2)
+    return nats_to_bits(nats.mean(1))
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from imgtx import ImageTransformer  # noqa: E402
 from imgtx.data import load_images  # noqa: E402
 from imgtx.likelihood import (  # noqa: E402
+    bits_per_dim,
     discretized_logistic_log_prob,
     dmol_conditional_means,
     dmol_split_params,
@@ -87,7 +88,7 @@ def main() -> None:
     source = load_images(args.data, args.split, model.config.image_size)
     images = torch.stack([source[i]["image"] for i in range(0, len(source), args.every)])
     saved = sum(block_mean_saving(model, images[i : i + 64]) for i in range(0, len(images), 64))
-    bits = saved / math.log(2) / images[0].numel() / len(images)
+    bits = bits_per_dim(saved, images[0].numel() * len(images))
     print(json.dumps({"model": args.model, "data": args.data, "images": len(images),
                       "bits_per_dim_saved": round(bits, 4)}))
 

@@ -81,6 +81,12 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def fraction_differing(a: dict, b: dict, tolerance: float = 1e-6) -> float:
+    """The fraction of all weights that differ by more than ``tolerance``."""
+    differing = sum(int((a[k] - b[k]).abs().gt(tolerance).sum()) for k in a)
+    return differing / sum(a[k].numel() for k in a)
+
+
 def test_two_processes_share_the_batches_of_one_process(tmp_path, folder):
     shared = tmp_path / "two-by-2"
     result = torchrun("train", *TRAIN, "--data", str(folder), "--out", str(shared),
@@ -211,12 +217,18 @@ def test_gan_train_on_two_processes_equals_one_process_with_their_batch(tmp_path
 
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+    # Adam divides each step by sqrt(v): a weight whose gradient is nearly zero turns the rounding
+    # difference of the all-reduce (two partial sums averaged) into a visible step. On some CPUs 3
+    # of ~16k D weights move by ~1e-5 that way, so the check is "all but a few weights agree to
+    # 1e-6, none by more than 5e-5"; the control (one process, batch 2) moves every weight ~5e-4.
     for part in ("", "discriminator"):  # G's EMA (the export) and D
         shared = load_file(tmp_path / "two-by-2" / "final" / part / "model.safetensors")
-        assert max_difference(shared, load_file(
-            tmp_path / "one-by-4" / "final" / part / "model.safetensors")) <= 1e-5, part
-        assert max_difference(shared, load_file(
-            tmp_path / "one-by-2" / "final" / part / "model.safetensors")) > 1e-4, part
+        alone = load_file(tmp_path / "one-by-4" / "final" / part / "model.safetensors")
+        control = load_file(tmp_path / "one-by-2" / "final" / part / "model.safetensors")
+        assert max_difference(shared, alone) <= 5e-5, part
+        assert fraction_differing(shared, alone) <= 1e-3, part
+        assert max_difference(shared, control) > 2e-4, part
+        assert fraction_differing(shared, control) > 0.1, part
     progress = json.loads((tmp_path / "two-by-2" / "progress.json").read_text())
     assert progress["images_seen"] == 2 * 2 * 2
 

@@ -14,11 +14,19 @@ Crops of every photo (positions from ``numpy.random.default_rng(seed + photo ind
   (a quarter of the crops each; never below ``size``), area-averaged down to ``size x size``
   with Pillow's ``BOX`` filter: whole-scene statistics, like downsampled ImageNet 32x32.
 
-Output: ``OUT/train/*.png`` and ``OUT/test/*.png`` (both forms), plus ``OUT/heldout-native/test``
-and ``OUT/heldout-scene/test`` with the test crops of one form each, for evaluating the two forms
-apart (``imgtx eval-bpd --data OUT/heldout-native --split test``). File names are
-``<photo>-<form>-<index>.png``. ``OUT/manifest.json`` lists the photos of each split and the
-crop counts. Images need no labels: the splits hold no class subfolders.
+**val** (for GAN evaluation against the training distribution): ``--val-native`` and
+``--val-scene`` fresh crops of every *training* photo, of the same two forms, from their own
+generator (``numpy.random.default_rng((seed, photo index, 1))``), so ``train`` and ``test`` are
+the same with or without them. A val native window shares no pixel with any train native window
+of its photo; a val scene window is never a train scene window (whole-height scene squares cover
+most of a photo, so scene windows of the two splits overlap, as any two such crops do).
+``--add-val`` writes only ``OUT/val`` into an existing corpus, with the settings of its manifest.
+
+Output: ``OUT/train/*.png``, ``OUT/val/*.png`` and ``OUT/test/*.png`` (both forms), plus
+``OUT/heldout-native/test`` and ``OUT/heldout-scene/test`` with the test crops of one form each,
+for evaluating the two forms apart (``imgtx eval-bpd --data OUT/heldout-native --split test``).
+File names are ``<photo>-<form>-<index>.png``. ``OUT/manifest.json`` lists the photos of each
+split and the crop counts. Images need no labels: the splits hold no class subfolders.
 """
 
 from __future__ import annotations
@@ -60,32 +68,118 @@ def split_photos(photos: list[Path], test: list[str] | None) -> tuple[list[Path]
     return [p for p in photos if p not in held], held
 
 
-def native_crops(photo: PIL.Image.Image, count: int, size: int,
-                 rng: np.random.Generator) -> list[PIL.Image.Image]:
-    """``count`` ``size``-square crops at native resolution, uniformly placed."""
-    width, height = photo.size
+Window = tuple[int, int, int]  # (x, y, side) of a square in the photo
+
+
+def native_windows(width: int, height: int, count: int, size: int,
+                   rng: np.random.Generator) -> list[Window]:
+    """``count`` ``size``-square windows at native resolution, uniformly placed."""
     if width < size or height < size:
         return []
     xs = rng.integers(0, width - size + 1, count)
     ys = rng.integers(0, height - size + 1, count)
-    return [photo.crop((x, y, x + size, y + size)) for x, y in zip(xs, ys)]
+    return [(int(x), int(y), size) for x, y in zip(xs, ys)]
+
+
+def scene_side(width: int, height: int, size: int, i: int) -> int:
+    """Side of the ``i``-th scene window: max(size, shorter side x its fraction)."""
+    return max(size, int(min(width, height) * SCENE_FRACTIONS[i % len(SCENE_FRACTIONS)]))
+
+
+def scene_windows(width: int, height: int, count: int, size: int,
+                  rng: np.random.Generator) -> list[Window]:
+    """``count`` squares of side :func:`scene_side` (none if the photo is smaller than
+    ``size``)."""
+    windows = []
+    for i in range(count):
+        side = scene_side(width, height, size, i)
+        if side > min(width, height):
+            break  # the photo is smaller than one crop
+        x = int(rng.integers(0, width - side + 1))
+        y = int(rng.integers(0, height - side + 1))
+        windows.append((x, y, side))
+    return windows
+
+
+def cut(photo: PIL.Image.Image, windows: list[Window], size: int) -> list[PIL.Image.Image]:
+    """The windows as ``size``-square images (larger ones box-filtered down)."""
+    crops = [photo.crop((x, y, x + side, y + side)) for x, y, side in windows]
+    return [c if c.size == (size, size) else c.resize((size, size), PIL.Image.Resampling.BOX)
+            for c in crops]
+
+
+def native_crops(photo: PIL.Image.Image, count: int, size: int,
+                 rng: np.random.Generator) -> list[PIL.Image.Image]:
+    """``count`` ``size``-square crops at native resolution, uniformly placed."""
+    return cut(photo, native_windows(*photo.size, count, size, rng), size)
 
 
 def scene_crops(photo: PIL.Image.Image, count: int, size: int,
                 rng: np.random.Generator) -> list[PIL.Image.Image]:
     """``count`` squares of side max(size, shorter side x fraction), box-filtered to ``size``
     (none if the photo is smaller than ``size``)."""
-    width, height = photo.size
-    crops = []
-    for i in range(count):
-        side = max(size, int(min(width, height) * SCENE_FRACTIONS[i % len(SCENE_FRACTIONS)]))
+    return cut(photo, scene_windows(*photo.size, count, size, rng), size)
+
+
+def train_windows(width: int, height: int, args: argparse.Namespace,
+                  index: int) -> dict[str, list[Window]]:
+    """The windows :func:`write_split` cuts from training photo ``index`` (same draws)."""
+    rng = np.random.default_rng(args.seed + index)
+    return {"native": native_windows(width, height, args.native, args.size, rng),
+            "scene": scene_windows(width, height, args.scene, args.size, rng)}
+
+
+def val_windows(width: int, height: int, args: argparse.Namespace,
+                index: int) -> dict[str, list[Window]]:
+    """Fresh windows of training photo ``index``: native ones share no pixel with a train native
+    window (nor with each other), scene ones are neither a train scene window nor repeated."""
+    taken = train_windows(width, height, args, index)
+    rng = np.random.default_rng((args.seed, index, 1))  # a stream of its own: train is unchanged
+    size, attempts = args.size, 1000 * (args.val_native + args.val_scene) + 1000
+    native: list[Window] = []
+    if width >= size and height >= size:
+        corners = np.array([w[:2] for w in taken["native"]] or [(-2 * size,) * 2])
+        while len(native) < args.val_native and attempts > 0:
+            attempts -= 1
+            x, y = (int(v) for v in rng.integers(0, (width - size + 1, height - size + 1)))
+            if (np.abs(corners - (x, y)) < size).all(axis=1).any():
+                continue  # overlaps a train window or an earlier val window
+            native.append((x, y, size))
+            corners = np.vstack([corners, (x, y)])
+    scene: list[Window] = []
+    used = set(taken["scene"])
+    for i in range(args.val_scene):
+        side = scene_side(width, height, size, i)
         if side > min(width, height):
-            break  # the photo is smaller than one crop
-        x = int(rng.integers(0, width - side + 1))
-        y = int(rng.integers(0, height - side + 1))
-        crops.append(photo.crop((x, y, x + side, y + side)).resize((size, size),
-                                                                   PIL.Image.Resampling.BOX))
-    return crops
+            break
+        while attempts > 0:
+            attempts -= 1
+            window = (int(rng.integers(0, width - side + 1)),
+                      int(rng.integers(0, height - side + 1)), side)
+            if window not in used:
+                used.add(window)
+                scene.append(window)
+                break
+    if len(native) < args.val_native or (scene and len(scene) < args.val_scene):
+        raise SystemExit(f"photo {index} ({width}x{height}) has too little room for "
+                         f"{args.val_native} native and {args.val_scene} scene val crops "
+                         "apart from its train crops; lower --val-native/--val-scene")
+    return {"native": native, "scene": scene}
+
+
+def write_val(photos: list[Path], out: Path, args: argparse.Namespace) -> dict:
+    """Write ``out/val``: :func:`val_windows` of every training photo."""
+    (out / "val").mkdir(parents=True, exist_ok=True)
+    counts = {"native": 0, "scene": 0}
+    for index, path in enumerate(photos):
+        with PIL.Image.open(path) as opened:
+            photo = opened.convert("RGB")
+        stem = path.stem.replace(" ", "_")
+        for form, windows in val_windows(*photo.size, args, index).items():
+            for i, crop in enumerate(cut(photo, windows, args.size)):
+                crop.save(out / "val" / f"{stem}-{form}-{i:04d}.png")
+            counts[form] += len(windows)
+    return counts
 
 
 def write_split(photos: list[Path], split: str, out: Path, args: argparse.Namespace,
@@ -114,6 +208,24 @@ def write_split(photos: list[Path], split: str, out: Path, args: argparse.Namesp
     return counts
 
 
+def add_val(photos: list[Path], args: argparse.Namespace) -> None:
+    """``--add-val``: the val split of an existing corpus, from its manifest's settings."""
+    path = args.out / "manifest.json"
+    if not path.is_file():
+        raise SystemExit(f"--add-val needs an existing corpus; {path} is missing")
+    manifest = json.loads(path.read_text())
+    args.size, args.seed = manifest["size"], manifest["seed"]
+    args.native, args.scene = manifest["native_per_photo"], manifest["scene_per_photo"]
+    by_name = {p.name: p for p in photos}
+    missing = [name for name in manifest["train_photos"] if name not in by_name]
+    if missing:
+        raise SystemExit(f"--photos lacks the corpus's training photos {missing}")
+    manifest.update(val_native_per_photo=args.val_native, val_scene_per_photo=args.val_scene)
+    manifest["val"] = write_val([by_name[n] for n in manifest["train_photos"]], args.out, args)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", required=True, type=Path, help="folder of photographs")
@@ -123,14 +235,26 @@ def main() -> None:
     parser.add_argument("--native", type=int, default=512, help="native crops per photo")
     parser.add_argument("--scene", type=int, default=256, help="scene crops per photo")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-native", type=int, default=256,
+                        help="val native crops per training photo")
+    parser.add_argument("--val-scene", type=int, default=128,
+                        help="val scene crops per training photo")
+    parser.add_argument("--add-val", action="store_true",
+                        help="write only OUT/val into an existing corpus (its manifest's "
+                        "settings; train and test are left as they are)")
     args = parser.parse_args()
     photos = list_photos(args.photos)
+    if args.add_val:
+        add_val(photos, args)
+        return
     train, test = split_photos(photos, args.test)
     manifest = {"size": args.size, "seed": args.seed, "native_per_photo": args.native,
                 "scene_per_photo": args.scene, "scene_fractions": list(SCENE_FRACTIONS),
                 "train_photos": [p.name for p in train], "test_photos": [p.name for p in test]}
     manifest["train"] = write_split(train, "train", args.out, args, 0)
     manifest["test"] = write_split(test, "test", args.out, args, len(train))
+    manifest.update(val_native_per_photo=args.val_native, val_scene_per_photo=args.val_scene)
+    manifest["val"] = write_val(train, args.out, args)
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest))
 

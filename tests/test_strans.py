@@ -4,6 +4,8 @@ conditioning, Hub round trips, parameter counts and the norm-ratio diagnostics."
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,13 +214,30 @@ def test_save_from_pretrained_round_trip_is_strict(tmp_path, cls, config):
         cls.from_pretrained(tmp_path / "m", config=other)
 
 
+def documented_counts() -> dict[str, tuple[int, int, int]]:
+    """``{config: (G params, D params, classes)}`` from the table "Configurations and parameter
+    counts" of docs/strans.md (written from ``imgtx gan info --config NAME --json``)."""
+    text = (Path(__file__).parents[1] / "docs" / "strans.md").read_text()
+    section = text.split("## Configurations and parameter counts", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([\w-]+)` \| [^|]+ \| ([\d,]+) \| ([\d,]+) \| ([\d-]+) \|", section,
+                      flags=re.MULTILINE)
+    return {name: (int(g.replace(",", "")), int(d.replace(",", "")),
+                   0 if classes == "-" else int(classes)) for name, g, d, classes in rows}
+
+
+def test_the_documented_table_lists_every_config():
+    assert sorted(documented_counts()) == sorted(STRANS_CONFIGS)
+
+
 @pytest.mark.parametrize("name", list(STRANS_CONFIGS))
-def test_every_config_builds_and_counts_parameters(name):
+def test_every_config_has_its_documented_parameter_counts(name):
+    """Regression pins: the counts in docs/strans.md (the paper publishes none; these are of
+    imgtx's configs, so a change of architecture must update the table)."""
     entry = STRANS_CONFIGS[name]
     with torch.device("meta"):
         g, d = STransGenerator(entry.config), STransDiscriminator(entry.discriminator)
-    counts = parameter_count(g), parameter_count(d)
-    assert all(count > 0 for count in counts)
+    assert (parameter_count(g), parameter_count(d), entry.config.num_classes) == \
+        documented_counts()[name]
     assert entry.config.num_classes == entry.discriminator.num_classes
     assert entry.config.image_size == entry.discriminator.image_size
 

@@ -8,7 +8,7 @@
     imgtx gan sample --model DIR_OR_ID --num N (--out grid.png | --out-dir DIR) [--seed S]
                      [--class-label C] [--device D]
     imgtx gan eval --model DIR_OR_ID --data SPEC --split test --num-samples N
-                   [--features NAME] [--baselines] [--json]
+                   [--features NAME] [--baselines] [--likelihood-model DIR] [--json]
 
 ``imgtx.cli`` calls :func:`register` with its subparsers. Parameter counts are taken on the meta
 device, so even the 256^2 models are counted without allocating their weights.
@@ -166,7 +166,9 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_generator(generator, args.data, args.split, args.num_samples,
                                 args.features, baselines=args.baselines,
                                 batch_size=args.batch_size, device=device, seed=args.seed,
-                                accelerator=accelerator)
+                                accelerator=accelerator, likelihood_model=args.likelihood_model,
+                                likelihood_images=args.likelihood_images,
+                                variety_per_class=args.variety_per_class)
     if accelerator is not None:
         result["processes"] = accelerator.num_processes
         if not accelerator.is_main_process:
@@ -247,7 +249,15 @@ def _add_eval_parser(sub) -> None:
                    help="imgtx-small (offline, ships) | inception | PATH.pt | random")
     p.add_argument("--baselines", action="store_true",
                    help="add untrained_fid/kid (same config, fresh) and floor_fid (real train "
-                   "vs test)")
+                   "vs --split, as many images)")
+    p.add_argument("--likelihood-model", metavar="DIR_OR_ID",
+                   help="also report the mean bits/dim of the samples and of --split's images "
+                   "under this Image Transformer, e.g. checkpoints/imgtx-photos-dmol-small")
+    p.add_argument("--likelihood-images", type=int, default=256,
+                   help="samples (and real images) scored by --likelihood-model")
+    p.add_argument("--variety-per-class", type=int, default=200,
+                   help="conditional models: samples per class for variety_ratio and class_fid "
+                   "(0: skip)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     add_device_arguments(p)

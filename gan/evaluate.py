@@ -6,6 +6,10 @@ generator of the same config (``untrained_*``: the ceiling a trained model must 
 ``num_samples`` real training images in place of the generated ones (``floor_*``: what a perfect
 generator of the training distribution would score at this sample count).
 
+Two more views (:mod:`imgtx.gan.yardstick`): ``likelihood_model`` adds the mean bits/dim of
+samples and of real images under an Image Transformer (the loop of ``imgtx eval-bpd``), and a
+conditional generator gets per-class variety and FID.
+
 The generator needs ``generate(num, labels=None, seed=0) -> (N, 3, H, W) uint8`` and a ``config``
 with ``image_size`` and ``num_classes`` (0 for unconditional), and ``type(generator)(config)``
 must build a fresh one.
@@ -32,8 +36,10 @@ from imgtx.eval.fid import (
     inception_score,
     kernel_inception_distance,
 )
+from imgtx.gan.yardstick import class_variety, likelihood_figures
 
-__all__ = ["evaluate_generator", "real_images", "reference_statistics", "spread_indices"]
+__all__ = ["class_variety", "evaluate_generator", "likelihood_figures", "real_images",
+           "reference_statistics", "spread_indices"]
 
 KID_SUBSETS = 100
 # Bińkowski et al. 2018 use subsets of 1000. With fewer than 2000 images on a side, subsets are
@@ -131,7 +137,7 @@ def _labels(generator: Any, num: int) -> torch.Tensor | None:
 
 def _samples(generator: Any, num: int, batch_size: int, seed: int, shard: _Shard,
              extractor: FeatureExtractor, with_probabilities: bool = False,
-             classifier: SmallFeatureNet | None = None) -> dict[str, Any]:
+             classifier: SmallFeatureNet | None = None, keep: int = 0) -> dict[str, Any]:
     """Generate ``num`` samples in batches (seed ``seed + batch index``, balanced labels), this
     process's share of the batches only, and reduce each batch at once to what the metrics need:
     extractor features, class probabilities (``with_probabilities``) and, with a ``classifier``
@@ -139,7 +145,8 @@ def _samples(generator: Any, num: int, batch_size: int, seed: int, shard: _Shard
     processes, in batch order.
 
     Returns ``features`` ``(N, dim)`` float64, ``probabilities`` ``(N, K)`` or None,
-    ``class_accuracy`` or None, and ``per_process`` (samples made by each process).
+    ``class_accuracy`` or None, ``per_process`` (samples made by each process) and ``images``:
+    the first ``keep`` samples, ``(keep, 3, H, W)`` uint8.
     """
     labels = _labels(generator, num)
     parameter = next(generator.parameters(), None) if isinstance(generator, nn.Module) else None
@@ -160,8 +167,9 @@ def _samples(generator: Any, num: int, batch_size: int, seed: int, shard: _Shard
             correct = None
             if classifier is not None and part is not None:
                 correct = int((predict_digits(images, classifier, batch_size) == part).sum())
+            kept = images[: max(0, keep - start)]
             mine.append((index, compute_features(extractor, images, batch_size), probs, correct,
-                         shard.rank))
+                         kept, shard.rank))
     batches = sorted(shard.gather(mine), key=lambda item: item[0])
     per_process = [0] * shard.processes
     for _, features, *_, rank in batches:
@@ -172,6 +180,7 @@ def _samples(generator: Any, num: int, batch_size: int, seed: int, shard: _Shard
         "probabilities": torch.cat([item[2] for item in batches]) if with_probabilities else None,
         "class_accuracy": (sum(counted) / num) if counted and counted[0] is not None else None,
         "per_process": per_process,
+        "images": torch.cat([item[4] for item in batches])[:keep],
     }
 
 
@@ -209,6 +218,9 @@ def evaluate_generator(
     seed: int = 0,
     use_cache: bool = True,
     accelerator: Any = None,
+    likelihood_model: str | None = None,
+    likelihood_images: int = 256,
+    variety_per_class: int = 200,
 ) -> dict[str, Any]:
     """FID/KID (and IS, class accuracy, baselines) of ``generator`` against real images.
 
@@ -230,6 +242,12 @@ def evaluate_generator(
             generates and extracts features for every ``processes``-th batch of samples, the
             results are gathered, and every process returns the figures of one process (the
             main process computes the real statistics first and caches them for the others).
+        likelihood_model: an Image Transformer (folder or Hub id) that scores the first
+            ``likelihood_images`` samples and as many real images of ``split``
+            (:func:`likelihood_figures`: ``samples_bits_per_dim``, ``real_bits_per_dim``, each
+            with ``_ci95``).
+        variety_per_class: samples per class for :func:`class_variety` (conditional generators
+            on labelled data; 0 skips it).
 
     Returns:
         ``fid``, ``kid``, ``kid_std``, ``num_samples``, ``num_real``, ``features``, ``data``,
@@ -262,8 +280,9 @@ def evaluate_generator(
     if conditional:
         classifier = extractor if isinstance(extractor, SmallFeatureNet) else None
         classifier = classifier or get_extractor("imgtx-small", device)
+    keep = min(num_samples, likelihood_images) if likelihood_model else 0
     fake = _samples(generator, num_samples, batch_size, seed, shard, extractor, with_is,
-                    classifier)
+                    classifier, keep)
     result: dict[str, Any] = {
         **_distances(fake["features"], real, seed),
         "num_samples": num_samples,
@@ -285,6 +304,15 @@ def evaluate_generator(
                 "the classifier was trained on builtin:digits; on other data class_accuracy "
                 "is not meaningful"
             )
+        if variety_per_class:
+            result.update(class_variety(generator, data, extractor, variety_per_class,
+                                        batch_size, seed))
+    if likelihood_model:
+        scored = real_images(data, split, image_size, len(fake["images"]))
+        result["likelihood_model"] = likelihood_model
+        result["likelihood_images"] = len(fake["images"])
+        result.update(likelihood_figures(likelihood_model, {"samples": fake["images"],
+                                                            "real": scored}, device=device))
 
     if baselines:
         untrained = _samples(_untrained_copy(generator, seed), num_samples, batch_size, seed,

@@ -124,13 +124,15 @@ class SuperResolutionConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config.json") -> SuperResolutionConfig:
-        """The config of a ``config.json`` dict, nested or flat (written before the decoder's
-        settings were nested: upgraded, with the flat defaults of that time)."""
-        if "decoder" in data or not set(data) & set(DECODER_FIELDS):
+        """The config of a ``config.json`` dict. Decoder settings under their flat names (files
+        written before the decoder was nested) are upgraded into ``decoder``; a flat file's
+        missing ones take the flat defaults of that time."""
+        flat = {k: v for k, v in data.items() if k in DECODER_FIELDS}
+        if not flat:
             return config_from_dict(cls, data, where)
-        data = {k: v for k, v in data.items() if k not in cls.IGNORED_CONFIG_FIELDS}
-        decoder = asdict(_default_decoder())
-        decoder.update({DECODER_FIELDS[k]: v for k, v in data.items() if k in DECODER_FIELDS})
+        decoder = data.get("decoder")
+        decoder = dict(decoder) if isinstance(decoder, dict) else asdict(_default_decoder())
+        decoder.update({DECODER_FIELDS[k]: v for k, v in flat.items()})
         own = {k: v for k, v in data.items() if k not in DECODER_FIELDS}
         return config_from_dict(cls, {**own, "decoder": decoder}, where)
 

@@ -223,17 +223,35 @@ def test_generate_without_noise_matches_forward() -> None:
 
 
 def test_class_conditional_pair() -> None:
+    """The label reaches G and D per sample: another label changes that sample's output only,
+    and a batch gives each sample what it gets alone. (D in eval mode: no augmentation; its
+    noise strength stays 0.)"""
     generator, discriminator = _tiny_pair(num_classes=3)
-    labels = torch.tensor([0, 2])
-    z = torch.randn(2, TINY.config.latent_dim)
-    images = generator(z, labels)
-    assert discriminator(images, labels).shape == (2,)
-    assert generator.generate(4, labels=1).shape == (4, 3, 32, 32)
+    generator.eval(), discriminator.eval()
+    with torch.no_grad():
+        for model in (generator, discriminator):  # zero-initialised conditioning layers
+            for name, param in model.named_parameters():
+                if not param.any() and not name.endswith("strength"):  # noise stays off
+                    param.normal_(std=0.1)
+        z = torch.randn(2, TINY.config.latent_dim, generator=torch.Generator().manual_seed(1))
+        images = generator(z, torch.tensor([0, 2]))
+        relabelled = generator(z, torch.tensor([1, 2]))
+        assert not torch.allclose(images[0], relabelled[0], atol=1e-4)  # G reads the label
+        torch.testing.assert_close(images[1], relabelled[1])  # of its own sample only
+        torch.testing.assert_close(generator(z[1:], torch.tensor([2])), images[1:])
+        scores = discriminator(images, torch.tensor([0, 2]))
+        assert scores.shape == (2,)
+        rescored = discriminator(images, torch.tensor([1, 2]))
+        assert abs(scores[0] - rescored[0]) > 1e-4  # D reads the label
+        torch.testing.assert_close(rescored[1], scores[1])
+        torch.testing.assert_close(discriminator(images[1:], torch.tensor([2])), scores[1:])
+    one, two = generator.generate(4, labels=1, seed=5), generator.generate(4, labels=2, seed=5)
+    assert one.shape == (4, 3, 32, 32) and not torch.equal(one, two)
     with pytest.raises(UserError):
         generator(z)  # labels missing
     unconditional, _ = _tiny_pair()
     with pytest.raises(UserError):
-        unconditional(z, labels)
+        unconditional(z, torch.tensor([0, 2]))
 
 
 def test_celeba_style_generator_and_discriminator_run() -> None:

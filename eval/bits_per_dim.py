@@ -2,7 +2,8 @@
 
 Every subpixel of every image is counted once: bits/dim is the sum of the per-image nats over
 ``num_images * 3 * H * W`` subpixels, in bits (:func:`imgtx.likelihood.bits_per_dim`),
-accumulated in float64, so the figure does not depend on the batch size (to float32 rounding of the logits, ~1e-7). Alongside it, on the very same images:
+accumulated in float64, so the figure does not depend on the batch size (to float32 rounding of
+the logits, ~1e-7). Alongside it, on the very same images:
 
 * ``ci95``: half-width of a 95% Student-t interval over per-image bits/dim
   (:func:`imgtx.eval.stats.mean_and_ci95`); report ``bits_per_dim ± ci95``. It measures how much the

@@ -30,8 +30,8 @@ from imgtx.gan.transgan_configs import (
 )
 from imgtx.registry import RegistryEntry, suggest
 
-__all__ = ["GAN_CONFIGS", "gan_entry", "gan_config_names", "model_classes", "generator_classes",
-           "discriminator_classes", "TRANSGAN_CONFIGS", "TransGANGeneratorConfig",
+__all__ = ["GAN_CONFIGS", "gan_entry", "gan_config_names", "model_classes", "family_classes",
+           "TRANSGAN_CONFIGS", "TransGANGeneratorConfig",
            "TransGANDiscriminatorConfig", "TransGANEntry", "get_transgan_config",
            "UPSAMPLE_MODES", "NORMS"]
 
@@ -80,11 +80,6 @@ def model_classes(config) -> tuple[type, type]:
                     f"{', '.join(f[0].__name__ for f in _FAMILIES)}")
 
 
-def generator_classes() -> list[type]:
-    """The generator class of every family (TransGAN, STrans)."""
-    return [family[2] for family in _families()]
-
-
-def discriminator_classes() -> list[type]:
-    """The discriminator class of every family (TransGAN, STrans)."""
-    return [family[3] for family in _families()]
+def family_classes() -> list[tuple[type, type]]:
+    """``(generator class, discriminator class)`` of every family (TransGAN, STrans)."""
+    return [(family[2], family[3]) for family in _families()]

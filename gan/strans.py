@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgtx.attention import RelativePositionBias, Window, shifted_window
+from imgtx.gan.base import Discriminator, Generator
 from imgtx.gan.blocks import map_to_tokens, run_blocks, tokens_to_map
 from imgtx.gan.conditioning import (
     ClassCondition,
@@ -32,10 +33,7 @@ from imgtx.gan.conditioning import (
     adanorm_layer_kwargs,
     check_labels,
 )
-from imgtx.gan.diffaugment import AugmentedInput
 from imgtx.gan.strans_configs import STransDiscriminatorConfig, STransGeneratorConfig
-from imgtx.gan.transgan import TransGANGenerator
-from imgtx.hub import HubModel
 from imgtx.transformer import TransformerLayer, sinusoid_positions_2d
 
 __all__ = ["SwinBlock", "Upsample", "Downsample", "STransGenerator", "STransDiscriminator"]
@@ -143,7 +141,7 @@ class Downsample(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class STransGenerator(HubModel):
+class STransGenerator(Generator):
     """STrans-G: ``forward(z (B, latent_dim), labels (B,) | None) -> images (B, 3, H, W)``,
     unbounded (no tanh; images are in [-1, 1] where trained). See the module docstring."""
 
@@ -193,20 +191,15 @@ class STransGenerator(HubModel):
         rgb = self.to_rgb(x)  # (B, H*W, 3)
         return rgb.transpose(1, 2).reshape(b, 3, c.image_size, c.image_size)
 
-    # ``generate(num, labels=None, seed=0, batch_size=64) -> (N, 3, H, W) uint8``: the same
-    # function as TransGAN's (it reads only config.latent_dim / num_classes / image_size).
-    generate = TransGANGenerator.generate
-
 
 # --------------------------------------------------------------------------------------------
 # Discriminator
 # --------------------------------------------------------------------------------------------
 
 
-class STransDiscriminator(AugmentedInput, HubModel):
+class STransDiscriminator(Discriminator):
     """STrans-D: ``forward(images (B, 3, H, W) in [-1, 1], labels (B,) | None) -> (B,)``
-    critic values. DiffAugment (``config.diffaug``) runs inside ``forward`` (in training mode by
-    default), so real, fake and gradient-penalty inputs are augmented alike."""
+    critic values, DiffAugment inside (:class:`imgtx.gan.base.Discriminator`)."""
 
     model_card_tags = ("gan", "strans-d", "swin", "discriminator")
     model_card_description = ("STrans-D discriminator (Xu et al. 2021, arXiv 2110.13107): conv "
@@ -231,19 +224,12 @@ class STransDiscriminator(AugmentedInput, HubModel):
         self.norm = nn.LayerNorm(c.dims[-1])
         self.head = ProjectionHead(c.dims[-1], c.num_classes, c.aux_classifier)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-                augment: bool | None = None, return_class_logits: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``images`` ``(B, 3, H, W)``, ``labels`` ``(B,)`` (conditional only) -> ``(B,)``.
-
-        ``augment``: apply DiffAugment (default: in training mode only).
-        ``return_class_logits``: also return the auxiliary classifier's ``(B, classes)`` logits.
-        """
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images ``(B, 3, H, W)`` -> ``(B, D_last)``, the head's input: the stem, each
+        stage's Swin blocks and downsampling, then a LayerNorm and the mean over tokens."""
         c = self.config
-        images = self.checked_input(images, augment)  # (B, 3, H, W), augmented when training
         x = map_to_tokens(self.stem(images))  # (B, N0, D0)
         for blocks, down, grid in zip(self.stages, self.downsamples, c.grids):
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks)
             x = down(x, grid)  # (B, N/4, D_next)
-        h = self.norm(x).mean(dim=1)  # (B, D_last)
-        return self.head(h, labels, return_class_logits)
+        return self.norm(x).mean(dim=1)  # (B, D_last)

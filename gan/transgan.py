@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imgtx.attention import set_backend
 from imgtx.errors import UserError
+from imgtx.gan.base import Discriminator, Generator, images_to_uint8
 from imgtx.gan.blocks import (
     PatchEmbed,
     TransGANBlock,
@@ -41,9 +41,7 @@ from imgtx.gan.conditioning import (
     adanorm_layer_kwargs,
     check_labels,
 )
-from imgtx.gan.diffaugment import AugmentedInput
 from imgtx.gan.transgan_configs import TransGANDiscriminatorConfig, TransGANGeneratorConfig
-from imgtx.hub import HubModel
 from imgtx.transformer import PixelNorm
 
 __all__ = ["TransGANGenerator", "TransGANDiscriminator", "layer_kwargs", "images_to_uint8"]
@@ -63,23 +61,7 @@ def layer_kwargs(norm: str, cond_dim: int | None = None, adanorm: str = "trunk")
     return kwargs
 
 
-def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` floats -> ``[0, 255]`` uint8 (clamped, rounded), on the CPU."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-def _labels_for(num: int, labels, num_classes: int) -> torch.Tensor | None:
-    """``generate``'s labels: None (cycle 0..K-1 when conditional), an int, or ``num`` ids."""
-    if num_classes and labels is None:
-        return torch.arange(num) % num_classes
-    if isinstance(labels, int):
-        labels = torch.full((num,), labels, dtype=torch.long)
-    if labels is None:
-        return None
-    return check_labels(torch.as_tensor(labels), num_classes, num, "generator")
-
-
-class TransGANGenerator(HubModel):
+class TransGANGenerator(Generator):
     """TransGAN generator: ``forward(z (B, L), labels (B,) | None) -> (B, 3, H, W)`` in about
     [-1, 1] (no tanh). :meth:`generate` returns uint8 images. ``backend``: the attention
     backend, a run-time choice (``model.set_backend(name)`` changes it later)."""
@@ -117,11 +99,6 @@ class TransGANGenerator(HubModel):
         self.to_rgb = nn.Linear(dims[-1], 3)  # the official 1x1 Conv2d "deconv"
         nn.init.xavier_uniform_(self.to_rgb.weight)
 
-    def set_backend(self, backend: str) -> TransGANGenerator:
-        """Compute every attention layer with ``backend`` from now on; returns the model."""
-        set_backend(self, backend)
-        return self
-
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``z`` ``(B, L)``, ``labels`` ``(B,)`` (conditional only) -> ``(B, 3, H, W)``."""
         c = self.config
@@ -147,49 +124,11 @@ class TransGANGenerator(HubModel):
         rgb = self.to_rgb(x)  # (B, H*W, 3)
         return rgb.transpose(1, 2).reshape(b, 3, c.image_size, c.image_size)
 
-    @torch.no_grad()
-    def generate(self, num: int, labels: torch.Tensor | int | list[int] | None = None,
-                 seed: int = 0, batch_size: int = 64) -> torch.Tensor:
-        """``num`` images as ``(N, 3, H, W)`` uint8 on the CPU, deterministic for a ``seed``.
 
-        Latents come from ``torch.Generator().manual_seed(seed)`` on the CPU, and the injected
-        noise (if any) from the global generator seeded with ``seed`` inside a forked RNG state;
-        the model runs in eval mode (restored afterwards) under no_grad, ``batch_size`` latents
-        at a time.
-        ``labels``: one class id for all, ``num`` ids, or None (a conditional model then cycles
-        through the classes 0, 1, ...).
-        """
-        c = self.config
-        device = next(self.parameters()).device
-        z = torch.randn(num, c.latent_dim, generator=torch.Generator().manual_seed(seed))
-        labels = _labels_for(num, labels, c.num_classes)
-        was_training = self.training
-        self.eval()
-        # Noise injection draws from the global generator: seed it too, without disturbing the
-        # caller's random state.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            try:
-                chunks = []
-                for start in range(0, num, batch_size):
-                    part = None if labels is None else labels[start:start + batch_size].to(device)
-                    chunks.append(images_to_uint8(self(z[start:start + batch_size].to(device),
-                                                       part)))
-            finally:
-                self.train(was_training)
-        if not chunks:
-            return torch.zeros(0, 3, c.image_size, c.image_size, dtype=torch.uint8)
-        return torch.cat(chunks)
-
-
-class TransGANDiscriminator(AugmentedInput, HubModel):
+class TransGANDiscriminator(Discriminator):
     """TransGAN multi-scale discriminator: ``forward(images (B, 3, H, W) in [-1, 1], labels
-    (B,) | None) -> (B,)`` critic values.
-
-    DiffAugment (``config.diffaug``) runs inside ``forward`` - in training mode by default, or
-    as ``augment=True/False`` says - so real images, fakes and gradient-penalty interpolates are
-    augmented alike.
-    """
+    (B,) | None) -> (B,)`` critic values, DiffAugment inside (:class:`imgtx.gan.base.
+    Discriminator`)."""
 
     model_card_tags = ("gan", "transgan", "discriminator")
     model_card_description = ("TransGAN multi-scale discriminator (Jiang et al. 2021, arXiv "
@@ -226,21 +165,10 @@ class TransGANDiscriminator(AugmentedInput, HubModel):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def set_backend(self, backend: str) -> TransGANDiscriminator:
-        """Compute every attention layer with ``backend`` from now on; returns the model."""
-        set_backend(self, backend)
-        return self
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-                augment: bool | None = None, return_class_logits: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``images`` ``(B, 3, H, W)``, ``labels`` ``(B,)`` (conditional only) -> ``(B,)``.
-
-        ``augment``: apply DiffAugment (default: in training mode only).
-        ``return_class_logits``: also return the auxiliary classifier's ``(B, classes)`` logits.
-        """
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images ``(B, 3, H, W)`` -> the normed cls token ``(B, D)`` (the head's input):
+        patch embeddings per scale, each scale's blocks, then the cls token's global block."""
         c = self.config
-        images = self.checked_input(images, augment)  # (B, 3, H, W), augmented when training
         b = images.shape[0]
         x = None
         for s, (embed, blocks) in enumerate(zip(self.patch_embeds, self.scales)):
@@ -252,4 +180,4 @@ class TransGANDiscriminator(AugmentedInput, HubModel):
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)  # (B, 1 + N, D)
         x = run_blocks(nn.ModuleList([self.last_block]), x, checkpointed=c.checkpoint_blocks)
-        return self.head(self.norm(x[:, 0]), labels, return_class_logits)  # (B,)
+        return self.norm(x[:, 0])  # (B, D)

@@ -180,6 +180,12 @@ def test_damaged_truncated_and_foreign_files_are_refused():
             decompress(bad, model)
     with pytest.raises(CodecError, match="another model"):
         decompress(data, tiny("dmol", seed=1))
+    # damage in the header: the width, the model's fingerprint, the pixels' CRC
+    for index in (3, 8, 14):
+        corrupted = bytearray(data)
+        corrupted[index] ^= 0x01
+        with pytest.raises(CodecError, match="damaged|another model"):
+            decompress(bytes(corrupted), model)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])

@@ -32,6 +32,8 @@ __all__ = ["compress", "decompress", "read_header", "image_pixels", "load_model"
 
 #: Tiles per batch of the cached decoder (recorded in each file; the decoder uses the file's).
 DEFAULT_BATCH = 64
+#: Larger images are taken for a damaged header (about 50 times a 12-megapixel photo).
+MAX_PIXELS = 1 << 29
 
 
 def image_pixels(image) -> tuple[np.ndarray, bool]:
@@ -145,7 +147,7 @@ def _positions(model, layout, batch: int) -> int:
 
 
 def read_header(data: bytes) -> Header:
-    """The header of an .itx file (checks the file's CRC)."""
+    """The header of an .itx file."""
     return unpack(data)[0]
 
 
@@ -174,6 +176,8 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError(f"the file was made with another model{made_with}: its fingerprint "
                          f"{header.model.hex()} does not match this model's "
                          f"{fingerprint(model).hex()}; pass the right one with --model")
+    if header.width * header.height > MAX_PIXELS:
+        raise CodecError(f"the file is damaged (it claims {header.width}x{header.height} pixels)")
     start = time.perf_counter()
     size = header.tile
     _, sizes = split_tiles(np.zeros((header.height, header.width, 3), np.uint8), size)
@@ -189,7 +193,8 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         other = "" if header.build == build_tag() else (
             "; it was made on another float build (torch version or CPU kind)")
         raise CodecError("the decoded pixels fail the file's CRC-32: the file is damaged or "
-                         f"this model computes different probabilities here{other}")
+                         "truncated, or this model computes different probabilities here"
+                         f"{other}")
     if stats is not None:
         stats.update(seconds=time.perf_counter() - start,
                      positions=_positions(model, layout, header.batch))

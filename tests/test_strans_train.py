@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -18,6 +19,7 @@ from imgtx.data import image_loader, load_images
 from imgtx.gan.configs import gan_entry
 from imgtx.gan.losses import make_loss
 from imgtx.gan.ratio_logging import RatioProbe, measure_ratios
+from imgtx.gan.sample import load_generator
 from imgtx.gan.step import GANStep
 from imgtx.gan.train import GANTrainSettings, build_models
 from imgtx.training import EMASettings, Run, Schedule
@@ -36,17 +38,36 @@ def trained(tmp_path_factory) -> Path:
     return out / "final"
 
 
+def png_pixels(folder: Path) -> torch.Tensor:
+    """The PNGs of ``folder`` in name order as ``(N, 3, H, W)`` uint8."""
+    return torch.stack([torch.from_numpy(np.array(PIL.Image.open(path).convert("RGB")))
+                        .permute(2, 0, 1) for path in sorted(folder.glob("*.png"))])
+
+
 def test_cli_sample_class_label_writes_pngs_of_that_class(trained, tmp_path, capsys):
+    generator = load_generator(str(trained))
     for label in (3, 4):
         assert main(["gan", "sample", "--model", str(trained), "--num", "5", "--class-label",
                      str(label), "--out-dir", str(tmp_path / str(label)), "--seed", "1"]) == 0
-    files = {label: sorted((tmp_path / str(label)).glob("*.png")) for label in (3, 4)}
-    assert [len(f) for f in files.values()] == [5, 5]
-    assert all(PIL.Image.open(f).size == (16, 16) for f in files[3])
-    # Same latents (seed 1), other class: other images.
-    three, four = (torch.tensor(list(PIL.Image.open(f[0]).getdata())) for f in files.values())
-    assert not torch.equal(three, four)
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_images"] == 5
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_images"] == 5
+        pixels = png_pixels(tmp_path / str(label))
+        assert pixels.shape == (5, 3, 16, 16)
+        assert torch.equal(pixels, generator.generate(5, labels=label, seed=1))
+    # the label matters: same latents (seed 1), other class, other images
+    assert not torch.equal(png_pixels(tmp_path / "3"), png_pixels(tmp_path / "4"))
+
+
+def test_a_sampler_that_ignores_the_class_label_is_caught(trained, tmp_path, monkeypatch):
+    """Negative control: a ``gan sample`` whose generator draws class 0 whatever
+    ``--class-label`` says fails the pixel check above."""
+    generator = load_generator(str(trained))
+    expected = generator.generate(5, labels=3, seed=1)
+    generate = type(generator).generate
+    monkeypatch.setattr(type(generator), "generate", lambda model, num, labels=None, **kwargs:
+                        generate(model, num, labels=0, **kwargs))
+    assert main(["gan", "sample", "--model", str(trained), "--num", "5", "--class-label", "3",
+                 "--out-dir", str(tmp_path / "3"), "--seed", "1"]) == 0
+    assert not torch.equal(png_pixels(tmp_path / "3"), expected)
 
 
 def test_class_label_out_of_range_is_a_user_error(trained, tmp_path, capsys):

@@ -4,6 +4,7 @@
     imgtx gan train --config NAME --data SPEC --out DIR [--max-steps N | --kimg K | --minutes M]
                     [--loss wgan-gp|hinge|logistic-r1] [--n-critic N] [--grad-accum K]
                     [--g-batch-size N] [--ema-kimg K | --ema-decay D]
+                    [--loss-option NAME=VALUE] [--isolate-d]
                     [--mixed-precision bf16] [--set checkpoint_blocks=true] [--resume] [...]
     imgtx gan sample --model DIR_OR_ID --num N (--out grid.png | --out-dir DIR) [--seed S]
                      [--class-label C] [--device D]
@@ -25,7 +26,8 @@ import torch
 
 from imgtx.errors import UserError
 
-__all__ = ["register", "info_rows", "build_gan", "add_train_arguments", "train_from_arguments"]
+__all__ = ["register", "info_rows", "build_gan", "add_train_arguments", "train_from_arguments",
+           "parse_loss_options"]
 
 
 def build_gan(name: str, device: str | torch.device | None = None, **generator_overrides):
@@ -105,24 +107,37 @@ def train_from_arguments(args: argparse.Namespace, wrap_step=None):
     generator, discriminator = copy.deepcopy(entry.config), copy.deepcopy(entry.discriminator)
     apply_overrides(generator, args.set)
     apply_overrides(discriminator, args.set_d)
-    loss_options = {}
-    for pair in args.loss_option or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise UserError(f"--loss-option {pair!r}: expected NAME=NUMBER, e.g. r1_gamma=1")
-        try:
-            loss_options[key] = float(raw)
-        except ValueError:
-            raise UserError(f"--loss-option {pair!r}: {raw!r} is not a number") from None
     given = {f.name: getattr(args, f.name) for f in fields(GANTrainSettings)
              if hasattr(args, f.name)}
     given["clip_grad_norm"] = None if args.clip_grad_norm == 0 else args.clip_grad_norm
-    if loss_options:
-        given["loss_options"] = loss_options
+    if args.loss_option:  # merged into the recipe's options (settings_from_registry)
+        given["loss_options"] = parse_loss_options(args.loss_option)
     settings = settings_from_registry(entry.train, **given)
     if args.clip_grad_norm == 0:
         settings.clip_grad_norm = None
     return train_gan(generator, discriminator, settings, wrap_step=wrap_step)
+
+
+def parse_loss_options(pairs: list[str]) -> dict[str, bool | int | float]:
+    """``--loss-option NAME=VALUE`` pairs as a dict: VALUE is ``true``/``false``, an integer or a
+    float (``drift_of_mean=true``, ``gp_weight=10``, ``drift=1e-3``)."""
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--loss-option {pair!r}: expected NAME=VALUE, e.g. r1_gamma=1")
+        if raw.lower() in ("true", "false"):
+            options[key] = raw.lower() == "true"
+            continue
+        for kind in (int, float):
+            try:
+                options[key] = kind(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            raise UserError(f"--loss-option {pair!r}: {raw!r} is not a number, true or false")
+    return options
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -195,8 +210,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "processes and micro-batches (TransGAN gen_batch_size; default: the config's, "
                    "else D's real images per step)")
     p.add_argument("--loss", choices=["wgan-gp", "hinge", "logistic-r1"])
-    p.add_argument("--loss-option", action="append", metavar="NAME=NUMBER",
-                   help="e.g. gp_weight=10, drift=0.001, r1_gamma=1")
+    p.add_argument("--loss-option", action="append", metavar="NAME=VALUE",
+                   help="a loss option on top of the recipe's, e.g. gp_weight=10, drift=0.001, "
+                   "drift_of_mean=false, r1_gamma=1")
     p.add_argument("--lr", type=float, help="Adam learning rate of G (and D)")
     p.add_argument("--lr-d", type=float, help="D's learning rate (default: --lr)")
     p.add_argument("--warmup", type=int, help="optimiser steps of linear LR warm-up")
@@ -212,6 +228,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fid-data", help="real images of the ticks (default: --data)")
     p.add_argument("--fid-split", help="split of --fid-data (default: test)")
     p.add_argument("--features", help="FID feature extractor (default: imgtx-small)")
+    p.add_argument("--isolate-d", action="store_true", default=None,
+                   help="freeze D during the G step (the official loop lets the G loss's "
+                   "gradient in D join D's next step; off in every recipe)")
     p.add_argument("--aux-weight", type=float, help="weight of the AC-GAN class loss, when D "
                    "has an auxiliary classifier (--set-d aux_classifier=true; default 1)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",

@@ -26,7 +26,7 @@ import torch
 
 from imgtx.errors import UserError, check_at_least
 
-__all__ = ["GANStep", "to_unit_range", "is_generator_step"]
+__all__ = ["GANStep", "to_unit_range", "is_generator_step", "generator_steps"]
 
 
 def to_unit_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -39,6 +39,12 @@ def is_generator_step(step_index: int, n_critic: int) -> bool:
     after its D step: steps 0, ``n_critic``, ``2 n_critic``, ... (TransGAN ``functions.py``:
     ``global_steps % (n_critic * accumulated_times) == 0`` on a count of micro-batches)."""
     return step_index % n_critic == 0
+
+
+def generator_steps(d_steps: int, n_critic: int) -> int:
+    """G steps taken with the first ``d_steps`` D steps: ``ceil(d_steps / n_critic)`` (the run
+    steps ``0, n_critic, 2 n_critic, ...`` below ``d_steps``; :func:`is_generator_step`)."""
+    return -(-d_steps // n_critic)
 
 
 class GANStep:

@@ -1,10 +1,10 @@
 """GAN training (TransGAN, STrans) on the shared :class:`imgtx.training.Run`.
 
 ``imgtx gan train`` is :func:`train_gan`. One run step is one discriminator optimiser step on a
-global batch (``batch_size x processes x grad_accum`` real images); every ``n_critic``-th run step
-also takes a generator step (:class:`imgtx.gan.step.GANStep`). Both steps of a micro-batch happen
-inside the run's one ``accelerator.accumulate(G, D)``, with D frozen during the G step, so that
-gradient accumulation counts micro-batches once for both networks.
+global batch (``batch_size x processes x grad_accum`` real images); the run steps ``0, n_critic,
+2 n_critic, ...`` also take a generator step after it (:class:`imgtx.gan.step.GANStep`), so ``s``
+D steps come with ``ceil(s / n_critic)`` G steps. A ``kimg`` budget counts the real images of all
+processes.
 
 The defaults are TransGAN's (Jiang et al. 2021; VITA-Group/TransGAN@6b85440
 ``exps/cifar_train.py``, ``functions.py``): WGAN-GP with the drift term, Adam(1e-4, betas
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -45,12 +46,13 @@ from torch import nn
 from imgtx.errors import UserError, check_at_least, check_positive
 from imgtx.gan.auxiliary import AuxiliaryClassifierLoss
 from imgtx.gan.losses import LOSSES, make_loss
-from imgtx.gan.step import GANStep
+from imgtx.gan.step import GANStep, generator_steps
 from imgtx.registry import settings_from_recipe
 from imgtx.training import EMASettings, Run, RunSettings, Schedule
 
 __all__ = ["GANTrainSettings", "build_models", "settings_from_registry", "resolved_recipe",
-           "train_gan", "train_named", "RECIPE_KEYS", "GENERATOR_DIR", "DISCRIMINATOR_DIR"]
+           "train_gan", "train_named", "RECIPE_KEYS", "GENERATOR_DIR", "DISCRIMINATOR_DIR",
+           "launched_processes", "steps_for_kimg"]
 
 GENERATOR_DIR = "."  # final/ itself holds the EMA generator
 DISCRIMINATOR_DIR = "discriminator"
@@ -58,7 +60,19 @@ DISCRIMINATOR_DIR = "discriminator"
 # The settings a registry recipe sets (and `imgtx gan info` shows); the others are run settings.
 RECIPE_KEYS = ("batch_size", "grad_accum", "g_batch_size", "n_critic", "loss", "loss_options",
                "lr", "lr_d", "betas", "warmup", "clip_grad_norm", "ema_kimg", "ema_warmup",
-               "ema_decay", "aux_weight")
+               "ema_decay", "aux_weight", "isolate_d")
+
+
+def launched_processes() -> int:
+    """The processes of this ``torchrun``/``accelerate launch`` job (``WORLD_SIZE``; 1 without a
+    launcher): what :class:`imgtx.training.Run` reads when it starts, known before it does."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def steps_for_kimg(kimg: float, images_per_step: int) -> int:
+    """D steps that show at least ``kimg`` thousand real images, ``images_per_step`` per step
+    over all processes (at least 1)."""
+    return max(1, math.ceil(kimg * 1000 / images_per_step))
 
 
 @dataclass
@@ -88,24 +102,35 @@ class GANTrainSettings(RunSettings):
     fid_split: str = "test"
     features: str = "imgtx-small"  # feature extractor (imgtx.eval.features.get_extractor)
     aux_weight: float = 1.0  # AC-GAN class-loss weight, when D has aux_classifier
+    # Freeze D during the G step, so the G loss leaves no gradient in D's next step (the official
+    # loop keeps it: functions.py never zeroes D's gradients after the G step). Off in every
+    # recipe.
+    isolate_d: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         if self.kimg is not None and self.max_steps is None:
             check_positive("kimg", self.kimg)
-            self.max_steps = max(1, math.ceil(self.kimg * 1000 / self.images_per_step))
+            self.max_steps = steps_for_kimg(self.kimg,
+                                            self.images_per_step * launched_processes())
         if self.fid_every and self.eval_every:  # FID ticks land on logged steps
             self.eval_every = math.gcd(self.eval_every, self.fid_every)
 
     @property
     def images_per_step(self) -> int:
-        """Real images per D step on one process (``batch_size x grad_accum``)."""
+        """Real images per D step on one process (``batch_size x grad_accum``); the run's
+        global batch is this times the processes."""
         return self.batch_size * self.grad_accum
 
     def validate(self) -> None:
         super().validate()
         if self.loss not in LOSSES:
             raise UserError(f"unknown GAN loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        options = list(inspect.signature(LOSSES[self.loss]).parameters)
+        unknown = sorted(set(self.loss_options) - set(options))
+        if unknown:
+            raise UserError(f"loss option(s) {unknown} are not options of {self.loss}; it takes "
+                            f"{', '.join(options)}")
         check_positive("lr", self.lr)
         check_positive("lr_d", self.lr_d)
         check_at_least("n_critic", self.n_critic, 1)
@@ -133,7 +158,7 @@ class GANTrainSettings(RunSettings):
         check_at_least("g_batch_size", self.g_batch_size, 1)
         if self.g_batch_size is None:
             return
-        processes = int(os.environ.get("WORLD_SIZE", "1"))  # as imgtx.training.Run counts
+        processes = launched_processes()
         parts = self.grad_accum * processes
         if self.g_batch_size % parts:
             raise UserError(f"g_batch_size {self.g_batch_size} (G's latents per G step, over all "
@@ -154,9 +179,15 @@ def settings_from_registry(recipe: dict, **given: Any) -> GANTrainSettings:
 
     Every key must be a settings field (:func:`imgtx.registry.settings_from_recipe`). The EMA is
     one choice: a given ``ema_decay`` replaces the recipe's half-life, and a given ``ema_kimg`` or
-    ``ema_warmup`` replaces the recipe's ``ema_decay``.
+    ``ema_warmup`` replaces the recipe's ``ema_decay``. Given ``loss_options`` are merged into
+    the recipe's (given names win) when the loss stays the recipe's; another loss starts from
+    its own defaults.
     """
     recipe = dict(recipe)
+    if given.get("loss_options") is not None:
+        same_loss = given.get("loss") in (None, recipe.get("loss", GANTrainSettings.loss))
+        kept = recipe.get("loss_options", {}) if same_loss else {}
+        given = {**given, "loss_options": {**kept, **given["loss_options"]}}
     if given.get("ema_decay") is not None:
         recipe.update(ema_kimg=None, ema_warmup=None)
     elif given.get("ema_kimg") is not None or given.get("ema_warmup") is not None:
@@ -250,7 +281,7 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
     if getattr(D.config, "aux_classifier", False):
         loss = AuxiliaryClassifierLoss(loss, settings.aux_weight)
     step = GANStep(loss, settings.n_critic, settings.clip_grad_norm, G.config.latent_dim,
-                   num_classes, g_batch_size=settings.g_batch_size)
+                   num_classes, g_batch_size=settings.g_batch_size, isolate_d=settings.isolate_d)
     if wrap_step is not None:
         step = wrap_step(step)
     record = run.fit(step, evaluate=lambda r: _evaluate(r, settings), samples=(
@@ -310,7 +341,8 @@ def _evaluate(run: Run, settings: GANTrainSettings) -> dict[str, float]:
 def _export(run: Run, settings: GANTrainSettings, record: dict) -> Path:
     """``final/``: the EMA generator (with a model card) and ``final/discriminator``."""
     metrics = {"training data": settings.data, "loss": settings.loss,
-               "D steps": run.state.step, "G steps": run.state.step // settings.n_critic,
+               "D steps": run.state.step,
+               "G steps": generator_steps(run.state.step, settings.n_critic),
                "kimg": round(run.state.images_seen / 1000, 2),
                "training hours": round(run.hours(), 3),
                **({"EMA decay per G step": settings.ema_decay} if settings.ema_decay is not None

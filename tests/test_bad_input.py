@@ -37,13 +37,18 @@ GAN_TRAIN = ("gan train --config transgan-tiny --data {data} --out {outdir} --ma
 GAN_SAMPLE = "gan sample --model {gan} --num 2 --out {out}"
 GAN_EVAL = "gan eval --model {gan} --data {data} --num-samples 8 --features random"
 
-# bad input: (placeholder, a fragment the message must hold)
+# bad input: (placeholder, a fragment the message must hold). A fragment may be a tuple of
+# fragments that must all appear, with placeholders filled in like the command's.
 BAD_DATA = {"missing": ("{missing}", "no-such-path"), "corrupt": ("{corrupt}", "5x.png"),
             "truncated": ("{truncated}", "5x.png"), "not-an-image": ("{notimage}", "5x.png"),
             "empty": ("{empty}", "no image")}
-BAD_CHECKPOINTS = {"unknown-field": "no_such_field", "ill-typed-field": "two",
+BAD_CHECKPOINTS = {"unknown-field": "no_such_field", "ill-typed-field": None,  # see cases()
                    "not-json": "JSON", "pickle-only": "pytorch_model.bin",
                    "no-weights": "model.safetensors"}
+
+
+# The int config field each family's ill-typed checkpoint gets the string "two" in.
+FIELDS = {"{it}": "num_heads", "{sr}": "num_heads", "{gan}": "latent_dim"}
 
 
 def cases():
@@ -63,7 +68,7 @@ def cases():
         yield (f"{name}/unknown-config", re.sub(r"--config \S+", "--config no-such-config",
                                                 train), "no-such-config")
         yield f"{name}/batch-larger-than-data", swap(train, "--batch-size 2", "--batch-size 64"), \
-               "64"
+               ("64", "lower --batch-size")
         for option in ("--set bogus=1", "--set num_heads=abc", "--set hidden_size=0",
                        "--set num_heads=-2", "--batch-size 0", "--batch-size -4",
                        "--max-steps 0", "--max-steps -1", "--minutes 0", "--grad-accum 0",
@@ -77,7 +82,8 @@ def cases():
             fragment = value.split("=")[0] if flag.startswith("--set") else flag
             yield f"{name}/{option[2:].replace(' ', '')}", f"{train} {option}", fragment
     yield "sr train/decoder-init-missing", swap(SR_TRAIN, "none", "{missing}"), "no-such-path"
-    yield "sr train/decoder-init-wrong-family", swap(SR_TRAIN, "none", "{sr}"), "config.json"
+    yield "sr train/decoder-init-wrong-family", swap(SR_TRAIN, "none", "{sr}"), \
+        ("{sr}/config.json", "SuperResolutionTransformer", "load it with")
     for bad, (path, fragment) in BAD_DATA.items():
         for name, template in (("eval-bpd", EVAL_BPD), ("sr eval", SR_EVAL),
                                ("gan eval", GAN_EVAL)):
@@ -89,11 +95,15 @@ def cases():
                                        ("gan sample", GAN_SAMPLE, "{gan}", "{it}"),
                                        ("gan eval", GAN_EVAL, "{gan}", "{sr}")):
         yield f"{name}/model-missing", swap(template, own, "{missing}"), "no-such-path"
-        yield f"{name}/model-wrong-family", swap(template, own, other), "config.json"
+        # the other family's config.json, and how to load it instead
+        yield f"{name}/model-wrong-family", swap(template, own, other), \
+            (other[:-1] + "}/config.json", "load it with")
         for bad, fragment in BAD_CHECKPOINTS.items():
+            if bad == "ill-typed-field":  # the field, its type, the bad value and the fix
+                fragment = (FIELDS[own] + " should be int", "'two'", "fix the value")
             yield f"{name}/model-{bad}", swap(template, own, own[:-1] + "_" + bad + "}"), fragment
     yield ("sr eval/unconditional-model-wrong-family", SR_EVAL + " --unconditional-model {sr}",
-           "config.json")
+           ("{sr}/config.json", "SuperResolutionTransformer", "load it with"))
     yield "sr upscale/input-missing", swap(UPSCALE, "{image}", "{missing}"), "no-such-path"
     yield "sr upscale/input-not-an-image", swap(UPSCALE, "{image}", "{badimage}"), "5x.png"
     for name, template, options in (
@@ -217,8 +227,6 @@ def message_lines(stderr: str) -> list[str]:
     return [line for line in shown if line.strip() and not PROGRESS.search(line.strip())]
 
 
-# Open gaps, each with the fix it needs (strict: the test fails once the gap is closed, so that
-# the entry is removed).
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_2_with_a_short_message_and_leaves_nothing(case, paths, tmp_path,
                                                                    capsys):
@@ -226,6 +234,8 @@ def test_bad_input_exits_2_with_a_short_message_and_leaves_nothing(case, paths, 
     outputs.mkdir()
     values = {**paths, "out": str(outputs / "out.png"), "outdir": str(outputs / "run")}
     template, fragment = CASES[case]
+    fragments = [part.format(**values) for part in
+                 ((fragment,) if isinstance(fragment, str) else fragment)]
     argv = [part.format(**values) for part in template.split()]
     inputs_before = sorted(Path(paths["data"]).parent.rglob("*"))
 
@@ -238,7 +248,8 @@ def test_bad_input_exits_2_with_a_short_message_and_leaves_nothing(case, paths, 
     assert 1 <= len(lines) <= 2, captured.err
     assert lines[0].startswith(f"imgtx {case.split('/')[0]}: error: "), lines
     said = " ".join(lines)
-    assert fragment in said or fragment.lstrip("-").replace("-", "_") in said, lines  # what
+    for part in fragments:  # what was wrong, and the fix where the message gives one
+        assert part in said or part.lstrip("-").replace("-", "_") in said, (part, lines)
     assert "Traceback" not in captured.out and '"' not in captured.out  # no result line
     assert list(outputs.iterdir()) == []  # no run directory, grid or image left behind
     assert sorted(Path(paths["data"]).parent.rglob("*")) == inputs_before  # inputs untouched

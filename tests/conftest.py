@@ -1,4 +1,10 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files.
+
+The suite's rule (tests/README.md): every fast path is checked against a slow reference written
+independently in the test; every property test has a control in the same file that builds the
+broken variant and shows the check fails on it; golden numbers appear only as regression pins,
+each with a comment naming its origin.
+"""
 
 from __future__ import annotations
 

@@ -15,9 +15,10 @@ Crops of every photo (positions from ``numpy.random.default_rng(seed + photo ind
   with Pillow's ``BOX`` filter: whole-scene statistics, like downsampled ImageNet 32x32.
 
 **val** (for GAN evaluation against the training distribution): ``--val-native`` and
-``--val-scene`` fresh crops of every *training* photo, of the same two forms, from their own
-generator (``numpy.random.default_rng((seed, photo index, 1))``), so ``train`` and ``test`` are
-the same with or without them. A val native window shares no pixel with any train native window
+``--val-scene`` fresh crops of every *training* photo, of the same two forms (by default half as
+many as ``train``; fewer where a small photo has no room left), from their own generator
+(``numpy.random.default_rng((seed, photo index, 1))``), so ``train`` and ``test`` are the same
+with or without them. A val native window shares no pixel with any train native window
 of its photo; a val scene window is never a train scene window (whole-height scene squares cover
 most of a photo, so scene windows of the two splits overlap, as any two such crops do).
 ``--add-val`` writes only ``OUT/val`` into an existing corpus, with the settings of its manifest.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +163,8 @@ def val_windows(width: int, height: int, args: argparse.Namespace,
                 scene.append(window)
                 break
     if len(native) < args.val_native or (scene and len(scene) < args.val_scene):
-        raise SystemExit(f"photo {index} ({width}x{height}) has too little room for "
-                         f"{args.val_native} native and {args.val_scene} scene val crops "
-                         "apart from its train crops; lower --val-native/--val-scene")
+        print(f"photo {index} ({width}x{height}): room for only {len(native)} native and "
+              f"{len(scene)} scene val crops apart from its train crops", file=sys.stderr)
     return {"native": native, "scene": scene}
 
 
@@ -208,6 +209,12 @@ def write_split(photos: list[Path], split: str, out: Path, args: argparse.Namesp
     return counts
 
 
+def default_val_counts(args: argparse.Namespace) -> None:
+    """Val crops per photo not given: half of the train counts."""
+    args.val_native = args.native // 2 if args.val_native is None else args.val_native
+    args.val_scene = args.scene // 2 if args.val_scene is None else args.val_scene
+
+
 def add_val(photos: list[Path], args: argparse.Namespace) -> None:
     """``--add-val``: the val split of an existing corpus, from its manifest's settings."""
     path = args.out / "manifest.json"
@@ -216,6 +223,7 @@ def add_val(photos: list[Path], args: argparse.Namespace) -> None:
     manifest = json.loads(path.read_text())
     args.size, args.seed = manifest["size"], manifest["seed"]
     args.native, args.scene = manifest["native_per_photo"], manifest["scene_per_photo"]
+    default_val_counts(args)
     by_name = {p.name: p for p in photos}
     missing = [name for name in manifest["train_photos"] if name not in by_name]
     if missing:
@@ -235,10 +243,10 @@ def main() -> None:
     parser.add_argument("--native", type=int, default=512, help="native crops per photo")
     parser.add_argument("--scene", type=int, default=256, help="scene crops per photo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-native", type=int, default=256,
-                        help="val native crops per training photo")
-    parser.add_argument("--val-scene", type=int, default=128,
-                        help="val scene crops per training photo")
+    parser.add_argument("--val-native", type=int, default=None,
+                        help="val native crops per training photo (default: half of --native)")
+    parser.add_argument("--val-scene", type=int, default=None,
+                        help="val scene crops per training photo (default: half of --scene)")
     parser.add_argument("--add-val", action="store_true",
                         help="write only OUT/val into an existing corpus (its manifest's "
                         "settings; train and test are left as they are)")
@@ -247,6 +255,7 @@ def main() -> None:
     if args.add_val:
         add_val(photos, args)
         return
+    default_val_counts(args)
     train, test = split_photos(photos, args.test)
     manifest = {"size": args.size, "seed": args.seed, "native_per_photo": args.native,
                 "scene_per_photo": args.scene, "scene_fractions": list(SCENE_FRACTIONS),

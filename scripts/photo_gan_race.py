@@ -1,0 +1,263 @@
+"""Two GAN recipes on the photo corpus at equal CPU time, judged by FID/KID against its val split.
+
+    python scripts/photo_gan_race.py paper   --cpu-minutes 90 --out runs/race/paper   --seed 0
+    python scripts/photo_gan_race.py toolkit --cpu-minutes 90 --out runs/race/toolkit --seed 0
+    python scripts/photo_gan_race.py yardstick              # the floor and extractor checks
+    python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
+
+Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it
+with ``scripts/fetch_photo_corpus.sh``) in one process on one thread, until its **process CPU
+time** spent training reaches the budget (``time.process_time``: other jobs on the machine do not
+change how much training a budget buys; the CPU time of the FID ticks is not counted). Every
+``--tick-minutes`` CPU-minutes, and at 0 and at the end, the EMA generator is measured against
+``val`` (``--fid-samples`` samples and val crops, ``imgtx-small`` features) beside the floor
+(as many ``train`` crops against the same val crops): one JSON line per tick in
+``OUT/race.jsonl``, a sample grid per tick in ``OUT/race_samples/``, and a final JSON line on
+stdout. ``OUT/final`` is the EMA generator (``imgtx gan eval --model OUT/final``).
+
+``yardstick`` prints the floor and the feature-extractor checks of docs/gan.md: FID of val crops
+against blurred and noised copies of themselves, and FID between crop sets of one photo against
+that between different photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from imgtx.eval.fid import frechet_distance, kernel_inception_distance
+from imgtx.gan.evaluate import KID_SUBSETS, evaluate_generator, reference_statistics
+
+DATA = "runs/photo_corpus"
+FEATURES = "imgtx-small"
+
+# (a) TransGAN's CIFAR-10 recipe as the registry gives it (transgan-cifar10: VITA-Group/TransGAN
+# @6b85440 exps/cifar_train.py): WGAN-GP with the drift term, Adam(1e-4, betas (0, 0.99)),
+# clipping at 5, n_critic 4, D batch 64, G batch 128, EMA half-life 500 kimg with warm-up 0.1,
+# DiffAugment translation,cutout,color. Only the networks are scaled down, keeping the
+# layout of ViT_custom_rp (global attention, PixelShuffle between stages, latent 256) and of
+# ViT_custom_scale2_rp_noise (two scales, patch 2): G width 1024 -> 192 with 2/1/0 blocks
+# instead of 5/4/2, D width 384 -> 64 with 1/1 blocks instead of 3/3 (the shipped
+# transgan-photos32-small's sizes: global attention over the 1,024 tokens of 32x32 cost 32
+# CPU-seconds for one paper-recipe step with a single block there).
+# (b) The toolkit's recipe. Each choice and its source:
+# - STrans-G/D (Xu et al. 2021, arXiv 2110.13107): Swin windows of 8 from the 16x16 stage and
+#   a stride-2 stem in D, so no stage attends over 1,024 tokens (the step that costs most here).
+# - Hinge loss, one D step per G step, no gradient penalty (Miyato et al. 2018 with SNGAN's
+#   n_critic 1; pilots in docs/gan.md: WGAN-GP's double backward halved the G steps bought).
+# - Adam 2e-4, betas (0, 0.99) (Zhang et al. 2019 SAGAN-style rates, StyleGAN2's betas).
+# - DiffAugment translation,color (Zhao et al. 2020, arXiv 2006.10738: the policy they use
+#   with little data; cutout hides half of a 32x32 texture crop).
+# - EMA half-life 2 kimg with warm-up 0.05 (Karras et al. 2020 ema_kimg scaled to batch 32 as
+#   StyleGAN2-ADA does for small batches, and the 2k of the shipped photos32 run).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "config": "transgan-cifar10",
+        "generator": {"latent_dim": 256, "dim": 192, "depths": (2, 1, 0)},
+        "discriminator": {"dim": 64, "embed_dims": (48, 16), "depths": ((1,), (1,))},
+        "settings": {},  # the registry recipe as it is
+    },
+    "toolkit": {
+        "config": "strans-cifar10",
+        "generator": {"latent_dim": 128, "dims": (256, 128, 64, 32), "depths": (1, 2, 2, 1),
+                      "heads": (4, 4, 2, 1), "window": 8, "swin_from": 16, "mlp_ratio": 2.0},
+        "discriminator": {"stem_stride": 2, "dims": (64, 128, 128), "depths": (2, 2),
+                          "heads": (2, 4), "window": 8, "mlp_ratio": 2.0,
+                          "residual": "identity", "diffaug": "translation,color"},
+        "settings": {"loss": "hinge", "loss_options": {}, "n_critic": 1, "lr": 2e-4,
+                     "betas": (0.0, 0.99), "batch_size": 32, "g_batch_size": 32,
+                     "clip_grad_norm": 5.0, "ema_kimg": 2.0, "ema_warmup": 0.05},
+    },
+}
+
+
+def floor(count: int, seed: int = 0) -> dict[str, float]:
+    """FID/KID of ``count`` train crops against ``count`` val crops: what the training data
+    itself scores (:func:`imgtx.gan.evaluate.evaluate_generator`'s ``floor_*``)."""
+    from imgtx.eval.features import get_extractor
+
+    extractor = get_extractor(FEATURES, "cpu")
+    val = reference_statistics(DATA, "val", 32, count, FEATURES, extractor)
+    train = reference_statistics(DATA, "train", 32, count, FEATURES, extractor)
+    subset = min(1000, max(2, min(len(val.features), len(train.features)) // 2))
+    kid, kid_std = kernel_inception_distance(train.features, val.features, KID_SUBSETS, subset,
+                                             seed)
+    return {"floor_fid": frechet_distance(train.mu, train.sigma, val.mu, val.sigma),
+            "floor_kid": kid, "floor_kid_std": kid_std}
+
+
+class CPUBudget:
+    """Wraps the GAN step: stops the run once ``budget_s`` CPU-seconds of training are spent and
+    measures the EMA generator every ``tick_s`` of them (their own CPU time not counted)."""
+
+    def __init__(self, step, budget_s: float, tick_s: float, out: Path, fid_samples: int,
+                 seed: int, reference: dict[str, float]):
+        self.step, self.budget_s, self.tick_s = step, budget_s, tick_s
+        self.out, self.fid_samples, self.seed, self.reference = out, fid_samples, seed, reference
+        self.start: float | None = None
+        self.not_training = 0.0  # CPU-seconds of ticks
+        self.next_tick = 0.0
+        self.stopped_at: float | None = None  # CPU-seconds of training when the budget ran out
+        self.run = None
+
+    def used(self) -> float:
+        """CPU-seconds spent training so far."""
+        if self.stopped_at is not None:
+            return self.stopped_at
+        return time.process_time() - self.start - self.not_training
+
+    def tick(self, run) -> dict[str, Any]:
+        """Measure the EMA G against val; append to race.jsonl and draw a grid."""
+        from imgtx.images import save_grid
+
+        begin = time.process_time()
+        used = self.used()
+        generator = run.ema_model("G")
+        result = evaluate_generator(generator, DATA, "val", self.fid_samples, FEATURES,
+                                    seed=self.seed)
+        record = {"cpu_minutes": round(used / 60, 3), "step": run.state.step,
+                  "kimg": run.state.images_seen / 1000,
+                  **{k: result[k] for k in ("fid", "kid", "kid_std")}, **self.reference}
+        with torch.no_grad():
+            grid = generator.generate(64, seed=self.seed)
+        (self.out / "race_samples").mkdir(parents=True, exist_ok=True)
+        save_grid(grid, self.out / "race_samples" / f"cpu_{used / 60:07.2f}min.png", scale=2)
+        with open(self.out / "race.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+        self.not_training += time.process_time() - begin
+        return record
+
+    def __call__(self, run, batch):
+        if self.start is None:
+            self.start, self.run = time.process_time(), run
+        if self.used() >= self.next_tick:
+            self.tick(run)
+            self.next_tick += self.tick_s
+        figures = self.step(run, batch)
+        if self.used() >= self.budget_s:
+            self.stopped_at = self.used()
+            # The run loop stops once its step count reaches max_steps: this step is the last.
+            run.settings.max_steps = run.state.step + 1
+        return figures
+
+
+def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: float,
+         fid_samples: int) -> dict[str, Any]:
+    """Train ``recipe`` for ``cpu_minutes`` of process CPU time; returns the final figures."""
+    from imgtx.gan.train import train_named
+
+    torch.set_num_threads(1)
+    if (out / "race.jsonl").exists():
+        raise SystemExit(f"{out} already holds a race run; give a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    reference = floor(fid_samples, seed)
+    entry = RECIPES[recipe]
+    budget = CPUBudget(None, cpu_minutes * 60, tick_minutes * 60, out, fid_samples, seed,
+                       reference)
+
+    def wrap(step):
+        budget.step = step
+        return budget
+
+    final = train_named(entry["config"], generator=entry["generator"],
+                        discriminator=entry["discriminator"], wrap_step=wrap,
+                        **{**entry["settings"], "data": DATA, "out": str(out), "seed": seed,
+                           "threads": 1, "max_steps": 10**9, "fid_every": 0,
+                           "eval_every": 50, "checkpoint_every": 0, "num_samples": 64,
+                           "cpu": True})
+    record = budget.tick(budget.run)  # the EMA G as exported to final/
+    return {"recipe": recipe, "seed": seed, "cpu_minutes_budget": cpu_minutes, **record,
+            "fid_samples": fid_samples, "final": str(final)}
+
+
+def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``(N, 3, H, W)`` uint8 with reflect padding (kernel radius 3 sigma)."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).float()
+    pixels = images.float()
+    pad = torch.nn.functional.pad(pixels, (radius,) * 4, mode="reflect")
+    rows = torch.nn.functional.conv2d(pad.reshape(-1, 1, *pad.shape[2:]),
+                                      kernel.view(1, 1, 1, -1))
+    both = torch.nn.functional.conv2d(rows, kernel.view(1, 1, -1, 1))
+    return both.reshape(images.shape).round().clamp(0, 255).to(torch.uint8)
+
+
+def noised(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    """Add Gaussian noise of ``std`` grey levels, clipped to [0, 255]."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator) * std
+    return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+def yardstick(count: int) -> dict[str, Any]:
+    """The floor, and FID of val crops against blurred / noised copies and between photos."""
+    from imgtx.eval.features import compute_features, get_extractor
+    from imgtx.eval.fid import fid_from_features
+    from imgtx.gan.evaluate import real_images
+
+    extractor = get_extractor(FEATURES, "cpu")
+    result: dict[str, Any] = floor(count)
+    val = real_images(DATA, "val", 32, count)
+    clean = compute_features(extractor, val)
+    result["blur_fid"] = {sigma: fid_from_features(clean, compute_features(
+        extractor, blurred(val, sigma))) for sigma in (0.5, 1.0, 1.5, 2.0, 3.0)}
+    result["noise_fid"] = {std: fid_from_features(clean, compute_features(
+        extractor, noised(val, std))) for std in (4, 8, 16, 32, 64)}
+    # Photos apart: the val crops of each training photo in two halves (even/odd files).
+    names = sorted(p.name for p in (Path(DATA) / "val").glob("*.png"))
+    photos = sorted({name.rsplit("-", 2)[0] for name in names})
+    halves = {}
+    for photo in photos:
+        files = [n for n in names if n.startswith(photo + "-")]
+        images = torch.stack([torch.from_numpy(np.asarray(PIL.Image.open(
+            Path(DATA) / "val" / f).convert("RGB"))).permute(2, 0, 1) for f in files])
+        features = compute_features(extractor, images)
+        halves[photo] = (features[0::2], features[1::2])
+    same = [fid_from_features(*halves[p]) for p in photos]
+    different = [fid_from_features(halves[p][0], halves[q][1])
+                 for p in photos for q in photos if p != q]
+    result["same_photo_fid"] = dict(zip(photos, same))
+    result["different_photo_fid_min"] = min(different)
+    result["different_photo_fid_median"] = float(np.median(different))
+    result["same_photo_fid_max"] = max(same)
+    result["crops_per_half"] = len(halves[photos[0]][0])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=[*RECIPES, "yardstick"])
+    parser.add_argument("--cpu-minutes", type=float, default=90.0,
+                        help="process CPU time spent training (ticks not counted)")
+    parser.add_argument("--tick-minutes", type=float, default=15.0,
+                        help="CPU-minutes between FID/KID ticks")
+    parser.add_argument("--fid-samples", type=int, default=1024,
+                        help="samples (and val / train crops) per tick")
+    parser.add_argument("--out", type=Path, help="run folder (recipes)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not (Path(DATA) / "val").is_dir():
+        raise SystemExit(f"{DATA}/val is missing: run scripts/fetch_photo_corpus.sh, or "
+                         f"scripts/make_photo_crops.py --photos runs/photo_corpus_src/photos "
+                         f"--out {DATA} --add-val")
+    if args.what == "yardstick":
+        print(json.dumps(yardstick(args.fid_samples)))
+        return
+    if args.out is None:
+        raise SystemExit("give --out DIR for the run")
+    print(json.dumps(race(args.what, args.cpu_minutes, args.out, args.seed, args.tick_minutes,
+                          args.fid_samples)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The photo-GAN yardstick: the corpus's val split (fresh crops of the training photos, disjoint
+from train), bits/dim under a likelihood model beside FID, per-class variety of a conditional
+generator, and the race script's CPU-time budget and image corruptions."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.ndimage
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CROPS = ROOT / "scripts" / "make_photo_crops.py"
+LIKELIHOOD_MODEL = ROOT / "checkpoints" / "imgtx-photos-dmol-small"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------------------
+# val split
+# ------------------------------------------------------------------------------------------------
+
+
+def coordinate_photo(width: int, height: int) -> np.ndarray:
+    """A photo whose pixel (x, y) spells its own position: R = x mod 256, G = y mod 256,
+    B = 16 (x div 256) + (y div 256). A native crop's top-left pixel says where it was cut."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    return np.stack([x % 256, y % 256, 16 * (x // 256) + y // 256], axis=-1).astype(np.uint8)
+
+
+def crop_corner(path: Path) -> tuple[int, int]:
+    r, g, b = (int(v) for v in np.asarray(PIL.Image.open(path))[0, 0])
+    return r + 256 * (b // 16), g + 256 * (b % 16)
+
+
+def make_crops(photos: Path, out: Path, *extra: str) -> dict:
+    done = subprocess.run([sys.executable, str(CROPS), "--photos", str(photos), "--out", str(out),
+                           "--native", "24", "--scene", "8", "--test", "c.png", *extra],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    photos = root / "photos"
+    photos.mkdir()
+    for name, (w, h) in {"a.png": (300, 200), "b.png": (260, 280), "c.png": (200, 150)}.items():
+        PIL.Image.fromarray(coordinate_photo(w, h)).save(photos / name)
+    with_val = make_crops(photos, root / "with_val", "--val-native", "12", "--val-scene", "8")
+    make_crops(photos, root / "no_val", "--val-native", "0", "--val-scene", "0")
+    return {"photos": photos, "root": root, "manifest": with_val}
+
+
+def test_val_native_crops_share_no_pixel_with_train_crops(corpora):
+    out = corpora["root"] / "with_val"
+    assert corpora["manifest"]["val"] == {"native": 24, "scene": 16}  # 2 training photos
+    for photo in ("a", "b"):
+        pixels = np.asarray(PIL.Image.open(corpora["photos"] / f"{photo}.png"))
+        corners = {}
+        for split in ("train", "val"):
+            corners[split] = []
+            for path in sorted((out / split).glob(f"{photo}-native-*.png")):
+                x, y = crop_corner(path)
+                assert (np.asarray(PIL.Image.open(path)) == pixels[y : y + 32, x : x + 32]).all()
+                corners[split].append((x, y))
+        assert len(corners["train"]) == 24 and len(corners["val"]) == 12
+        for vx, vy in corners["val"]:
+            for tx, ty in corners["train"] + [c for c in corners["val"] if c != (vx, vy)]:
+                assert abs(vx - tx) >= 32 or abs(vy - ty) >= 32, "val window overlaps"
+    assert not list((out / "val").glob("c-*")), "val holds only the training photos"
+
+
+def test_val_scene_crops_are_not_train_crops(corpora):
+    out = corpora["root"] / "with_val"
+    train = {np.asarray(PIL.Image.open(p)).tobytes() for p in (out / "train").glob("*scene*")}
+    val = [np.asarray(PIL.Image.open(p)).tobytes() for p in (out / "val").glob("*scene*")]
+    assert len(val) == 16 and not train & set(val)
+
+
+def test_val_leaves_train_and_test_byte_identical_and_add_val_matches(corpora):
+    root = corpora["root"]
+    for split in ("train", "test", "heldout-native/test", "heldout-scene/test"):
+        names = sorted(p.name for p in (root / "no_val" / split).glob("*.png"))
+        assert names == sorted(p.name for p in (root / "with_val" / split).glob("*.png"))
+        for name in names:
+            assert ((root / "no_val" / split / name).read_bytes()
+                    == (root / "with_val" / split / name).read_bytes())
+    subprocess.run([sys.executable, str(CROPS), "--photos", str(corpora["photos"]), "--out",
+                    str(root / "no_val"), "--add-val", "--val-native", "12", "--val-scene", "8"],
+                   check=True, capture_output=True)
+    added = sorted((root / "no_val" / "val").glob("*.png"))
+    assert [p.name for p in added] == sorted(p.name for p in (root / "with_val" / "val").iterdir())
+    assert all(p.read_bytes() == (root / "with_val" / "val" / p.name).read_bytes() for p in added)
+    manifest = json.loads((root / "no_val" / "manifest.json").read_text())
+    assert manifest["val"] == corpora["manifest"]["val"]
+
+
+# ------------------------------------------------------------------------------------------------
+# bits/dim under a likelihood model
+# ------------------------------------------------------------------------------------------------
+
+
+def smooth_blobs(count: int) -> torch.Tensor:
+    """Wide Gaussian colour blobs on a flat background, ``(count, 3, 32, 32)`` uint8."""
+    y, x = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    images = []
+    for i in range(count):
+        bump = torch.exp(-((x - 10 - 3 * i) ** 2 + (y - 16) ** 2) / 80)
+        colour = torch.tensor([200.0, 120.0 + 20 * i, 60.0]).view(3, 1, 1)
+        images.append((40 + colour * bump).round().clamp(0, 255))
+    return torch.stack(images).to(torch.uint8)
+
+
+class StubGenerator:
+    """``generate`` returns fixed images: the evaluation only sees what a generator makes."""
+
+    def __init__(self, images: torch.Tensor, num_classes: int = 0):
+        self.images = images
+        self.config = SimpleNamespace(image_size=images.shape[-1], num_classes=num_classes)
+
+    def generate(self, num, labels=None, seed=0):
+        return self.images[torch.arange(seed, seed + num) % len(self.images)]
+
+
+def test_likelihood_reads_blobs_below_real_photos_and_noise_above(tmp_path):
+    from skimage import data as photos
+
+    from imgtx.eval.bits_per_dim import evaluate_model
+    from imgtx.gan.evaluate import evaluate_generator
+    from imgtx.gan.yardstick import likelihood_figures
+
+    folder = tmp_path / "real"  # four 32x32 crops of two photographs, as a one-split folder
+    folder.mkdir()
+    for i, (photo, x, y) in enumerate([(photos.astronaut(), 200, 60), (photos.astronaut(), 300,
+                                       380), (photos.coffee(), 100, 250), (photos.coffee(), 400,
+                                       120)]):
+        PIL.Image.fromarray(photo[y : y + 32, x : x + 32]).save(folder / f"{i}.png")
+    result = evaluate_generator(StubGenerator(smooth_blobs(4)), str(folder), "test",
+                                num_samples=4, features="random", batch_size=4,
+                                use_cache=False, likelihood_model=str(LIKELIHOOD_MODEL),
+                                likelihood_images=4)
+    blobs, real = result["samples_bits_per_dim"], result["real_bits_per_dim"]
+    torch.manual_seed(0)
+    noise = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    noisy = likelihood_figures(str(LIKELIHOOD_MODEL), {"noise": noise})["noise_bits_per_dim"]
+    assert blobs < real - 1.0 and noisy > real + 2.0, (blobs, real, noisy)
+    # The real figure is imgtx eval-bpd's on the same images.
+    bpd = evaluate_model(str(LIKELIHOOD_MODEL), str(folder), "test", baselines=False,
+                         progress=False, device="cpu")
+    assert bpd["num_images"] == 4
+    assert real == pytest.approx(bpd["bits_per_dim"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# variety within each class
+# ------------------------------------------------------------------------------------------------
+
+
+def test_mean_pairwise_distance_against_a_double_loop():
+    from imgtx.eval.stats import mean_pairwise_distance
+
+    rows = np.random.default_rng(0).random((7, 3, 4, 4))
+    pairs = [np.linalg.norm(rows[i] - rows[j]) for i in range(7) for j in range(i + 1, 7)]
+    assert mean_pairwise_distance(rows) == pytest.approx(np.mean(pairs), rel=1e-10)
+
+
+class ClassStub(StubGenerator):
+    """Class ``c``'s samples are real training digits of class ``c`` (``collapse``: one each)."""
+
+    def __init__(self, images, labels, collapse: bool):
+        super().__init__(images, num_classes=10)
+        self.by_class = [images[labels == c][: 1 if collapse else None] for c in range(10)]
+
+    def generate(self, num, labels=None, seed=0):
+        pool = self.by_class[int(labels[0])]
+        return pool[torch.arange(num) % len(pool)]
+
+
+@pytest.mark.parametrize("collapse", [False, True])
+def test_class_variety_of_real_digits_and_of_one_digit_per_class(collapse):
+    from imgtx.data import load_images
+    from imgtx.eval.features import get_extractor
+    from imgtx.eval.stats import mean_pairwise_distance
+    from imgtx.gan.yardstick import class_variety
+
+    source = load_images("builtin:digits", split="train", image_size=16)
+    rows = [source[i] for i in range(len(source))]
+    images = torch.stack([row["image"] for row in rows])
+    labels = torch.tensor([int(row["label"]) for row in rows])
+    generator = ClassStub(images, labels, collapse)
+    result = class_variety(generator, "builtin:digits", get_extractor("random"), per_class=100,
+                           batch_size=100)
+    ratios = np.array(result["variety_ratio"])
+    assert len(ratios) == 10
+    if collapse:
+        assert ratios.max() < 1e-6  # identical samples (Gram-matrix rounding aside)
+        assert min(result["class_fid_over_floor"]) > 1.5
+    else:  # the first 100 training digits of each class: the spread of those over the class's
+        expected = [mean_pairwise_distance(generator.by_class[c][:100].double().numpy() / 255)
+                    / mean_pairwise_distance(generator.by_class[c].double().numpy() / 255)
+                    for c in range(10)]
+        assert ratios == pytest.approx(expected, rel=1e-12)
+        assert 0.9 < ratios.min() and ratios.max() < 1.1
+
+
+# ------------------------------------------------------------------------------------------------
+# the race script
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cpu_budget_counts_process_cpu_time_not_waiting():
+    race = load_script("photo_gan_race")
+    calls = []
+
+    def busy(run, batch):
+        calls.append(batch)
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+        time.sleep(0.05)  # waiting for the CPU costs no budget
+        return {}
+
+    budget = race.CPUBudget(busy, budget_s=0.1, tick_s=1e9, out=Path("."), fid_samples=2,
+                            seed=0, reference={})
+    ticks = []
+    budget.tick = lambda run: ticks.append(run.state.step)
+    run = SimpleNamespace(state=SimpleNamespace(step=0), settings=SimpleNamespace(max_steps=10**9))
+    while run.state.step < run.settings.max_steps:
+        budget(run, run.state.step)
+        run.state.step += 1
+    assert 4 <= len(calls) <= 7, len(calls)  # 0.1 s of CPU at 0.02 s a step
+    assert run.settings.max_steps == len(calls)
+    assert ticks == [0]  # the tick at 0 CPU-minutes
+    assert 0.1 <= budget.used() < 0.15
+
+
+def test_blur_matches_scipy_and_noise_has_its_std():
+    race = load_script("photo_gan_race")
+    images = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
+    for sigma in (0.5, 1.5):
+        radius = max(1, int(np.ceil(3 * sigma)))
+        expected = scipy.ndimage.gaussian_filter(images.double().numpy(), (0, 0, sigma, sigma),
+                                                 mode="mirror", truncate=radius / sigma)
+        got = race.blurred(images, sigma).double().numpy()
+        assert np.abs(got - expected).max() <= 1.0
+    flat = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
+    assert race.noised(flat, 8.0).double().std() == pytest.approx(8.0, rel=0.05)

@@ -72,9 +72,9 @@ class GANModel(HubModel):
         name = data.get(CLASS_NAME_KEY) if isinstance(data, Mapping) else None
         if name is None:
             found = cls.legacy_class(data)
-        else:  # another family's class: HubModel's message names the class to use
+        else:
             found = next((c for c in gan_classes() if c.__name__ == name), None)
-            if found is None:
+            if found is None:  # not a GAN class: HubModel's message names the class to use
                 return super().saved_class(data, where)
         if found is None:  # an old config.json that fits no GAN config
             keys = ", ".join(sorted(data)[:8]) if isinstance(data, Mapping) else ""

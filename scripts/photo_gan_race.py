@@ -3,6 +3,7 @@
     python scripts/photo_gan_race.py paper   --cpu-minutes 90 --out runs/race/paper   --seed 0
     python scripts/photo_gan_race.py toolkit --cpu-minutes 90 --out runs/race/toolkit --seed 0
     python scripts/photo_gan_race.py yardstick              # the floor and extractor checks
+    python scripts/photo_gan_race.py plot --runs runs/race/paper runs/race/toolkit --out docs
     python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
 
 Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it
@@ -14,6 +15,10 @@ change how much training a budget buys; the CPU time of the FID ticks is not cou
 (as many ``train`` crops against the same val crops): one JSON line per tick in
 ``OUT/race.jsonl``, a sample grid per tick in ``OUT/race_samples/``, and a final JSON line on
 stdout. ``OUT/final`` is the EMA generator (``imgtx gan eval --model OUT/final``).
+
+``plot`` draws FID against CPU-minutes of the runs into ``OUT/photo_gan_race.png`` (floor
+dashed), copies each run's last sample grid to ``OUT/photo_gan_race_<run>.png`` and writes 64
+val crops at the same scale to ``OUT/photo_gan_race_val.png``.
 
 ``yardstick`` prints the floor and the feature-extractor checks of docs/gan.md: FID of val crops
 against blurred and noised copies of themselves, and FID between crop sets of one photo against
@@ -234,9 +239,59 @@ def yardstick(count: int) -> dict[str, Any]:
     return result
 
 
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+
+
+def plot(runs: list[Path], out: Path) -> dict[str, str]:
+    """FID against CPU-minutes of each run (Pillow, 640x400), the last grids and real crops."""
+    import shutil
+
+    from PIL import ImageDraw
+
+    from imgtx.gan.evaluate import real_images
+    from imgtx.images import save_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {run.name: [json.loads(line) for line in (run / "race.jsonl").open()]
+              for run in runs}
+    points = [r for records in curves.values() for r in records]
+    top = max(max(r["fid"] for r in points), 1e-9) * 1.05
+    right = max(max(r["cpu_minutes"] for r in points), 1e-9)
+    image = PIL.Image.new("RGB", (640, 400), "white")
+    draw = ImageDraw.Draw(image)
+    left, bottom, width, height = 60, 360, 560, 330
+
+    def xy(minutes: float, fid: float) -> tuple[float, float]:
+        return left + width * minutes / right, bottom - height * fid / top
+
+    draw.line([(left, bottom - height), (left, bottom), (left + width, bottom)], fill="black")
+    for frac in (0, 0.5, 1):
+        draw.text((left - 50, bottom - height * frac - 6), f"{top * frac:.1f}", fill="black")
+        draw.text((left + width * frac - 10, bottom + 8), f"{right * frac:.3g}", fill="black")
+    draw.text((left + width // 2 - 60, bottom + 24), "CPU-minutes of training", fill="black")
+    draw.text((left + 5, 8), "FID against val (imgtx-small); dashed: floor", fill="black")
+    for (name, records), colour in zip(curves.items(), COLOURS):
+        draw.line([xy(r["cpu_minutes"], r["fid"]) for r in records], fill=colour, width=2)
+        floor_y = xy(0, records[-1]["floor_fid"])[1]
+        for x in range(left, left + width, 12):
+            draw.line([(x, floor_y), (x + 6, floor_y)], fill=colour)
+        draw.text((xy(*[records[-1][k] for k in ("cpu_minutes", "fid")])[0] - 60,
+                   xy(0, records[-1]["fid"])[1] - 14), name, fill=colour)
+    image.save(out / "photo_gan_race.png")
+    written = {"curve": str(out / "photo_gan_race.png")}
+    for run in runs:
+        last = sorted((run / "race_samples").glob("*.png"))[-1]
+        shutil.copy(last, out / f"photo_gan_race_{run.name}.png")
+        written[run.name] = str(out / f"photo_gan_race_{run.name}.png")
+    save_grid(real_images(DATA, "val", 32, 64), out / "photo_gan_race_val.png", scale=2)
+    written["val"] = str(out / "photo_gan_race_val.png")
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=[*RECIPES, "yardstick"])
+    parser.add_argument("what", choices=[*RECIPES, "yardstick", "plot"])
+    parser.add_argument("--runs", type=Path, nargs="+", help="run folders to plot")
     parser.add_argument("--cpu-minutes", type=float, default=90.0,
                         help="process CPU time spent training (ticks not counted)")
     parser.add_argument("--tick-minutes", type=float, default=15.0,
@@ -252,6 +307,9 @@ def main() -> None:
                          f"--out {DATA} --add-val")
     if args.what == "yardstick":
         print(json.dumps(yardstick(args.fid_samples)))
+        return
+    if args.what == "plot":
+        print(json.dumps(plot(args.runs or [], args.out or Path("docs"))))
         return
     if args.out is None:
         raise SystemExit("give --out DIR for the run")

@@ -20,7 +20,6 @@ Shapes: B batch, h/w input rows/cols, H/W output rows/cols, Nin = 3hw, N = 3HW, 
 
 from __future__ import annotations
 
-import json
 import math
 
 import torch
@@ -28,8 +27,6 @@ from torch import nn
 
 from imgtx.attention import Full, set_backend
 from imgtx.hub import HubModel
-from imgtx.hub.errors import ConfigMismatchError
-from imgtx.hub.files import config_file, hub_options
 from imgtx.model import ImageTransformer, LikelihoodOutput, check_images
 from imgtx.resample import downscale_area
 from imgtx.sampling import decode, decode_fixed_point, draws
@@ -40,8 +37,6 @@ from imgtx.transformer import LearnedPositions2D, TransformerLayer, sinusoid_pos
 
 # make_anchors lives in imgtx.sr.anchor; it is re-exported here, where it used to be.
 __all__ = ["SuperResolutionTransformer", "ImageEncoder", "make_low_res", "make_anchors"]
-
-HUB_OPTIONS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
 def make_low_res(high_res: torch.Tensor, config: SuperResolutionConfig) -> torch.Tensor:
@@ -122,25 +117,15 @@ class SuperResolutionTransformer(HubModel):
         self.reset_parameters()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, config=None,
-                        config_overrides=None, **options) -> SuperResolutionTransformer:
-        """:meth:`imgtx.hub.HubModel.from_pretrained`, also for ``config.json`` files written
-        before the decoder's settings were nested (:meth:`SuperResolutionConfig.from_dict`
-        upgrades them); ``config_overrides`` may name the decoder's settings by their flat
-        names."""
-        if config is None:
-            model_id = str(pretrained_model_name_or_path)
-            hub = hub_options(model_id, **{k: options[k] for k in HUB_OPTIONS if k in options})
-            where = f"{model_id}/config.json"
-            try:
-                data = json.loads(config_file(model_id, hub, cls.__name__).read_text())
-            except ValueError as error:
-                raise ConfigMismatchError(f"{where} is not valid JSON ({error}); fix it, or "
-                                          "re-save the model with save_pretrained.") from error
-            config = SuperResolutionConfig.from_dict(data, where)
-        if config_overrides:
-            config = config.updated(**config_overrides)
-        return super().from_pretrained(pretrained_model_name_or_path, config=config, **options)
+    def config_from_saved(cls, data, where: str = "config.json") -> SuperResolutionConfig:
+        """Also reads ``config.json`` files written before the decoder's settings were nested
+        (:meth:`SuperResolutionConfig.from_dict` upgrades them)."""
+        return SuperResolutionConfig.from_dict(data, where)
+
+    @classmethod
+    def override_config(cls, config: SuperResolutionConfig, overrides) -> SuperResolutionConfig:
+        """``config_overrides`` may also name the decoder's settings by their flat names."""
+        return config.updated(**overrides)
 
     def set_backend(self, backend: str) -> SuperResolutionTransformer:
         """Compute every attention layer (encoder and decoder) with ``backend`` from now on

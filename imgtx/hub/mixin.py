@@ -126,13 +126,9 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
                 raise ConfigMismatchError(f"{where} is not valid JSON ({error}); fix it, or "
                                           "re-save the model with save_pretrained.") from error
             model_class = cls.saved_class(data, where)
-            config = config_from_dict(model_class.resolve_config_class(), data, where=where)
+            config = model_class.config_from_saved(data, where)
         if config_overrides:
-            unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(config)})
-            if unknown:
-                raise ConfigMismatchError(f"config_overrides names fields {unknown} that "
-                                          f"{type(config).__name__} does not have.")
-            config = dataclasses.replace(config, **config_overrides)
+            config = model_class.override_config(config, config_overrides)
         weights_path = find_weights(model_id, hub)
         state_dict = load_safetensors(weights_path, target)  # header checked before reading
         model = model_class(config).to(target)
@@ -165,6 +161,22 @@ class HubModel(nn.Module, PyTorchModelHubMixin, library_name="imgtx",
                 f"import the module that defines {name}, or load it with its own class")
         raise ConfigMismatchError(f"{where} holds a {name}, which is not a {cls.__name__}: "
                                   f"{hint}.")
+
+    @classmethod
+    def config_from_saved(cls, data: Mapping[str, Any], where: str = CONFIG_FILE) -> Any:
+        """This class's config from a config.json ``data`` (see :func:`config_from_dict`). A
+        family whose config layout changed overrides this to upgrade old files."""
+        return config_from_dict(cls.resolve_config_class(), data, where=where)
+
+    @classmethod
+    def override_config(cls, config: Any, overrides: Mapping[str, Any]) -> Any:
+        """``config`` with some fields replaced (``from_pretrained(config_overrides=...)``);
+        :class:`ConfigMismatchError` for a field the config does not have."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+        if unknown:
+            raise ConfigMismatchError(f"config_overrides names fields {unknown} that "
+                                      f"{type(config).__name__} does not have.")
+        return dataclasses.replace(config, **overrides)
 
     @classmethod
     def legacy_class(cls, data: Mapping[str, Any]) -> type[HubModel]:

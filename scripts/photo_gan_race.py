@@ -50,8 +50,8 @@ FEATURES = "imgtx-small"
 # layout of ViT_custom_rp (global attention, PixelShuffle between stages, latent 256) and of
 # ViT_custom_scale2_rp_noise (two scales, patch 2): G width 1024 -> 192 with 2/1/0 blocks
 # instead of 5/4/2, D width 384 -> 64 with 1/1 blocks instead of 3/3 (the shipped
-# transgan-photos32-small's sizes: global attention over the 1,024 tokens of 32x32 cost 32
-# CPU-seconds for one paper-recipe step with a single block there).
+# transgan-photos32-small's sizes; at width 256 with blocks 2/2/1, one global block over the
+# 1,024 tokens of 32x32, the first paper-recipe step took 32 CPU-seconds).
 # (b) The toolkit's recipe. Each choice and its source:
 # - STrans-G/D (Xu et al. 2021, arXiv 2110.13107): Swin windows of 8 from the 16x16 stage and
 #   a stride-2 stem in D, so no stage attends over 1,024 tokens (the step that costs most here).

@@ -220,7 +220,7 @@ def evaluate_generator(
     accelerator: Any = None,
     likelihood_model: str | None = None,
     likelihood_images: int = 256,
-    variety_per_class: int = 200,
+    variety_per_class: int = 0,
 ) -> dict[str, Any]:
     """FID/KID (and IS, class accuracy, baselines) of ``generator`` against real images.
 
@@ -246,8 +246,9 @@ def evaluate_generator(
             ``likelihood_images`` samples and as many real images of ``split``
             (:func:`likelihood_figures`: ``samples_bits_per_dim``, ``real_bits_per_dim``, each
             with ``_ci95``).
-        variety_per_class: samples per class for :func:`class_variety` (conditional generators
-            on labelled data; 0 skips it).
+        variety_per_class: samples per class for
+            :func:`imgtx.gan.yardstick.class_variety` (conditional generators on labelled data;
+            0, the default here, skips it; ``imgtx gan eval`` asks for 200).
 
     Returns:
         ``fid``, ``kid``, ``kid_std``, ``num_samples``, ``num_real``, ``features``, ``data``,

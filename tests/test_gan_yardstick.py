@@ -250,3 +250,20 @@ def test_blur_matches_scipy_and_noise_has_its_std():
         assert np.abs(got - expected).max() <= 1.0
     flat = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
     assert race.noised(flat, 8.0).double().std() == pytest.approx(8.0, rel=0.05)
+
+
+def test_evaluate_generator_adds_the_class_figures_when_asked():
+    from imgtx.data import load_images
+    from imgtx.gan.evaluate import evaluate_generator
+
+    source = load_images("builtin:digits", split="train", image_size=16)
+    rows = [source[i] for i in range(len(source))]
+    generator = ClassStub(torch.stack([row["image"] for row in rows]),
+                          torch.tensor([int(row["label"]) for row in rows]), collapse=True)
+    plain = evaluate_generator(generator, "builtin:digits", num_samples=20, features="random",
+                               batch_size=20, use_cache=False)
+    assert "variety_ratio" not in plain
+    result = evaluate_generator(generator, "builtin:digits", num_samples=20, features="random",
+                                batch_size=20, use_cache=False, variety_per_class=10)
+    assert len(result["variety_ratio"]) == len(result["class_fid"]) == 10
+    assert max(result["variety_ratio"]) < 1e-6 and result["num_per_class"] == 10

@@ -214,17 +214,22 @@ def yardstick(count: int) -> dict[str, Any]:
     result: dict[str, Any] = floor(count)
     val = real_images(DATA, "val", 32, count)
     clean = compute_features(extractor, val)
-    result["blur_fid"] = {sigma: fid_from_features(clean, compute_features(
-        extractor, blurred(val, sigma))) for sigma in (0.5, 1.0, 1.5, 2.0, 3.0)}
-    result["noise_fid"] = {std: fid_from_features(clean, compute_features(
-        extractor, noised(val, std))) for std in (4, 8, 16, 32, 64)}
+
+    def distances(changed: torch.Tensor) -> dict[str, float]:
+        features = compute_features(extractor, changed)
+        kid, kid_std = kernel_inception_distance(clean, features, KID_SUBSETS,
+                                                 min(1000, max(2, len(val) // 2)))
+        return {"fid": fid_from_features(clean, features), "kid": kid, "kid_std": kid_std}
+
+    result["blur"] = {sigma: distances(blurred(val, sigma)) for sigma in (0.5, 1.0, 1.5, 2.0, 3.0)}
+    result["noise"] = {std: distances(noised(val, std)) for std in (4, 8, 16, 32, 64)}
     # Photos apart: the val crops of each training photo in two halves (even/odd files).
     names = sorted(p.name for p in (Path(DATA) / "val").glob("*.png"))
     photos = sorted({name.rsplit("-", 2)[0] for name in names})
     halves = {}
     for photo in photos:
         files = [n for n in names if n.startswith(photo + "-")]
-        images = torch.stack([torch.from_numpy(np.asarray(PIL.Image.open(
+        images = torch.stack([torch.from_numpy(np.array(PIL.Image.open(
             Path(DATA) / "val" / f).convert("RGB"))).permute(2, 0, 1) for f in files])
         features = compute_features(extractor, images)
         halves[photo] = (features[0::2], features[1::2])

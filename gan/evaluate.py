@@ -36,7 +36,7 @@ from imgtx.eval.fid import (
     inception_score,
     kernel_inception_distance,
 )
-from imgtx.gan.yardstick import class_variety, likelihood_figures
+from imgtx.gan.yardstick import class_variety, likelihood_figures, load_likelihood_model
 
 __all__ = ["class_variety", "evaluate_generator", "likelihood_figures", "real_images",
            "reference_statistics", "spread_indices"]
@@ -272,6 +272,8 @@ def evaluate_generator(
             return reference_statistics(data, real_split, image_size, num_samples, features,
                                         extractor, batch_size, use_cache)
 
+    # A wrong likelihood model fails now, not after the samples are made.
+    likelihood = load_likelihood_model(likelihood_model, device) if likelihood_model else None
     real = real_statistics(split)
     probabilities = getattr(extractor, "probabilities", None)
     fits_data = features.startswith("inception") or data == DIGITS_SPEC
@@ -312,8 +314,7 @@ def evaluate_generator(
         scored = real_images(data, split, image_size, len(fake["images"]))
         result["likelihood_model"] = likelihood_model
         result["likelihood_images"] = len(fake["images"])
-        result.update(likelihood_figures(likelihood_model, {"samples": fake["images"],
-                                                            "real": scored}, device=device))
+        result.update(likelihood_figures(likelihood, {"samples": fake["images"], "real": scored}))
 
     if baselines:
         untrained = _samples(_untrained_copy(generator, seed), num_samples, batch_size, seed,

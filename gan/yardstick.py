@@ -20,17 +20,34 @@ from imgtx.eval.features import FeatureExtractor, compute_features
 from imgtx.eval.fid import fid_from_features
 from imgtx.eval.stats import mean_pairwise_distance
 
-__all__ = ["class_variety", "likelihood_figures"]
+__all__ = ["class_variety", "likelihood_figures", "load_likelihood_model"]
 
 
-def likelihood_figures(model: str, image_sets: dict[str, torch.Tensor], batch_size: int = 16,
+def load_likelihood_model(model: str, device: str | torch.device = "cpu"):
+    """An unconditional Image Transformer from a folder or Hub id, or a one-line user error."""
+    from imgtx.model import ImageTransformer
+
+    try:
+        likelihood = ImageTransformer.from_pretrained(model, device=str(device))
+    except Exception as error:  # a missing folder, a bad id, another model's config
+        raise UserError(f"--likelihood-model {model!r} is not an Image Transformer folder or "
+                        f"Hub id ({str(error).splitlines()[0] if str(error) else error!r}); "
+                        "e.g. checkpoints/imgtx-photos-dmol-small") from None
+    if likelihood.config.num_classes:
+        raise UserError(f"--likelihood-model {model!r} is class-conditional; give an "
+                        "unconditional model")
+    return likelihood
+
+
+def likelihood_figures(model: Any, image_sets: dict[str, torch.Tensor], batch_size: int = 16,
                        device: str | torch.device = "cpu") -> dict[str, float]:
     """Mean bits/dim of each image set under an Image Transformer, through the loop of
     ``imgtx eval-bpd`` (:func:`imgtx.eval.bits_per_dim.evaluate_images`), so a set's figure is
     the one ``eval-bpd`` gives for the same images.
 
     Args:
-        model: a ``save_pretrained`` folder or Hub id of an unconditional Image Transformer.
+        model: a ``save_pretrained`` folder or Hub id of an unconditional Image Transformer,
+            or the model (:func:`load_likelihood_model`).
         image_sets: ``{name: (N, 3, S, S) uint8}`` with ``S`` the model's image size.
 
     Returns:
@@ -38,22 +55,14 @@ def likelihood_figures(model: str, image_sets: dict[str, torch.Tensor], batch_si
         for each set.
     """
     from imgtx.eval.bits_per_dim import evaluate_images
-    from imgtx.model import ImageTransformer
 
-    try:
-        likelihood = ImageTransformer.from_pretrained(model, device=str(device))
-    except (OSError, ValueError) as error:
-        raise UserError(f"--likelihood-model {model!r} is not an Image Transformer folder or "
-                        f"Hub id ({str(error).splitlines()[0]}); e.g. "
-                        "checkpoints/imgtx-photos-dmol-small") from None
+    likelihood = load_likelihood_model(model, device) if isinstance(model, str) else model
+    label = model if isinstance(model, str) else type(model).__name__
     size = likelihood.config.image_size
-    if likelihood.config.num_classes:
-        raise UserError(f"--likelihood-model {model!r} is class-conditional; give an "
-                        "unconditional model")
     figures = {}
     for name, images in image_sets.items():
         if tuple(images.shape[1:]) != (3, size, size):
-            raise UserError(f"--likelihood-model {model!r} scores {size}x{size} images, but the "
+            raise UserError(f"--likelihood-model {label!r} scores {size}x{size} images, but the "
                             f"{name} images are {tuple(images.shape[2:])}; use a model of "
                             "the generator's size")
         batches = [{"image": images[i : i + batch_size]}

@@ -267,3 +267,11 @@ def test_evaluate_generator_adds_the_class_figures_when_asked():
                                 batch_size=20, use_cache=False, variety_per_class=10)
     assert len(result["variety_ratio"]) == len(result["class_fid"]) == 10
     assert max(result["variety_ratio"]) < 1e-6 and result["num_per_class"] == 10
+
+
+def test_a_likelihood_model_that_is_no_image_transformer_is_refused():
+    from imgtx.errors import UserError
+    from imgtx.gan.yardstick import load_likelihood_model
+
+    with pytest.raises(UserError, match="not an Image Transformer"):
+        load_likelihood_model(str(ROOT / "checkpoints" / "transgan-photos32-small"))

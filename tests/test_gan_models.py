@@ -21,8 +21,8 @@ from imgtx.hub import CheckpointMismatchError, parameter_count
 
 TINY = TRANSGAN_CONFIGS["transgan-tiny"]
 
-# Counted by instantiating VITA-Group/TransGAN@6b85440 (CIFAR-10 and STL-10: the acceptance
-# figures; 256^2: the DESIGN table, to 0.1M).
+# Counted by instantiating VITA-Group/TransGAN@6b85440 (CIFAR-10 and STL-10 exactly; the 256^2
+# configs to 0.1M).
 OFFICIAL = {
     "transgan-cifar10": (83_312_495, 10_210_400, 0.01, 0.02),
     "transgan-stl10": (168_466_623, 10_341_536, 0.01, 0.02),

@@ -188,6 +188,14 @@ def test_damaged_truncated_and_foreign_files_are_refused():
             decompress(bytes(corrupted), model)
 
 
+def test_models_whose_inputs_a_file_cannot_hold_are_refused():
+    config = get_config("tiny")
+    for model in (ImageTransformer(config, context_dim=8),
+                  ImageTransformer(get_config("tiny", num_classes=3))):
+        with pytest.raises(CodecError, match="unconditional"):
+            compress(model.eval(), np.zeros((2, 2, 3), np.uint8))
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])
 def test_images_it_cannot_restore_exactly_are_refused(mode):
     image = PIL.Image.new(mode, (4, 4))

@@ -68,7 +68,10 @@ def image_pixels(image) -> tuple[np.ndarray, bool]:
 def _check_model(model) -> None:
     from imgtx.model import ImageTransformer
 
-    if not isinstance(model, ImageTransformer) or getattr(model, "context_dim", None):
+    # Subclasses take side information and encoder-decoder models a context: neither is in a file.
+    cross = any(getattr(layer, "cross_attn", None) is not None for layer in model.layers) \
+        if isinstance(model, ImageTransformer) else True
+    if type(model) is not ImageTransformer or cross:
         raise CodecError("the codec needs an unconditional Image Transformer likelihood model "
                          f"(got {type(model).__name__})")
     if model.config.num_classes:

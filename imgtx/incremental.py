@@ -6,6 +6,8 @@ Shapes: B batch, N positions, D model width.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +18,7 @@ from imgtx.logistic import scale_pixels
 if TYPE_CHECKING:
     from imgtx.model import ImageTransformer
 
-__all__ = ["IncrementalDecoder"]
+__all__ = ["IncrementalDecoder", "one_thread"]
 
 
 class IncrementalDecoder:
@@ -104,3 +106,20 @@ class IncrementalDecoder:
             self.canvas[:, self.position] = scale_pixels(value, self.canvas.dtype)
         self.position += 1
         self.waiting_for_value = False
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one intra-op thread, then restore the caller's count.
+
+    A cached decoding step is ~100 tiny ops, so more threads only add synchronisation; and a
+    kernel split over threads can round its vectorised loop's tail differently, so computing with
+    one thread makes the floats independent of the machine's thread count (the codec relies on
+    that: encoder and decoder must agree bit for bit).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

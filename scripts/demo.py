@@ -36,13 +36,13 @@ import importlib.resources  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 from imgtx.eval.bits_per_dim import evaluate_model  # noqa: E402
 from imgtx.images import make_grid, read_image, save_grid, save_image  # noqa: E402
+from imgtx.incremental import one_thread  # noqa: E402
 from imgtx.model import ImageTransformer  # noqa: E402
 from imgtx.sampling import sample  # noqa: E402
 
@@ -58,15 +58,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@contextmanager
-def one_thread():
-    """A KV-cached step is ~100 tiny ops: intra-op threads only add synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def fallback_model(out: Path, steps: int) -> Path:

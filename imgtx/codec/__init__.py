@@ -10,7 +10,6 @@ The file format is in :mod:`imgtx.codec.format`, the coding in :mod:`imgtx.codec
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -26,6 +25,7 @@ from imgtx.codec.coder import (
     tile_layout,
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
+from imgtx.incremental import one_thread
 
 __all__ = ["compress", "decompress", "read_header", "image_pixels", "load_model", "CodecError",
            "DEFAULT_BATCH"]
@@ -78,19 +78,6 @@ def _check_model(model) -> None:
         raise CodecError("the codec needs an unconditional model; this one is class-conditional")
 
 
-@contextlib.contextmanager
-def _pinned():
-    """Eval mode, CPU, one intra-op thread: the probabilities must not depend on how many
-    threads split a kernel (a vectorised loop's scalar tail differs in the last place), so both
-    sides compute them with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _to_model_order(model, tiles: np.ndarray) -> torch.Tensor:
     """``(T, S, S, 3)`` uint8 -> model-order values ``(T, N, 3)`` (DMOL) or ``(T, N)``."""
     images = torch.from_numpy(tiles).permute(0, 3, 1, 2)
@@ -121,7 +108,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     equal = not grey and bool((pixels[..., :1] == pixels[..., 1:]).all())
     layout = tile_layout(model.config, sizes, grey or equal)
     sink = RangeSink()
-    with _pinned():
+    with one_thread():
         truth = _to_model_order(model, tiles)
         _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch)
     stored = pixels[:, :, 0] if grey else pixels
@@ -186,7 +173,7 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
     _, sizes = split_tiles(np.zeros((header.height, header.width, 3), np.uint8), size)
     layout = tile_layout(model.config, sizes, header.one_channel)
     try:
-        with _pinned():
+        with one_thread():
             values, _ = code_tiles(model, layout, RangeSource(words), batch=header.batch)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None

@@ -158,6 +158,13 @@ def test_schedule_values_by_hand():
     assert [Schedule(4, "noam")(i) for i in (0, 3, 15)] == [0.25, 1.0, 0.5]  # LambdaLR's index
 
 
+def test_noam_without_warmup_starts_at_the_peak_and_decays():
+    """``--warmup 0`` with the noam schedule: the peak at the first step, then 1/sqrt(step) (it
+    used to be a learning rate of 0 at every step, so nothing trained)."""
+    assert [noam(s, 0, "noam") for s in (1, 4, 16, 100)] == [1.0, 0.5, 0.25, 0.1]
+    assert [noam(s, 0, "constant") for s in (1, 50)] == [1.0, 1.0]
+
+
 def test_cosine_schedule_endpoints_and_midpoint():
     """Loshchilov & Hutter 2017 without restarts, after a linear warm-up: the peak at the end of
     warm-up, half the peak halfway through the decay, 0 at the last step and after it."""

@@ -42,7 +42,8 @@ def noam(step: int, warmup: int, schedule: str = "noam", total: int | None = Non
             raise ValueError("the cosine schedule needs max_steps")
         progress = min(1.0, max(0, step - warmup) / max(1, total - warmup))
         return warm * 0.5 * (1 + math.cos(math.pi * progress))
-    return min(warm, math.sqrt(warmup / step))
+    # without warm-up the peak is the first step's rate, then the same 1/sqrt(step) decay
+    return min(warm, math.sqrt(max(warmup, 1) / step))
 
 
 @dataclass

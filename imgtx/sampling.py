@@ -19,7 +19,6 @@ walk the model's order: raster for 1D, block-raster for 2D.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -110,31 +109,12 @@ def _images_from_values(model: ImageTransformer, values: torch.Tensor) -> torch.
     return raster.reshape(raster.shape[0], size, size, 3).permute(0, 3, 1, 2).to(torch.uint8)
 
 
-def _legacy_rule(model: ImageTransformer, legacy: dict, side, batch: int, temperature: float):
-    """The policy of the ``rule=`` keyword older callers pass (an object with
-    ``policy(side_values)``, e.g. :class:`imgtx.sr.anchor.StayNearAnchor`): used at temperature 0
-    only, as before. Deprecated: pass ``policy=`` instead."""
-    unknown = sorted(set(legacy) - {"rule"})
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown}")
-    rule = legacy.get("rule")
-    if rule is None or temperature != 0:
-        return None
-    warnings.warn("rule= is deprecated: pass policy=rule.policy(model.side_values(side, batch))",
-                  DeprecationWarning, stacklevel=3)
-    side_values = model.side_values(side, batch)
-    if side_values is None:
-        raise ValueError("a decoding rule needs a model with side values (an anchored "
-                         "decoder's anchors)")
-    return rule.policy(side_values)
-
-
 @torch.no_grad()
 def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
            labels: torch.Tensor | None = None, use_cache: bool = True,
            generator: torch.Generator | None = None, return_outputs: bool = False,
            progress: bool = False, context: torch.Tensor | None = None, side=None,
-           policy: DecodingPolicy | None = None, **legacy):
+           policy: DecodingPolicy | None = None):
     """Decode ``batch`` images in one batch, one position at a time.
 
     ``policy`` chooses every value (default: :class:`Draw` at ``temperature`` with
@@ -145,7 +125,6 @@ def decode(model: ImageTransformer, batch: int, *, temperature: float = 1.0,
     Returns images ``(B, 3, H, W)`` uint8, and with ``return_outputs`` also the head outputs used
     at every step, in model order ``(B, N, 256 | 10K)`` (for checking cache against recompute).
     """
-    policy = _legacy_rule(model, legacy, side, batch, temperature) or policy
     if policy is None:
         policy = draws(model, temperature, generator)
     was_training = model.training
@@ -182,7 +161,7 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
                        policy: DecodingPolicy | None = None,
                        labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
                        side=None, max_iterations: int | None = None, progress: bool = False,
-                       stats: dict | None = None, **legacy) -> torch.Tensor:
+                       stats: dict | None = None) -> torch.Tensor:
     """Temperature-0 decoding by fixed-point (Jacobi) iteration: the same images as
     :func:`decode` with the same deterministic ``policy`` (default: argmax, :class:`Draw` at
     temperature 0), from whole-sequence forward passes instead of one position at a time.
@@ -212,7 +191,6 @@ def decode_fixed_point(model: ImageTransformer, initial: torch.Tensor, *,
     """
     images = initial.to(torch.uint8).clone()
     batch = images.shape[0]
-    policy = _legacy_rule(model, {"rule": None, **legacy}, side, batch, 0.0) or policy
     if policy is None:
         policy = draws(model, 0.0)
     was_training = model.training

@@ -171,16 +171,20 @@ def test_super_resolution_loss_is_in_forward():
     assert torch.equal(result.outputs, model(low, high))
 
 
-def test_the_anchor_rule_keyword_still_works_and_is_deprecated():
+def test_the_core_decoder_takes_a_policy_and_no_sr_parameters():
+    """The stay-near-anchor rule enters the core decoder as a policy only: ``decode`` has no
+    ``rule`` or ``constraint`` parameter."""
+    import inspect
+
+    from imgtx.sampling import decode_fixed_point
+
     model = sr_model(anchor="bicubic")
     low = images(2, 2, seed=1)
     anchors, context = model.anchors(low), model.encode(low)
-    rule = StayNearAnchor(0.0, 0.0)  # plain argmax, ties to the anchor
-    policy = rule.policy(model.decoder.side_values(anchors, 2))
-    new = decode(model.decoder, 2, temperature=0, context=context, side=anchors, policy=policy)
-    with pytest.warns(DeprecationWarning, match="policy="):
-        old = decode(model.decoder, 2, temperature=0, context=context, side=anchors, rule=rule)
-    assert torch.equal(new, old)
-    assert (new != anchors).sum() > 0  # the rule had choices to make
-    with pytest.raises(TypeError, match="constraint"):
-        decode(model.decoder, 2, context=context, side=anchors, constraint=object())
+    policy = StayNearAnchor(0.0, 0.0).policy(model.decoder.side_values(anchors, 2))  # argmax
+    chosen = decode(model.decoder, 2, temperature=0, context=context, side=anchors, policy=policy)
+    assert (chosen != anchors).sum() > 0  # the rule had choices to make
+    for function in (decode, decode_fixed_point):
+        assert not {"rule", "constraint"} & set(inspect.signature(function).parameters)
+    with pytest.raises(TypeError):
+        decode(model.decoder, 2, context=context, side=anchors, rule=StayNearAnchor(0.0, 0.0))

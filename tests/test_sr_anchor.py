@@ -232,8 +232,10 @@ def test_fixed_point_decoding_refuses_what_it_cannot_do():
     with pytest.raises(RuntimeError, match="did not converge in 1 passes"):
         from imgtx.sampling import decode_fixed_point
 
-        decode_fixed_point(model.decoder, model.anchors(low), rule=StayNearAnchor(0.0, 0.0),
-                           context=model.encode(low), side=model.anchors(low), max_iterations=1)
+        anchors = model.anchors(low)
+        argmax = StayNearAnchor(0.0, 0.0).policy(model.decoder.side_values(anchors, 2))
+        decode_fixed_point(model.decoder, anchors, policy=argmax, context=model.encode(low),
+                           side=anchors, max_iterations=1)
     plain = anchored("none", input_size=2)
     with pytest.raises(ValueError, match="starts from the anchors"):
         upscale_batch(plain, low, temperature=0, fixed_point=True)

@@ -123,17 +123,9 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(groups: Mapping[str, Register] | None = None) -> argparse.ArgumentParser:
-    """The ``imgtx`` parser: the core commands, then every family's command group (entry points
-    ``imgtx.commands``, plus ``groups``: name -> ``register(subparsers)``)."""
-    parser = argparse.ArgumentParser(
-        prog="imgtx", description="Transformer image generation: Image Transformer likelihood "
-        "models (bits/dim, sampling) and the command groups of the other model families.")
-    from imgtx import __version__
-
-    parser.add_argument("--version", action="version", version=f"imgtx {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The Image Transformer's commands (``info``, ``train``, ``eval-bpd``, ``sample``) on
+    ``sub``: both the ``imgtx transformer`` group and, for the documented commands, ``imgtx``."""
     p = sub.add_parser("info", help="parameter count and settings of a named configuration")
     add_info_arguments(p)
     p.set_defaults(func=_info)
@@ -173,6 +165,30 @@ def build_parser(groups: Mapping[str, Register] | None = None) -> argparse.Argum
     add_device_arguments(p)
     p.set_defaults(func=_sample)
 
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """The Image Transformer's command group, ``imgtx transformer COMMAND``, shaped like the other
+    families' groups (``imgtx sr``, ``imgtx gan``); the top-level commands are its aliases."""
+    group = subparsers.add_parser("transformer", help="Image Transformer likelihood models "
+                                  "(the top-level info/train/eval-bpd/sample are aliases)")
+    add_commands(group.add_subparsers(dest="transformer_command", metavar="COMMAND",
+                                      required=True))
+
+
+def build_parser(groups: Mapping[str, Register] | None = None) -> argparse.ArgumentParser:
+    """The ``imgtx`` parser: the core commands, then every family's command group (entry points
+    ``imgtx.commands``, plus ``groups``: name -> ``register(subparsers)``)."""
+    parser = argparse.ArgumentParser(
+        prog="imgtx", description="Transformer image generation: Image Transformer likelihood "
+        "models (bits/dim, sampling) and the command groups of the other model families.")
+    from imgtx import __version__
+
+    parser.add_argument("--version", action="version", version=f"imgtx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    add_commands(sub)  # the Image Transformer's commands at the top level: `imgtx train ...`
+    register(sub)  # and as a group like every family's: `imgtx transformer train ...`
     unavailable = _register_groups(sub, groups)
     if unavailable:
         parser.epilog = "unavailable command groups: " + "; ".join(unavailable)

@@ -478,3 +478,16 @@ def test_cli_command_groups_come_from_entry_points(capsys, monkeypatch):
     usage = capsys.readouterr().out
     assert "sr" in usage and "unavailable command groups: broken" in usage
     assert '"sr"' not in Path(imgtx.cli.__file__).read_text()  # the core names no family
+
+
+@pytest.mark.parametrize("command", [["info", "--config", "small", "--json"],
+                                     ["info", "--config", "all", "--json"]])
+def test_the_transformer_group_and_its_top_level_aliases_print_the_same(command, capsys):
+    """``imgtx transformer COMMAND`` is the Image Transformer's group, shaped like ``imgtx sr``
+    and ``imgtx gan``; the documented top-level commands are aliases of it."""
+    assert main(command) == 0
+    alias = capsys.readouterr().out
+    assert main(["transformer", *command]) == 0
+    assert capsys.readouterr().out == alias and alias.strip()
+    assert main(["transformer", "info", "--config", "smal"]) == 2
+    assert "did you mean 'small'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ Spec:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -38,7 +39,7 @@ SHIPPED = {"transgan-photos32-small": (TransGANGenerator, TransGANDiscriminator)
 
 
 def tiny(name: str) -> tuple[Generator, Discriminator]:
-    entry = GAN_CONFIGS[name]
+    entry = copy.deepcopy(GAN_CONFIGS[name])  # tests may edit the configs: never the registry's
     g_class, d_class = model_classes(entry.config)
     torch.manual_seed(0)
     return g_class(entry.config).eval(), d_class(entry.discriminator).eval()

@@ -62,6 +62,14 @@ FEATURES = "imgtx-small"
 #   with little data; cutout hides half of a 32x32 texture crop).
 # - EMA half-life 2 kimg with warm-up 0.05 (Karras et al. 2020 ema_kimg scaled to batch 32 as
 #   StyleGAN2-ADA does for small batches, and the 2k of the shipped photos32 run).
+# - D frozen during the G step (isolate_d). TransGAN's loop (functions.py::train) leaves the G
+#   loss's gradient in D's .grad for D's next step; with the hinge loss at n_critic 1 that
+#   gradient, -E[D(G(z))], cancels (in expectation) the fake term of D's loss, +E[D(G(z))] while
+#   D(G(z)) > -1, so D only pushes D(real) up and G climbs a D that no longer learns: the first
+#   race's toolkit run went from FID 47 to 2,231 in 10 CPU-minutes, d_real 2.39 and d_fake 2.46,
+#   64 identical cyan squares. The paper recipe keeps the official loop.
+# - Identity residuals in D: they beat the skip projections on FID in the digits ablation
+#   (docs/strans.md, one seed, 400 steps), as in strans-digits32-cond.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -78,7 +86,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                           "residual": "identity", "diffaug": "translation,color"},
         "settings": {"loss": "hinge", "loss_options": {}, "n_critic": 1, "lr": 2e-4,
                      "betas": (0.0, 0.99), "batch_size": 32, "g_batch_size": 32,
-                     "clip_grad_norm": 5.0, "ema_kimg": 2.0, "ema_warmup": 0.05},
+                     "clip_grad_norm": 5.0, "ema_kimg": 2.0, "ema_warmup": 0.05,
+                     "isolate_d": True},
     },
 }
 

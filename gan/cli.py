@@ -4,7 +4,7 @@
     imgtx gan train --config NAME --data SPEC --out DIR [--max-steps N | --kimg K | --minutes M]
                     [--loss wgan-gp|hinge|logistic-r1] [--n-critic N] [--grad-accum K]
                     [--g-batch-size N] [--ema-kimg K | --ema-decay D]
-                    [--loss-option NAME=VALUE] [--isolate-d]
+                    [--loss-option NAME=VALUE] [--[no-]isolate-d]
                     [--mixed-precision bf16] [--set checkpoint_blocks=true] [--resume] [...]
     imgtx gan sample --model DIR_OR_ID --num N (--out grid.png | --out-dir DIR) [--seed S]
                      [--class-label C] [--device D]
@@ -228,9 +228,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fid-data", help="real images of the ticks (default: --data)")
     p.add_argument("--fid-split", help="split of --fid-data (default: test)")
     p.add_argument("--features", help="FID feature extractor (default: imgtx-small)")
-    p.add_argument("--isolate-d", action="store_true", default=None,
-                   help="freeze D during the G step (the official loop lets the G loss's "
-                   "gradient in D join D's next step; off in every recipe)")
+    p.add_argument("--isolate-d", action=argparse.BooleanOptionalAction, default=None,
+                   help="freeze D during the G step (default; --no-isolate-d lets the G loss's "
+                   "gradient in D join D's next step, as the official TransGAN loop and its "
+                   "paper recipes do)")
     p.add_argument("--aux-weight", type=float, help="weight of the AC-GAN class loss, when D "
                    "has an auxiliary classifier (--set-d aux_classifier=true; default 1)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",

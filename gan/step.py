@@ -6,13 +6,15 @@ the run steps ``0, n_critic, 2 n_critic, ...`` also take one G optimiser step af
 (VITA-Group/TransGAN@6b85440 ``functions.py::train``: ``global_steps % n_critic == 0``, counted
 before the step, so G first steps right after the first D step).
 
-By default the step reproduces that loop (see docs/gan.md, "Differences from the official code"):
+With the TransGAN paper recipes the step reproduces that loop (see docs/gan.md, "Differences
+from the official code"):
 
 * G trains on ``g_batch_size`` fresh latents per G step (``gen_batch_size``), drawn after D's
   step and split over the processes and over ``grad_accum`` chunks (``g_accumulated_times``);
 * the G step calls D with its parameters still trainable, so the gradient of the G loss with
   respect to D stays in D's ``.grad`` and joins D's next step (the official loop never zeroes D's
-  gradients after the G step). ``isolate_d=True`` freezes D during the G step instead.
+  gradients after the G step), with ``isolate_d=False`` (the paper recipes). The default,
+  ``isolate_d=True``, freezes D during the G step instead.
 
 Shapes: B images per micro-batch, L latent width; real images ``(B, 3, H, W)`` uint8 from the
 loader become floats in [-1, 1].
@@ -63,13 +65,13 @@ class GANStep:
             micro-batches (TransGAN ``gen_batch_size x g_accumulated_times``); it must divide by
             ``grad_accum x processes``. None: G's loss uses the D step's own fakes (no second
             forward pass of G; as many latents as D's real images).
-        isolate_d: freeze D during the G step, so the G loss leaves no gradient in D (a fix of
-            the official loop; off by default and in the paper recipes).
+        isolate_d: freeze D during the G step, so the G loss leaves no gradient in D (the
+            default; False reproduces the official loop, as the TransGAN paper recipes do).
     """
 
     def __init__(self, loss, n_critic: int, clip_grad_norm: float | None, latent_dim: int,
                  num_classes: int = 0, *, g_batch_size: int | None = None,
-                 isolate_d: bool = False) -> None:
+                 isolate_d: bool = True) -> None:
         check_at_least("n_critic", n_critic, 1)
         check_at_least("g_batch_size", g_batch_size, 1)
         self.loss, self.n_critic, self.clip = loss, n_critic, clip_grad_norm

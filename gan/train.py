@@ -102,10 +102,10 @@ class GANTrainSettings(RunSettings):
     fid_split: str = "test"
     features: str = "imgtx-small"  # feature extractor (imgtx.eval.features.get_extractor)
     aux_weight: float = 1.0  # AC-GAN class-loss weight, when D has aux_classifier
-    # Freeze D during the G step, so the G loss leaves no gradient in D's next step (the official
-    # loop keeps it: functions.py never zeroes D's gradients after the G step). Off in every
-    # recipe.
-    isolate_d: bool = False
+    # Freeze D during the G step, so the G loss leaves no gradient in D's next step. The official
+    # loop keeps it (functions.py never zeroes D's gradients after the G step): the TransGAN paper
+    # recipes set False to reproduce it.
+    isolate_d: bool = True
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

@@ -193,6 +193,11 @@ _TRAIN = {"loss": "wgan-gp", "lr": 1e-4, "betas": (0.0, 0.99), "clip_grad_norm":
           "loss_options": {"drift_of_mean": True}}
 # The 256^2 scripts: a fixed EMA decay per G step (--ema 0.995, --ema_warmup left at 0).
 _FIXED_EMA = {"ema_decay": 0.995, "ema_kimg": None, "ema_warmup": None}
+# The official loop (functions.py::train) never zeroes D's gradients after the G step, so the G
+# loss's gradient in D joins D's next step. The paper recipes reproduce it; imgtx's own recipes
+# freeze D in the G step (the default), since with hinge at n_critic 1 that leftover cancels
+# D's fake term and training collapses (docs/gan.md).
+_OFFICIAL_STEP = {"isolate_d": False}
 
 TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
     # exps/cifar_train.py: --gen_model ViT_custom_rp --dis_model ViT_custom_scale2_rp_noise
@@ -206,7 +211,7 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         # -gen_bs 128 -dis_bs 64 --n_critic 4 --ema_kimg 500 --ema_warmup 0.1 (its --ema 0.9999
         # is unused: ema_warmup > 0).
         train={**_TRAIN, "batch_size": 64, "g_batch_size": 128, "n_critic": 4, "ema_kimg": 500,
-               "ema_warmup": 0.1}),
+               "ema_warmup": 0.1, **_OFFICIAL_STEP}),
     # exps/stl_train.py: same models, 48^2, --bottom_width 12 --latent_dim 512 --g_depth 7,5,3
     # --g_norm pn --d_norm pn --diff_aug translation,stl_erase_ratio,color --n_critic 5.
     # Counted from the code: G 168,466,623, D 10,341,536.
@@ -217,7 +222,7 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         discriminator=D(image_size=48, norm="pn", diffaug="translation,stl_erase_ratio,color"),
         # -gen_bs 64 -dis_bs 32 --n_critic 5 --ema_kimg 500 --ema_warmup 0.05.
         train={**_TRAIN, "batch_size": 32, "g_batch_size": 64, "n_critic": 5, "ema_kimg": 500,
-               "ema_warmup": 0.05}),
+               "ema_warmup": 0.05, **_OFFICIAL_STEP}),
     # exps/celeba_hq_256_train.py: --gen_model Celeba256_gen --dis_model Celeba256_dis
     # --g_window_size 16 --d_window_size 4 --g_norm pn --latent_dim 512. Celeba256_gen builds no
     # 8x8 blocks (the script's first depth, 5, is unused): bicubic 8->16->32 at width 1024, then
@@ -238,7 +243,7 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         # -gen_bs 32 -dis_bs 16 --accumulated_times 4 --g_accumulated_times 4 --n_critic 4
         # --ema 0.995: D steps on 16 x 4 = 64 images, G on 32 x 4 = 128 latents.
         train={**_TRAIN, "batch_size": 16, "grad_accum": 4, "g_batch_size": 128,
-               "n_critic": 4, **_FIXED_EMA}),
+               "n_critic": 4, **_FIXED_EMA, **_OFFICIAL_STEP}),
     # exps/church_256_train.py: --gen_model ViT_custom_local544444_256_rp_noise --dis_model
     # ViT_scale3_local_new_rp --g_depth 5,4,4,4,4,4 --g_window_size 16 --d_window_size 16
     # --patch_size 4 --g_norm pn --diff_aug translation,erase_ratio,color.
@@ -254,7 +259,7 @@ TRANSGAN_CONFIGS: dict[str, TransGANEntry] = {
         # -gen_bs 16 -dis_bs 16 --accumulated_times 4 --g_accumulated_times 8 --n_critic 4
         # --ema 0.995: D steps on 16 x 4 = 64 images, G on 16 x 8 = 128 latents.
         train={**_TRAIN, "batch_size": 16, "grad_accum": 4, "g_batch_size": 128,
-               "n_critic": 4, **_FIXED_EMA}),
+               "n_critic": 4, **_FIXED_EMA, **_OFFICIAL_STEP}),
     # Test-sized: a 32^2 step runs in well under a second on one CPU core; the last stage uses
     # 16x16 windows so the window path is exercised.
     "transgan-tiny": TransGANEntry(

@@ -13,10 +13,10 @@ import torch
 
 from imgtx.cli import main
 from imgtx.codec import CodecError, compress, decompress, read_header
-from imgtx.codec.coder import logistic_bin_probs
 from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
 from imgtx.likelihood import discretized_logistic_log_prob, scale_pixels
+from imgtx.logistic import logistic_bin_probs
 from imgtx.model import ImageTransformer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "imgtx-photos-dmol-small"

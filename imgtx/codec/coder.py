@@ -41,14 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from imgtx.likelihood import (
-    HALF_BIN,
-    NUM_VALUES,
-    TINY_BIN_PROB,
     discretized_logistic_log_prob,
     dmol_conditional_means,
     dmol_split_params,
     scale_pixels,
 )
+from imgtx.logistic import logistic_bin_probs
 from imgtx.neighbours import decoding_order
 
 __all__ = ["TileLayout", "tile_layout", "split_tiles", "join_tiles", "code_tiles",
@@ -222,28 +220,6 @@ def _categorical_step(logits, values, layout, t, coder, truth) -> float:
     chosen = coder.code(pmf.numpy(), None if truth is None else truth[coded, t])
     values[coded, t] = chosen
     return -float(torch.log2(pmf.gather(1, chosen[:, None])).sum())
-
-
-_EDGES = (scale_pixels(torch.arange(1, NUM_VALUES), torch.float64) - HALF_BIN)  # (255,) bin edges
-
-
-def logistic_bin_probs(mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """All 256 bin probabilities of a discretized logistic, ``(..., 256)`` from ``mean`` and
-    ``log_scale`` ``(...)`` (float64): the bins of :func:`imgtx.likelihood.
-    discretized_logistic_log_prob` (open-ended edge bins; PixelCNN++'s density-times-width for
-    inner bins whose mass is below 1e-5), from one sigmoid per bin edge instead of that
-    function's eight transcendental passes per value."""
-    inv_scale = torch.exp(-log_scale)[..., None]  # (..., 1)
-    standard = (_EDGES - mean[..., None]).mul_(inv_scale)  # (..., 255) edges, standardised
-    cdf = torch.sigmoid(standard)  # (..., 255)
-    upper_tail = torch.sigmoid(-standard[..., -1])  # mass of value 255, without cancellation
-    inner = cdf[..., 1:] - cdf[..., :-1]  # (..., 254) values 1..254
-    # Below 1e-5, the density at the bin centre times the bin width 2/255 (PixelCNN++):
-    # inv_scale * e / (1 + e)^2 * 2/255 with e = exp(-|centre|), centre = edge + half a bin.
-    e = standard[..., :-1].add_(inv_scale * HALF_BIN).abs_().neg_().exp_()  # (..., 254)
-    density = e.div_((e + 1.0).square_()).mul_(inv_scale * (2.0 * HALF_BIN))
-    inner = torch.where(inner > TINY_BIN_PROB, inner, density)
-    return torch.cat([cdf[..., :1], inner, upper_tail[..., None]], dim=-1)
 
 
 def _dmol_step(outputs, values, layout, t, coder, truth) -> float:

@@ -17,12 +17,10 @@ from torch import nn
 
 from imgtx.configs import CONFIGS, ImageTransformerConfig, get_config
 from imgtx.errors import UserError
-from imgtx.training.checkpoints import export_run
 from imgtx.training.likelihood import TrainSettings, fit
-from imgtx.training.schedules import noam
 
-__all__ = ["TrainSettings", "train", "fit", "noam", "image_transformer_loss",
-           "image_transformer_bits", "export_run", "config_help", "init_from"]
+__all__ = ["train", "image_transformer_loss", "image_transformer_bits", "config_help",
+           "init_from"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -63,7 +63,8 @@ def say(message: str) -> None:
 def fallback_model(out: Path, steps: int) -> Path:
     """Train the ``tiny`` config at 32x32 for a few steps; returns its save_pretrained dir."""
     from imgtx.configs import get_config
-    from imgtx.train import TrainSettings, train
+    from imgtx.train import train
+    from imgtx.training.likelihood import TrainSettings
 
     settings = TrainSettings(data=DATA, out=str(out), max_steps=steps, batch_size=8, lr=2e-3,
                              warmup=10, eval_every=0, eval_images=16, checkpoint_every=0,

@@ -43,7 +43,9 @@ from pathlib import Path
 
 from imgtx.configs import get_config
 from imgtx.errors import UserError
-from imgtx.train import TrainSettings, export_run, train
+from imgtx.train import train
+from imgtx.training.checkpoints import export_run
+from imgtx.training.likelihood import TrainSettings
 
 
 def main() -> None:

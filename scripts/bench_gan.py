@@ -4,6 +4,8 @@
     python scripts/bench_gan.py --json --skip-memory --skip-window
     python scripts/bench_gan.py --json --official /tmp/TransGAN --repeats 3 \
         --skip-steps --skip-memory --skip-window     # ours/official step-time ratios
+    python scripts/bench_gan.py --json --race-cpu-minutes 3 \
+        --skip-steps --skip-memory --skip-window     # kimg per CPU-hour of the photo race
 
 * Step time at ``--config`` (default ``transgan-cifar10``), ``--batch`` 8, ``--threads`` 2,
   fp32, median of ``--iters`` after one warm-up:
@@ -28,6 +30,12 @@
   stages have it) is measured only where it fits (``--global-sizes``, default 64^2: at 128^2
   a single (heads, N, N) bias is already 4.3 GB in fp32, at 256^2 69 GB). CPU only; each case in
   a fresh subprocess.
+* ``--race-cpu-minutes M``: training throughput of the two recipes of
+  ``scripts/photo_gan_race.py`` (``paper`` and ``toolkit``) at their race settings (one thread,
+  the photo corpus's ``train`` split, their batch sizes and networks): each trains in a fresh
+  subprocess for M minutes of process CPU time after ``--race-warmup-steps`` untimed steps, and
+  reports kimg (real images shown to D) per CPU-hour and D/G steps per CPU-minute. The race's
+  own logs (``race.jsonl``: kimg against CPU-minutes) give the same figure over a whole run.
 """
 
 from __future__ import annotations
@@ -222,6 +230,66 @@ def side_by_side(args) -> dict:
     return out
 
 
+def child_race(args) -> dict:
+    """One recipe of scripts/photo_gan_race.py, trained for ``--race-cpu-minutes`` of process CPU
+    time after ``--race-warmup-steps`` untimed steps (data loading, first allocations)."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from imgtx.gan.train import train_named
+
+    path = Path(__file__).with_name("photo_gan_race.py")
+    spec = importlib.util.spec_from_file_location("photo_gan_race", path)
+    race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race)
+    entry = race.RECIPES[args.recipe]
+    budget = args.race_cpu_minutes * 60
+    clock: dict = {}
+
+    def wrap(step):
+        def timed(run, batch):
+            if run.state.step == args.race_warmup_steps:
+                clock.update(cpu=time.process_time(), images=run.state.images_seen,
+                             step=run.state.step)
+            figures = step(run, batch)
+            if clock and time.process_time() - clock["cpu"] >= budget:
+                clock.update(cpu_end=time.process_time(), images_end=run.state.images_seen,
+                             step_end=run.state.step + 1)
+                run.settings.max_steps = run.state.step + 1
+            return figures
+        return timed
+
+    with tempfile.TemporaryDirectory() as out:
+        train_named(entry["config"], generator=entry["generator"],
+                    discriminator=entry["discriminator"], wrap_step=wrap,
+                    **{**entry["settings"], "data": race.DATA, "out": out, "seed": 0,
+                       "threads": 1, "max_steps": 10**9, "fid_every": 0, "eval_every": 0,
+                       "sample_every": 0, "checkpoint_every": 0, "num_samples": 4,
+                       "cpu": True})
+    hours = (clock["cpu_end"] - clock["cpu"]) / 3600
+    d_steps = clock["step_end"] - clock["step"]
+    from imgtx.gan.configs import gan_entry
+
+    n_critic = {**gan_entry(entry["config"]).train, **entry["settings"]}.get("n_critic", 1)
+    return {"recipe": args.recipe, "cpu_minutes": round(hours * 60, 2),
+            "kimg_per_cpu_hour": round((clock["images_end"] - clock["images"]) / 1000 / hours, 2),
+            "d_steps_per_cpu_minute": round(d_steps / hours / 60, 2),
+            "g_steps_per_cpu_minute": round(d_steps / n_critic / hours / 60, 2)}
+
+
+def race_rates(args) -> dict:
+    out = {"threads": 1, "cpu_minutes_each": args.race_cpu_minutes}
+    for recipe in ("paper", "toolkit"):
+        out[recipe] = run_child(["--child", "race", "--recipe", recipe, "--race-cpu-minutes",
+                                 str(args.race_cpu_minutes), "--race-warmup-steps",
+                                 str(args.race_warmup_steps)], args.child_timeout)
+    if all("kimg_per_cpu_hour" in out[r] for r in ("paper", "toolkit")):
+        out["toolkit_over_paper"] = round(out["toolkit"]["kimg_per_cpu_hour"]
+                                          / out["paper"]["kimg_per_cpu_hour"], 3)
+    return out
+
+
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -320,16 +388,23 @@ def main() -> None:
                         help="a VITA-Group/TransGAN checkout: time it side by side with ours")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved repeats per side with --official")
+    parser.add_argument("--race-cpu-minutes", type=float, default=0,
+                        help="kimg per CPU-hour of the photo race's two recipes, each timed for "
+                             "this many CPU-minutes (0: skip)")
+    parser.add_argument("--race-warmup-steps", type=int, default=5,
+                        help="untimed steps before the race rates are measured")
     parser.add_argument("--json", action="store_true", help="print only the final JSON line")
     # internal: one measurement in a fresh process
-    parser.add_argument("--child", choices=["train-step", "window"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["train-step", "window", "race"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", choices=["paper", "toolkit"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument("--window", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1 if args.child == "race" else args.threads)
     if args.child:
-        fn = child_train_step if args.child == "train-step" else child_window
+        fn = {"train-step": child_train_step, "window": child_window, "race": child_race}[args.child]
         print(json.dumps(fn(args)))
         return
 
@@ -347,6 +422,10 @@ def main() -> None:
             print("memory:", result["memory"])
     if not args.skip_window:
         result["window_vs_global"] = window_vs_global(args)
+    if args.race_cpu_minutes:
+        result["photo_race"] = race_rates(args)
+        if not args.json:
+            print("photo race:", result["photo_race"])
     print(json.dumps(result))
 
 

@@ -15,7 +15,10 @@ from the first steps, where the projection alone teaches the classes slowly.
 
 The class-accuracy figure of :mod:`imgtx.gan.evaluate` should be read beside FID: Gong et al. 2019
 ("Twin Auxiliary Classifiers GAN") show that AC-GAN's term pushes G towards easily classified
-samples, at some cost in diversity.
+samples, at some cost in diversity. ``fade_kimg`` answers that with a schedule: G's share of the
+term falls linearly from ``weight`` to 0 over the first ``fade_kimg`` thousand real images, after
+which the projection head (Miyato & Koyama 2018) alone conditions G. D keeps training its
+classifier on real images at ``weight`` throughout, so the accuracy figure stays meaningful.
 
 The wrapped loss calls D once on the real batch (WGAN-GP and R1 also on the penalty's inputs);
 those calls go through :class:`_ClassLogitTap`, which asks D for its class logits as well and
@@ -26,6 +29,8 @@ Shapes: images ``(B, 3, H, W)``, labels ``(B,)``, logits ``(B, K)``.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +68,23 @@ class AuxiliaryClassifierLoss:
     parts)`` (parts gain ``d_class`` and ``d_class_acc``) and ``generator(D, fake, labels)``.
     """
 
-    def __init__(self, loss, weight: float = 1.0) -> None:
+    def __init__(self, loss, weight: float = 1.0, fade_kimg: float | None = None,
+                 images_seen: Callable[[], int] | None = None) -> None:
         if not weight > 0:
             raise UserError(f"aux_weight must be > 0, got {weight}")
+        if fade_kimg is not None and not (fade_kimg > 0 and images_seen is not None):
+            raise UserError(f"aux_fade_kimg must be > 0 and needs the run's image count, got "
+                            f"{fade_kimg}")
         self.loss, self.weight = loss, weight
+        self.fade_kimg, self.images_seen = fade_kimg, images_seen
         self.name = f"{loss.name}+ac"
+
+    def generator_weight(self) -> float:
+        """G's weight of the class term now: ``weight``, or with ``fade_kimg`` falling linearly
+        to 0 at ``fade_kimg`` thousand real images."""
+        if self.fade_kimg is None:
+            return self.weight
+        return self.weight * max(0.0, 1.0 - self.images_seen() / (1000 * self.fade_kimg))
 
     def discriminator(self, D, real: torch.Tensor, fake: torch.Tensor,
                       labels: torch.Tensor | None = None
@@ -86,6 +103,9 @@ class AuxiliaryClassifierLoss:
                   ) -> torch.Tensor:
         if labels is None:
             raise UserError("the auxiliary-classifier loss needs class labels")
+        weight = self.generator_weight()
+        if weight == 0:
+            return self.loss.generator(D, fake, labels)
         tap = _ClassLogitTap(D, fake)
         loss = self.loss.generator(tap, fake, labels)
-        return loss + self.weight * F.cross_entropy(tap.logits_for(fake, labels), labels)
+        return loss + weight * F.cross_entropy(tap.logits_for(fake, labels), labels)

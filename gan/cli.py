@@ -234,6 +234,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "paper recipes do)")
     p.add_argument("--aux-weight", type=float, help="weight of the AC-GAN class loss, when D "
                    "has an auxiliary classifier (--set-d aux_classifier=true; default 1)")
+    p.add_argument("--aux-fade-kimg", type=float, help="G's AC-GAN weight falls linearly to 0 "
+                   "over this many kimg; the projection head alone conditions G afterwards")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a generator config field, e.g. --set checkpoint_blocks=true "
                    "(num_classes and checkpoint_blocks apply to D too)")

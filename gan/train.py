@@ -60,7 +60,7 @@ DISCRIMINATOR_DIR = "discriminator"
 # The settings a registry recipe sets (and `imgtx gan info` shows); the others are run settings.
 RECIPE_KEYS = ("batch_size", "grad_accum", "g_batch_size", "n_critic", "loss", "loss_options",
                "lr", "lr_d", "betas", "warmup", "clip_grad_norm", "ema_kimg", "ema_warmup",
-               "ema_decay", "aux_weight", "isolate_d")
+               "ema_decay", "aux_weight", "aux_fade_kimg", "isolate_d")
 
 
 def launched_processes() -> int:
@@ -102,6 +102,7 @@ class GANTrainSettings(RunSettings):
     fid_split: str = "test"
     features: str = "imgtx-small"  # feature extractor (imgtx.eval.features.get_extractor)
     aux_weight: float = 1.0  # AC-GAN class-loss weight, when D has aux_classifier
+    aux_fade_kimg: float | None = None  # G's AC weight falls to 0 over this many kimg (None: kept)
     # Freeze D during the G step, so the G loss leaves no gradient in D's next step. The official
     # loop keeps it (functions.py never zeroes D's gradients after the G step): the TransGAN paper
     # recipes set False to reproduce it.
@@ -146,6 +147,7 @@ class GANTrainSettings(RunSettings):
             raise UserError(f"ema_decay={self.ema_decay}: give a number in [0, 1), e.g. 0.995")
         self._check_g_batch_size()
         check_positive("aux_weight", self.aux_weight)
+        check_positive("aux_fade_kimg", self.aux_fade_kimg)
         check_at_least("num_samples", self.num_samples, 0)
         check_at_least("fid_every", self.fid_every, 0)
         check_at_least("fid_samples", self.fid_samples, 2)
@@ -279,7 +281,8 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
               f"{run.num_processes} process(es)")
     loss = make_loss(settings.loss, **settings.loss_options)
     if getattr(D.config, "aux_classifier", False):
-        loss = AuxiliaryClassifierLoss(loss, settings.aux_weight)
+        loss = AuxiliaryClassifierLoss(loss, settings.aux_weight, settings.aux_fade_kimg,
+                                       images_seen=lambda: run.state.images_seen)
     step = GANStep(loss, settings.n_critic, settings.clip_grad_norm, G.config.latent_dim,
                    num_classes, g_batch_size=settings.g_batch_size, isolate_d=settings.isolate_d)
     if wrap_step is not None:

@@ -86,6 +86,38 @@ def test_generator_term_pushes_fakes_towards_their_label():
     assert G.to_tokens.weight.grad.abs().sum() > 0
 
 
+def test_fade_lowers_only_the_generator_weight_linearly_to_zero():
+    G, D = tiny_pair()
+    D.eval()
+    labels = torch.tensor([0, 1, 2, 2])
+    real = torch.rand(4, 3, 8, 8) * 2 - 1
+    fake = G(torch.randn(4, 8), labels).detach()
+    seen = {"images": 0}
+    loss = AuxiliaryClassifierLoss(make_loss("hinge"), weight=2.0, fade_kimg=4.0,
+                                   images_seen=lambda: seen["images"])
+    adversarial = -D(fake, labels).mean()
+    ce = F.cross_entropy(D(fake, labels, return_class_logits=True)[1], labels)
+    d_full = AuxiliaryClassifierLoss(make_loss("hinge"), weight=2.0).discriminator(
+        D, real, fake, labels)[0]
+    for images, weight in [(0, 2.0), (1000, 1.5), (3000, 0.5), (4000, 0.0), (9000, 0.0)]:
+        seen["images"] = images
+        assert loss.generator_weight() == pytest.approx(weight)
+        torch.testing.assert_close(loss.generator(D, fake, labels), adversarial + weight * ce)
+        # D's classifier keeps its full weight on real images
+        torch.testing.assert_close(loss.discriminator(D, real, fake, labels)[0], d_full)
+
+
+def test_fade_reaches_the_loss_through_the_training_settings(tmp_path):
+    from imgtx.gan.train import settings_from_registry
+
+    with pytest.raises(UserError, match="aux_fade_kimg"):
+        settings_from_registry({}, aux_fade_kimg=0.0, out=str(tmp_path), max_steps=1)
+    with pytest.raises(UserError, match="aux_fade_kimg"):
+        AuxiliaryClassifierLoss(make_loss("hinge"), fade_kimg=2.0)  # no image count
+    assert settings_from_registry({"aux_fade_kimg": 30}, out=str(tmp_path),
+                                  max_steps=1).aux_fade_kimg == 30
+
+
 def test_auxiliary_loss_needs_labels_and_positive_weight():
     with pytest.raises(UserError, match="aux_weight"):
         AuxiliaryClassifierLoss(make_loss("hinge"), weight=0.0)

@@ -14,8 +14,11 @@
    default temperature (0) -> ``runs/demo/sr_upscaled.png``, with ``sr_bicubic.png``,
    ``sr_input.png``, ``sr_original.png`` and ``sr_compare.png`` (bicubic | model | original)
    beside it and the PSNR of both against the original.
-4. **A transformer GAN.** 64 samples of ``checkpoints/transgan-photos32-small`` (TransGAN trained
-   on ``builtin:photos32``, EMA generator) -> ``runs/demo/gan_samples.png``.
+4. **A transformer GAN.** 64 samples of ``checkpoints/strans-corpus32`` (STrans-G trained with
+   the toolkit's photo recipe on 32x32 crops of the photo corpus, EMA generator; the photo GAN
+   race of docs/gan.md) -> ``runs/demo/gan_samples.png``, and beside them, at the same scale,
+   64 real ``val`` crops of the same photos shipped with the checkpoint ->
+   ``runs/demo/gan_vs_real.png`` (samples left, real right).
 
 Nothing is downloaded: the Hub and datasets are switched to offline mode before they are imported,
 and every image comes from files bundled with scikit-image. The last line on stdout is a JSON
@@ -48,7 +51,7 @@ from imgtx.sampling import sample  # noqa: E402
 
 CHECKPOINT = Path("checkpoints/imgtx-photos-dmol-small")
 SR_CHECKPOINT = Path("checkpoints/sr-corpus-8to32-dmol")
-GAN_CHECKPOINT = Path("checkpoints/transgan-photos32-small")
+GAN_CHECKPOINT = Path("checkpoints/strans-corpus32")
 DATA = "builtin:photos32"
 # astronaut.png (512x512): the 256x256 square around the face, at (left, top).
 FACE_BOX = (136, 16, 392, 272)
@@ -140,19 +143,28 @@ def sr_section(out: Path, seed: int) -> dict:
 
 
 def gan_section(out: Path, seed: int) -> dict:
-    """64 samples of the shipped TransGAN generator, one call (``generator.generate``)."""
+    """64 samples of the shipped photo generator (``generator.generate``), alone and beside the
+    checkpoint's 64 real val crops."""
     if not (GAN_CHECKPOINT / "config.json").is_file():
         say(f"\n{GAN_CHECKPOINT} not found: skipping the GAN samples.")
         return {"gan": "skipped: no checkpoint"}
     from imgtx.gan.sample import load_generator
-    from imgtx.images import save_grid
 
-    say(f"\n== TransGAN: 64 samples of {GAN_CHECKPOINT} ==")
+    say(f"\n== Transformer GAN: 64 samples of {GAN_CHECKPOINT}, beside 64 real crops ==")
     generator = load_generator(str(GAN_CHECKPOINT))
     images = generator.generate(64, seed=seed)  # (64, 3, 32, 32) uint8
     save_grid(images, out / "gan_samples.png", scale=2)
-    say(f"   wrote {out / 'gan_samples.png'}")
-    return {"gan_samples": str(out / "gan_samples.png")}
+    paths = {"gan_samples": str(out / "gan_samples.png")}
+    real_grid = GAN_CHECKPOINT / "val_crops.png"
+    if real_grid.is_file():
+        samples, real = make_grid(images), read_image(real_grid)  # both (3, 290, 290)
+        gap = torch.full((3, samples.shape[1], 16), 255, dtype=torch.uint8)
+        both = torch.cat([samples, gap, real], dim=2)
+        save_image(both.repeat_interleave(2, 1).repeat_interleave(2, 2), out / "gan_vs_real.png")
+        paths["gan_vs_real"] = str(out / "gan_vs_real.png")
+    for name, path in paths.items():
+        say(f"   {name:11} {path}")
+    return paths
 
 
 def main() -> None:

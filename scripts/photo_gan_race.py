@@ -4,6 +4,7 @@
     python scripts/photo_gan_race.py toolkit --cpu-minutes 90 --out runs/race/toolkit --seed 0
     python scripts/photo_gan_race.py yardstick              # the floor and extractor checks
     python scripts/photo_gan_race.py plot --runs runs/race/paper runs/race/toolkit --out docs
+    python scripts/photo_gan_race.py export --runs runs/race/toolkit --out checkpoints/strans-corpus32
     python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
 
 Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it
@@ -19,6 +20,10 @@ stdout. ``OUT/final`` is the EMA generator (``imgtx gan eval --model OUT/final``
 ``plot`` draws FID against CPU-minutes of the runs into ``OUT/photo_gan_race.png`` (floor
 dashed), copies each run's last sample grid to ``OUT/photo_gan_race_<run>.png`` and writes 64
 val crops at the same scale to ``OUT/photo_gan_race_val.png``.
+
+``export`` ships a run's EMA generator (``OUT/final``) as a checkpoint folder: the model, its
+discriminator, the race log (``race.jsonl``), the last sample grid, 64 real ``val`` crops
+(``val_crops.png``, one pixel per pixel, for side-by-side views offline) and the command.
 
 ``yardstick`` prints the floor and the feature-extractor checks of docs/gan.md: FID of val crops
 against blurred and noised copies of themselves, and FID between crop sets of one photo against
@@ -302,9 +307,25 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
     return written
 
 
+def export(run: Path, target: Path, command: str) -> dict[str, str]:
+    """Copy ``run/final`` to ``target`` with the race log, the last grid and 64 val crops."""
+    import shutil
+
+    from imgtx.gan.evaluate import real_images
+    from imgtx.images import save_grid
+    from imgtx.training.checkpoints import export_run
+
+    export_run(run / "final", target)
+    shutil.copy(run / "race.jsonl", target / "race.jsonl")
+    shutil.copy(sorted((run / "race_samples").glob("*.png"))[-1], target / "samples.png")
+    save_grid(real_images(DATA, "val", 32, 64), target / "val_crops.png")
+    (target / "train_command.txt").write_text(command + "\n")
+    return {"export": str(target)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=[*RECIPES, "yardstick", "plot"])
+    parser.add_argument("what", choices=[*RECIPES, "yardstick", "plot", "export"])
     parser.add_argument("--runs", type=Path, nargs="+", help="run folders to plot")
     parser.add_argument("--cpu-minutes", type=float, default=90.0,
                         help="process CPU time spent training (ticks not counted)")
@@ -321,6 +342,17 @@ def main() -> None:
                          f"--out {DATA} --add-val")
     if args.what == "yardstick":
         print(json.dumps(yardstick(args.fid_samples)))
+        return
+    if args.what == "export":
+        if not args.runs or len(args.runs) != 1 or args.out is None:
+            raise SystemExit("export needs one --runs folder and --out")
+        run = args.runs[0]
+        last = json.loads((run / "race.jsonl").read_text().splitlines()[-1])
+        seed = json.loads((run / "settings.json").read_text())["train"]["seed"]
+        recipe = run.name if run.name in RECIPES else "<recipe>"
+        command = (f"python scripts/photo_gan_race.py {recipe} --cpu-minutes "
+                   f"{last['cpu_minutes']:.0f} --seed {seed} --out {run}")
+        print(json.dumps(export(args.runs[0], args.out, command)))
         return
     if args.what == "plot":
         print(json.dumps(plot(args.runs or [], args.out or Path("docs"))))

@@ -12,16 +12,16 @@ copies the EMA generator to ``--export`` with its training curve, ratio curves a
     python scripts/train_strans_digits.py --max-steps 3 --out /tmp/smoke --export ''  # smoke
 
 ``SETTINGS`` are the shipped run's (it was made by ``python scripts/train_strans_digits.py
---batch-size 16 --lr 2e-4 --lr-d 2e-4 --max-steps 20000 --minutes 60 --sample-every 500
---ratio-every 100 --eval-every 100 --checkpoint-every 250 --threads 1``, with an EMA half-life of
-2 kimg, 100 samples per grid); the registry entry's ``train`` gives the rest (hinge loss,
-n_critic 1). Every ``imgtx gan train`` option overrides them, e.g. ``--set``/``--set-d`` for
+--minutes 40 --aux-fade-kimg 50 --threads 1``: batch 16, learning rates 2e-4, an EMA half-life of
+2 kimg, and G's AC-GAN weight falling from 1 to 0 over the first 50 kimg, after which the
+projection head alone conditions G; 100 samples per grid); the registry entry's ``train`` gives
+the rest (hinge loss, n_critic 1). Every ``imgtx gan train`` option overrides them, e.g. ``--set``/``--set-d`` for
 generator/discriminator config fields (the ablations in ``scripts/ablate_strans_digits.py``).
 The same training without the ratio logging is
 
     imgtx gan train --config strans-digits32-cond --data builtin:digits --out DIR \
-        --batch-size 16 --lr 2e-4 --lr-d 2e-4 --max-steps 20000 --minutes 60 --ema-kimg 2 \
-        --num-samples 100
+        --batch-size 16 --lr 2e-4 --lr-d 2e-4 --max-steps 20000 --minutes 40 --ema-kimg 2 \
+        --aux-fade-kimg 50 --num-samples 100
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from imgtx.training.checkpoints import export_run
 
 SETTINGS = {"config": "strans-digits32-cond", "data": "builtin:digits",
             "out": "runs/strans-digits32-cond", "batch_size": 16, "lr": 2e-4, "lr_d": 2e-4,
-            "max_steps": 20000, "minutes": 60.0, "ema_kimg": 2.0, "eval_every": 100,
+            "max_steps": 20000, "minutes": 40.0, "ema_kimg": 2.0, "aux_fade_kimg": 50.0,
+            "eval_every": 100,
             "sample_every": 500, "checkpoint_every": 250, "num_samples": 100, "threads": 1,
             "ratio_every": 100, "export": "checkpoints/strans-digits32-cond"}
 

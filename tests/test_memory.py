@@ -60,7 +60,9 @@ print("peaks_kb", json.dumps(peaks), file=sys.stderr)
 sys.exit(code)
 """
 MARK = 2_000  # images opened before the first reading
-MAX_GROWTH_KB_PER_IMAGE = 1.8  # 32 MB over 18,000 images; run-to-run spread seen: 0-14 MB
+# 72 MB over 18,000 images. Run-to-run spread seen without a leak: 0-33 MB (the top in a full
+# suite run); the 10 KB-per-image control below reads about 15 KB per image.
+MAX_GROWTH_KB_PER_IMAGE = 4.0
 
 
 def png_folder(root: Path, count: int) -> Path:
@@ -113,7 +115,7 @@ def test_eval_bpd_memory_does_not_grow_with_the_number_of_images(model_and_image
 
 def test_a_leak_of_10_kb_per_image_is_caught(model_and_images):
     """Negative control: the same command keeping 10 KB per image fails the bound above (on
-    6,000 images: 4,000 past the mark show ~10 KB each, against a bound of 1.8)."""
+    6,000 images: 4,000 past the mark show ~10 KB each, against a bound of 4)."""
     model, images = model_and_images
     per_image, peaks = growth_per_image(model, images, limit=6_000, leak_bytes=10_240)
     assert peaks["opened"] == 6_000

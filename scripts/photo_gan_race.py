@@ -352,7 +352,7 @@ def main() -> None:
         recipe = run.name if run.name in RECIPES else "<recipe>"
         command = (f"python scripts/photo_gan_race.py {recipe} --cpu-minutes "
                    f"{last['cpu_minutes']:.0f} --seed {seed} --out {run}")
-        print(json.dumps(export(args.runs[0], args.out, command)))
+        print(json.dumps(export(run, args.out, command)))
         return
     if args.what == "plot":
         print(json.dumps(plot(args.runs or [], args.out or Path("docs"))))

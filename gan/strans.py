@@ -34,6 +34,7 @@ from imgtx.gan.conditioning import (
     check_labels,
 )
 from imgtx.gan.strans_configs import STransDiscriminatorConfig, STransGeneratorConfig
+from imgtx.training.draws import randn_for_batch
 from imgtx.transformer import TransformerLayer, sinusoid_positions_2d
 
 __all__ = ["SwinBlock", "Upsample", "Downsample", "STransGenerator", "STransDiscriminator"]
@@ -82,15 +83,17 @@ class Upsample(nn.Module):
     """x2 token-grid upsampling from width ``in_dim`` on a ``side`` grid to ``out_dim``.
 
     ``bilinear`` (StyleSwin ``BilinearUpsample``): bilinear x2, LayerNorm, ``Linear(in, out)``
-    without bias; ``pixelshuffle`` (TransGAN, widened first): ``Linear(in, 4 out)`` then
-    ``PixelShuffle(2)``. Both then add a fixed 2D sinusoidal position encoding scaled by a
-    learned gate that starts at zero (StyleSwin's ``alpha * sin_pos_embed``).
+    without bias; ``norm_bilinear``: the same LayerNorm and Linear applied per token first, then
+    bilinear x2 (same parameters; the interpolated tokens are not renormalised one by one, so a
+    ramp between two tokens stays a ramp); ``pixelshuffle`` (TransGAN, widened first):
+    ``Linear(in, 4 out)`` then ``PixelShuffle(2)``. All then add a fixed 2D sinusoidal position
+    encoding scaled by a learned gate that starts at zero (StyleSwin's ``alpha * sin_pos_embed``).
     """
 
     def __init__(self, in_dim: int, out_dim: int, side: int, mode: str = "bilinear") -> None:
         super().__init__()
         self.mode, self.side = mode, side
-        if mode == "bilinear":
+        if mode in ("bilinear", "norm_bilinear"):
             self.norm = nn.LayerNorm(in_dim)
             self.proj = nn.Linear(in_dim, out_dim, bias=False)
         else:
@@ -105,10 +108,30 @@ class Upsample(nn.Module):
             grid = F.interpolate(tokens_to_map(x, self.side), scale_factor=2, mode="bilinear",
                                  align_corners=False)  # (B, in, 2side, 2side)
             x = self.proj(self.norm(map_to_tokens(grid)))
+        elif self.mode == "norm_bilinear":
+            grid = tokens_to_map(self.proj(self.norm(x)), self.side)  # (B, out, side, side)
+            x = map_to_tokens(F.interpolate(grid, scale_factor=2, mode="bilinear",
+                                            align_corners=False))
         else:
             grid = F.pixel_shuffle(tokens_to_map(self.proj(x), self.side), 2)  # (B, out, 2s, 2s)
             x = map_to_tokens(grid)
         return x + self.position_gate * self.sinusoid
+
+
+class TokenNoise(nn.Module):
+    """StyleGAN's noise inputs (Karras et al. 2019, arXiv 1812.04948, sec. 2 and fig. 1b) on a
+    token grid: ``x + strength * n``, one ``n ~ N(0, 1)`` per token shared over channels, scaled
+    by a learned per-channel ``strength`` that starts at zero. ``(B, N, D)`` -> ``(B, N, D)``.
+
+    The noise comes from torch's global generator (``Generator.generate`` seeds it)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = randn_for_batch(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+        return x + noise * self.strength
 
 
 class Downsample(nn.Module):
@@ -171,6 +194,9 @@ class STransGenerator(Generator):
                                           activation="gelu", backend=backend, **layer_kwargs))
         self.upsamples = nn.ModuleList(Upsample(c.dims[i], c.dims[i + 1], c.grids[i], c.upsample)
                                        for i in range(len(c.dims) - 1))
+        # Noise inputs at every stage's input (after its upsampling): per-pixel texture needs a
+        # source of randomness below the latent's 4x4 grid.
+        self.noise = nn.ModuleList(TokenNoise(dim) for dim in c.dims) if c.noise else None
         self.to_rgb = nn.Linear(c.dims[-1], 3)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,6 +213,8 @@ class STransGenerator(Generator):
         for i, blocks in enumerate(self.stages):
             if i:
                 x = self.upsamples[i - 1](x)  # (B, 4N, D_i)
+            if self.noise is not None:
+                x = self.noise[i](x)
             x = run_blocks(blocks, x, checkpointed=c.checkpoint_blocks, cond=cond)
         rgb = self.to_rgb(x)  # (B, H*W, 3)
         return rgb.transpose(1, 2).reshape(b, 3, c.image_size, c.image_size)

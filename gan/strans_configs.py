@@ -45,6 +45,7 @@ class STransGeneratorConfig:
     swin_from: int = 16  # grids at least this side use Swin blocks; smaller ones global attention
     mlp_ratio: float = 4.0  # FFN hidden width / model width
     upsample: str = "bilinear"  # "bilinear": x2 bilinear + Linear (StyleSwin BilinearUpsample)
+    #                             "norm_bilinear": LayerNorm + Linear per token, then x2 bilinear
     #                             "pixelshuffle": Linear to 4x width + PixelShuffle(2) (TransGAN)
     num_classes: int = 0  # > 0: class-conditional through AdaNorm-T
     class_embed_dim: int = 128  # class-embedding width (conditional only)
@@ -52,6 +53,7 @@ class STransGeneratorConfig:
     adanorm: str = "trunk"  # AdaNorm-T placement: "branch" (a) | "trunk" (b) | "both" (c)
     label_input: bool = False  # conditional: the input MLP reads c (class embedding and z), not z
     checkpoint_blocks: bool = False  # activation checkpointing per block (training memory)
+    noise: bool = False  # StyleGAN noise inputs: per-token N(0, 1) x learned per-channel scale
 
     def __post_init__(self) -> None:
         self.dims, self.depths, self.heads = tuple(self.dims), tuple(self.depths), tuple(self.heads)
@@ -67,8 +69,9 @@ class STransGeneratorConfig:
             if side >= self.swin_from and side % self.window:
                 raise UserError(f"Swin window {self.window} does not divide the {side}x{side} "
                                 "grid; pick a window that divides every Swin stage's grid")
-        if self.upsample not in ("bilinear", "pixelshuffle"):
-            raise UserError(f"upsample={self.upsample!r}; expected 'bilinear' or 'pixelshuffle'")
+        if self.upsample not in ("bilinear", "norm_bilinear", "pixelshuffle"):
+            raise UserError(f"upsample={self.upsample!r}; expected 'bilinear', 'norm_bilinear' "
+                            "or 'pixelshuffle'")
         if self.adanorm not in ("branch", "trunk", "both"):
             raise UserError(f"adanorm={self.adanorm!r}; expected 'branch', 'trunk' or 'both'")
 

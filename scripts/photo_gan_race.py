@@ -75,6 +75,12 @@ FEATURES = "imgtx-small"
 #   64 identical cyan squares. The paper recipe keeps the official loop.
 # - Identity residuals in D: they beat the skip projections on FID in the digits ablation
 #   (docs/strans.md, one seed, 400 steps), as in strans-digits32-cond.
+# (b') The toolkit recipe with two generator changes aimed at texture (the first toolkit run's
+# samples were flat patches on the 8x8 stage's 4-pixel grid):
+# - StyleGAN's noise inputs (Karras et al. 2019, arXiv 1812.04948, sec. 2: stochastic detail -
+#   hair, grain - comes from per-pixel noise, not from the latent), at every stage's input;
+# - upsample="norm_bilinear": LayerNorm and Linear per token before the bilinear x2, not after,
+#   so interpolated tokens are not renormalised one by one (same parameters as StyleSwin's).
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -94,6 +100,10 @@ RECIPES: dict[str, dict[str, Any]] = {
                      "clip_grad_norm": 5.0, "ema_kimg": 2.0, "ema_warmup": 0.05,
                      "isolate_d": True},
     },
+}
+RECIPES["toolkit-noise"] = {
+    **RECIPES["toolkit"],
+    "generator": {**RECIPES["toolkit"]["generator"], "noise": True, "upsample": "norm_bilinear"},
 }
 
 

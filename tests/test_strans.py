@@ -12,7 +12,7 @@ import torch
 
 from imgtx.attention import Window
 from imgtx.gan.diagnostics import RatioHistory, collect_ratios, recording_ratios
-from imgtx.gan.strans import STransDiscriminator, STransGenerator, SwinBlock
+from imgtx.gan.strans import STransDiscriminator, STransGenerator, SwinBlock, Upsample
 from imgtx.gan.strans_configs import STRANS_CONFIGS
 from imgtx.hub import CheckpointMismatchError, parameter_count
 from imgtx.transformer import TransformerLayer
@@ -130,14 +130,68 @@ def test_identity_skip_projection_equals_plain_residual(branch_activation):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("upsample", ["bilinear", "pixelshuffle"])
-def test_generator_shapes_and_gradients(upsample):
-    g = STransGenerator(tiny_g(upsample=upsample))
+@pytest.mark.parametrize("upsample, noise", [("bilinear", False), ("pixelshuffle", False),
+                                             ("norm_bilinear", True)])
+def test_generator_shapes_and_gradients(upsample, noise):
+    g = STransGenerator(tiny_g(upsample=upsample, noise=noise))
     images = g(torch.randn(3, 16))
     assert images.shape == (3, 3, 16, 16)
     images.square().mean().backward()
     no_grad = [n for n, p in g.named_parameters() if p.grad is None]
     assert not no_grad
+
+
+def test_norm_bilinear_upsample_interpolates_projected_tokens():
+    """``norm_bilinear`` == LayerNorm and Linear per token, then bilinear x2 written out by hand
+    (float64): each output token is 9/16, 3/16, 3/16, 1/16 of its four nearest input tokens
+    (edge-clamped), so a ramp between tokens stays a ramp. It holds the same parameters as
+    ``bilinear``, whose result differs (it renormalises each interpolated token)."""
+    torch.manual_seed(0)
+    late = Upsample(8, 4, side=3, mode="norm_bilinear").double()
+    early = Upsample(8, 4, side=3, mode="bilinear").double()
+    assert [n for n, _ in late.named_parameters()] == [n for n, _ in early.named_parameters()]
+    early.load_state_dict(late.state_dict())
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        late.norm.weight.normal_(1, 0.3)
+        late.norm.bias.normal_(0, 0.3)
+        late.position_gate.fill_(0.5)
+        y = late.proj(late.norm(x)).view(2, 3, 3, 4)  # (B, row, col, out)
+    expected = torch.zeros(2, 6, 6, 4, dtype=torch.float64)
+    for i in range(6):
+        for j in range(6):
+            # align_corners=False: output i sits at input coordinate (i + 0.5) / 2 - 0.5
+            u, v = (i + 0.5) / 2 - 0.5, (j + 0.5) / 2 - 0.5
+            r0, c0 = int(torch.floor(torch.tensor(u))), int(torch.floor(torch.tensor(v)))
+            fr, fc = u - r0, v - c0
+            for dr, wr in ((0, 1 - fr), (1, fr)):
+                for dc, wc in ((0, 1 - fc), (1, fc)):
+                    r, c = min(max(r0 + dr, 0), 2), min(max(c0 + dc, 0), 2)
+                    expected[:, i, j] += wr * wc * y[:, r, c]
+    expected = expected.view(2, 36, 4) + 0.5 * late.sinusoid
+    with torch.no_grad():
+        torch.testing.assert_close(late(x), expected, rtol=1e-12, atol=1e-12)
+        early.load_state_dict(late.state_dict())
+        assert (early(x) - expected).abs().max() > 1e-3
+
+
+def test_noise_inputs_start_silent_and_are_seeded():
+    """Noise inputs start at zero strength (the generator equals the noiseless one with the same
+    weights); with a strength they change samples, reproducibly for ``generate``'s seed."""
+    torch.manual_seed(0)
+    plain = STransGenerator(tiny_g()).eval()
+    noisy = STransGenerator(tiny_g(noise=True)).eval()
+    missing, unexpected = noisy.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("noise.") for name in missing)
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(noisy(z), plain(z))
+        for layer in noisy.noise:
+            layer.strength.fill_(0.5)
+        assert (noisy(z) - plain(z)).abs().max() > 1e-3
+        assert (noisy(z) - noisy(z)).abs().max() > 1e-3  # fresh noise each call
+    assert torch.equal(noisy.generate(4, seed=3), noisy.generate(4, seed=3))
+    assert not torch.equal(noisy.generate(4, seed=3), noisy.generate(4, seed=4))
 
 
 @pytest.mark.parametrize("placement", ["branch", "trunk", "both"])

@@ -236,6 +236,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "has an auxiliary classifier (--set-d aux_classifier=true; default 1)")
     p.add_argument("--aux-fade-kimg", type=float, help="G's AC-GAN weight falls linearly to 0 "
                    "over this many kimg; the projection head alone conditions G afterwards")
+    p.add_argument("--mode-seeking", type=float, help="weight of MSGAN's mode-seeking term in "
+                   "G's loss (Mao et al. 2019; their weight 1): pushes apart the images of "
+                   "same-class latents (default 0: off)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a generator config field, e.g. --set checkpoint_blocks=true "
                    "(num_classes and checkpoint_blocks apply to D too)")

@@ -30,8 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from imgtx.errors import UserError
 from imgtx.training.draws import rand_for_batch
 
-__all__ = ["gradient_penalty", "r1_penalty", "WGANGPLoss", "HingeLoss", "LogisticR1Loss",
-           "LOSSES", "make_loss"]
+__all__ = ["gradient_penalty", "r1_penalty", "mode_seeking_term", "WGANGPLoss", "HingeLoss",
+           "LogisticR1Loss", "LOSSES", "make_loss"]
 
 Critic = Callable[..., torch.Tensor]
 
@@ -151,6 +151,37 @@ class LogisticR1Loss:
                   labels: torch.Tensor | None = None) -> torch.Tensor:
         """``E[softplus(-D(G(z)))]`` = ``-E[log sigmoid(D(G(z)))]`` (non-saturating)."""
         return F.softplus(-_critic(D, fake, labels)).mean()
+
+
+def mode_seeking_term(fake: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's mode-seeking term for G's loss (Mao et al. 2019, "Mode Seeking Generative
+    Adversarial Networks for Diverse Image Synthesis", arXiv 1903.05628, eq. 3; their code adds
+    ``1 / (lz + eps)``): ``1 / (mean_pairs d_I / d_z + eps)``, with ``d_I`` the mean absolute
+    difference of two fakes and ``d_z`` that of their latents. Minimising it pushes two latents'
+    images apart in proportion to the latents' distance, against mode collapse.
+
+    MSGAN draws two latents per condition. Here every pair of the batch whose labels are equal
+    (all pairs for an unconditional G) counts, so the D step's fakes serve as they are; a batch
+    with no such pair gives 0 (with a graph, so backward still runs).
+
+    Args:
+        fake: ``(B, 3, H, W)`` generated images (with their graph).
+        z: ``(B, L)`` their latents.
+        labels: ``(B,)`` their classes, or None.
+
+    Returns:
+        A scalar.
+    """
+    i, j = torch.triu_indices(fake.shape[0], fake.shape[0], offset=1, device=fake.device)
+    if labels is not None:
+        same = labels[i] == labels[j]
+        i, j = i[same], j[same]
+    if i.numel() == 0:
+        return fake.sum() * 0
+    image_distance = (fake[i] - fake[j]).abs().flatten(1).mean(dim=1)  # (P,)
+    latent_distance = (z[i] - z[j]).abs().mean(dim=1)  # (P,)
+    return 1 / ((image_distance / latent_distance).mean() + eps)
 
 
 LOSSES = {"wgan-gp": WGANGPLoss, "hinge": HingeLoss, "logistic-r1": LogisticR1Loss}

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from imgtx.errors import UserError, check_at_least
+from imgtx.gan.losses import mode_seeking_term
 
 __all__ = ["GANStep", "to_unit_range", "is_generator_step", "generator_steps"]
 
@@ -67,16 +68,19 @@ class GANStep:
             forward pass of G; as many latents as D's real images).
         isolate_d: freeze D during the G step, so the G loss leaves no gradient in D (the
             default; False reproduces the official loop, as the TransGAN paper recipes do).
+        mode_seeking: weight of MSGAN's term in G's loss
+            (:func:`imgtx.gan.losses.mode_seeking_term`; 0: off).
     """
 
     def __init__(self, loss, n_critic: int, clip_grad_norm: float | None, latent_dim: int,
                  num_classes: int = 0, *, g_batch_size: int | None = None,
-                 isolate_d: bool = True) -> None:
+                 isolate_d: bool = True, mode_seeking: float = 0.0) -> None:
         check_at_least("n_critic", n_critic, 1)
         check_at_least("g_batch_size", g_batch_size, 1)
         self.loss, self.n_critic, self.clip = loss, n_critic, clip_grad_norm
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.g_batch_size, self.isolate_d = g_batch_size, isolate_d
+        self.mode_seeking = mode_seeking
 
     def g_chunk(self, run) -> int:
         """Latents of one G chunk on this process: ``g_batch_size / (grad_accum x
@@ -113,7 +117,7 @@ class GANStep:
         run.optimizer_step("D", max_grad_norm=self.clip)
         figures = {"d_loss": d_loss.detach(), **parts}
         if reuse_fakes:
-            figures["g_loss"] = self._generator_backward(run, fake, labels)
+            figures["g_loss"] = self._generator_backward(run, fake, labels, z)
             run.optimizer_step("G", max_grad_norm=self.clip)
         elif train_g and run.accelerator.sync_gradients:
             # The whole G step follows D's step, on fresh latents, in grad_accum chunks whose
@@ -125,22 +129,31 @@ class GANStep:
                 g_z = self._latents(run, chunk)  # (chunk, L)
                 g_labels = None if labels is None else labels.repeat(
                     -(-chunk // labels.shape[0]))[:chunk]  # (chunk,): the batch's, tiled
-                g_loss = g_loss + self._generator_backward(run, G(g_z, g_labels), g_labels)
+                g_loss = g_loss + self._generator_backward(run, G(g_z, g_labels), g_labels,
+                                                           g_z)
             run.optimizer_step("G", max_grad_norm=self.clip)
             figures["g_loss"] = g_loss
         return figures
 
-    def _generator_backward(self, run, fake: torch.Tensor,
-                            labels: torch.Tensor | None) -> torch.Tensor:
-        """The G loss of ``fake`` through D, backpropagated; returns it detached."""
+    def _generator_backward(self, run, fake: torch.Tensor, labels: torch.Tensor | None,
+                            z: torch.Tensor) -> torch.Tensor:
+        """The G loss of ``fake`` (made from latents ``z``) through D, plus the mode-seeking
+        term if weighted, backpropagated; returns it detached."""
         if self.isolate_d:
             with run.frozen("D") as plain_d:  # no gradients into D; its augmentations stay on
-                g_loss = self.loss.generator(plain_d, fake, labels)
+                g_loss = self._generator_loss(plain_d, fake, labels, z)
                 run.backward(g_loss)
             return g_loss.detach()
         # D is called unwrapped (a forward through the distributed wrapper would wait for a
         # reduction in this backward); its gradients stay in D's .grad and join its next step,
         # where they are reduced with it.
-        g_loss = self.loss.generator(run.unwrap("D"), fake, labels)
+        g_loss = self._generator_loss(run.unwrap("D"), fake, labels, z)
         run.backward(g_loss)
         return g_loss.detach()
+
+    def _generator_loss(self, D, fake: torch.Tensor, labels: torch.Tensor | None,
+                        z: torch.Tensor) -> torch.Tensor:
+        g_loss = self.loss.generator(D, fake, labels)
+        if self.mode_seeking:
+            g_loss = g_loss + self.mode_seeking * mode_seeking_term(fake, z, labels)
+        return g_loss

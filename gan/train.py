@@ -60,7 +60,7 @@ DISCRIMINATOR_DIR = "discriminator"
 # The settings a registry recipe sets (and `imgtx gan info` shows); the others are run settings.
 RECIPE_KEYS = ("batch_size", "grad_accum", "g_batch_size", "n_critic", "loss", "loss_options",
                "lr", "lr_d", "betas", "warmup", "clip_grad_norm", "ema_kimg", "ema_warmup",
-               "ema_decay", "aux_weight", "aux_fade_kimg", "isolate_d")
+               "ema_decay", "aux_weight", "aux_fade_kimg", "isolate_d", "mode_seeking")
 
 
 def launched_processes() -> int:
@@ -107,6 +107,7 @@ class GANTrainSettings(RunSettings):
     # loop keeps it (functions.py never zeroes D's gradients after the G step): the TransGAN paper
     # recipes set False to reproduce it.
     isolate_d: bool = True
+    mode_seeking: float = 0.0  # weight of MSGAN's mode-seeking term in G's loss (0: off)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -148,6 +149,8 @@ class GANTrainSettings(RunSettings):
         self._check_g_batch_size()
         check_positive("aux_weight", self.aux_weight)
         check_positive("aux_fade_kimg", self.aux_fade_kimg)
+        if not self.mode_seeking >= 0:
+            raise UserError(f"mode_seeking must be >= 0 (0: off), got {self.mode_seeking}")
         check_at_least("num_samples", self.num_samples, 0)
         check_at_least("fid_every", self.fid_every, 0)
         check_at_least("fid_samples", self.fid_samples, 2)
@@ -284,7 +287,8 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
         loss = AuxiliaryClassifierLoss(loss, settings.aux_weight, settings.aux_fade_kimg,
                                        images_seen=lambda: run.state.images_seen)
     step = GANStep(loss, settings.n_critic, settings.clip_grad_norm, G.config.latent_dim,
-                   num_classes, g_batch_size=settings.g_batch_size, isolate_d=settings.isolate_d)
+                   num_classes, g_batch_size=settings.g_batch_size, isolate_d=settings.isolate_d,
+                   mode_seeking=settings.mode_seeking)
     if wrap_step is not None:
         step = wrap_step(step)
     record = run.fit(step, evaluate=lambda r: _evaluate(r, settings), samples=(

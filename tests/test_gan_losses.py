@@ -17,6 +17,7 @@ from imgtx.gan.losses import (
     WGANGPLoss,
     gradient_penalty,
     make_loss,
+    mode_seeking_term,
     r1_penalty,
 )
 from imgtx.gan.transgan import TransGANDiscriminator
@@ -135,3 +136,37 @@ def test_unknown_loss_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown GAN loss"):
         make_loss("least-squares")
     assert isinstance(make_loss("hinge"), HingeLoss)
+
+
+def test_mode_seeking_term_against_a_loop_over_same_class_pairs() -> None:
+    """MSGAN's term, 1 / (mean over same-label pairs of d_I / d_z + eps), written as a loop in
+    float64; pairs of different labels do not count."""
+    torch.manual_seed(0)
+    fake = torch.randn(6, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    ratios = [(fake[i] - fake[j]).abs().mean() / (z[i] - z[j]).abs().mean()
+              for i in range(6) for j in range(i + 1, 6) if labels[i] == labels[j]]
+    assert len(ratios) == 4  # (0, 2), (0, 5), (2, 5), (1, 4)
+    expected = 1 / (torch.stack(ratios).mean() + 1e-5)
+    term = mode_seeking_term(fake, z, labels)
+    torch.testing.assert_close(term, expected, rtol=1e-12, atol=0)
+    unconditional = [(fake[i] - fake[j]).abs().mean() / (z[i] - z[j]).abs().mean()
+                     for i in range(6) for j in range(i + 1, 6)]
+    torch.testing.assert_close(mode_seeking_term(fake, z),
+                               1 / (torch.stack(unconditional).mean() + 1e-5), rtol=1e-12, atol=0)
+    # Descending it moves same-class images apart.
+    term.backward()
+    with torch.no_grad():
+        moved = fake - 0.1 * fake.grad
+        spread = [(moved[i] - moved[j]).abs().mean() for i, j in ((0, 2), (0, 5), (2, 5))]
+        before = [(fake[i] - fake[j]).abs().mean() for i, j in ((0, 2), (0, 5), (2, 5))]
+    assert all(a > b for a, b in zip(spread, before))
+
+
+def test_mode_seeking_term_without_pairs_is_zero_with_a_graph() -> None:
+    fake = torch.randn(3, 3, 4, 4, requires_grad=True)
+    term = mode_seeking_term(fake, torch.randn(3, 5), torch.tensor([0, 1, 2]))
+    assert term.item() == 0
+    term.backward()
+    assert torch.equal(fake.grad, torch.zeros_like(fake))

@@ -386,3 +386,17 @@ def test_cli_eval_json_has_the_keys(trained, tmp_path, monkeypatch, capsys):
                 "untrained_kid", "floor_fid"):
         assert key in result
     assert result["num_samples"] == 8 and result["features"] == "random"
+
+
+def test_mode_seeking_weight_changes_the_generator_step(tmp_path):
+    """GANStep(mode_seeking=w) adds MSGAN's term to G's loss: the same seeded step moves G
+    differently with w > 0, and D's update (before the G step) is the same."""
+    results = []
+    for weight in (0.0, 10.0):
+        torch.manual_seed(0)
+        run, _, _ = run_steps(tmp_path / str(weight), max_steps=1, batch_size=4, grad_accum=1,
+                              n_critic=1, loss="hinge", step_options={"mode_seeking": weight})
+        results.append((run.unwrap("G").state_dict(), run.unwrap("D").state_dict()))
+    (g0, d0), (g1, d1) = results
+    assert all(torch.equal(d0[k], d1[k]) for k in d0)
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0)

@@ -191,6 +191,9 @@ def _eval(args: argparse.Namespace) -> int:
     result["model"] = args.model
     if not args.json:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+        if "grid_edge_ratio" in result:
+            shown += (f", grid_edge_ratio at 8 px {result['grid_edge_ratio']['8']:.3g} (real "
+                      f"{result['real_grid_edge_ratio']['8']:.3g})")
         print(f"{args.model} vs {args.data} {args.split}: {shown}", file=sys.stderr)
     print(json.dumps(result))
     return 0

@@ -36,7 +36,13 @@ from imgtx.eval.fid import (
     inception_score,
     kernel_inception_distance,
 )
-from imgtx.gan.yardstick import class_variety, likelihood_figures, load_likelihood_model
+from imgtx.gan.yardstick import (
+    GRID_PERIODS,
+    class_variety,
+    grid_edge_ratio,
+    likelihood_figures,
+    load_likelihood_model,
+)
 
 __all__ = ["class_variety", "evaluate_generator", "likelihood_figures", "real_images",
            "reference_statistics", "spread_indices"]
@@ -47,6 +53,7 @@ KID_SUBSETS = 100
 # kid_std would be 0 rather than the spread over subsets.
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
+GRID_IMAGES = 512  # samples and real images of the grid-edge view (gan.yardstick.grid_edge_ratio)
 
 
 def spread_indices(total: int, count: int) -> list[int]:
@@ -258,7 +265,10 @@ def evaluate_generator(
         ``floor_fid``/``floor_kid``/``floor_kid_std`` (``num_samples`` real training images in
         place of the generated ones) and ``num_floor``; for a conditional generator,
         ``class_accuracy`` (and ``untrained_class_accuracy``) with ``classifier_test_accuracy``,
-        plus ``class_accuracy_caveat`` when the data is not ``builtin:digits``.
+        plus ``class_accuracy_caveat`` when the data is not ``builtin:digits``. Images larger
+        than 16 pixels get ``grid_edge_ratio`` and ``real_grid_edge_ratio``: for each period
+        of :data:`GRID_PERIODS`, :func:`imgtx.gan.yardstick.grid_edge_ratio` of up to 512
+        samples and as many real images.
     """
     check_at_least("num_samples", num_samples, 2)
     check_positive("batch_size", batch_size)
@@ -284,8 +294,9 @@ def evaluate_generator(
         classifier = extractor if isinstance(extractor, SmallFeatureNet) else None
         classifier = classifier or get_extractor("imgtx-small", device)
     keep = min(num_samples, likelihood_images) if likelihood_model else 0
+    grid_images = min(num_samples, GRID_IMAGES)
     fake = _samples(generator, num_samples, batch_size, seed, shard, extractor, with_is,
-                    classifier, keep)
+                    classifier, max(keep, grid_images))
     result: dict[str, Any] = {
         **_distances(fake["features"], real, seed),
         "num_samples": num_samples,
@@ -311,10 +322,17 @@ def evaluate_generator(
             result.update(class_variety(generator, data, extractor, variety_per_class,
                                         batch_size, seed))
     if likelihood_model:
-        scored = real_images(data, split, image_size, len(fake["images"]))
+        scored = real_images(data, split, image_size, keep)
         result["likelihood_model"] = likelihood_model
-        result["likelihood_images"] = len(fake["images"])
-        result.update(likelihood_figures(likelihood, {"samples": fake["images"], "real": scored}))
+        result["likelihood_images"] = keep
+        result.update(likelihood_figures(likelihood, {"samples": fake["images"][:keep],
+                                                      "real": scored}))
+    if image_size > max(GRID_PERIODS):
+        real_grid = real_images(data, split, image_size, grid_images)
+        result["grid_edge_ratio"] = {str(p): grid_edge_ratio(fake["images"][:grid_images], p)
+                                     for p in GRID_PERIODS}
+        result["real_grid_edge_ratio"] = {str(p): grid_edge_ratio(real_grid, p)
+                                          for p in GRID_PERIODS}
 
     if baselines:
         untrained = _samples(_untrained_copy(generator, seed), num_samples, batch_size, seed,

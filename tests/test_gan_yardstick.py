@@ -278,3 +278,47 @@ def test_a_likelihood_model_that_is_no_image_transformer_is_refused():
 
     with pytest.raises(UserError, match="not an Image Transformer"):
         load_likelihood_model(str(ROOT / "checkpoints" / "transgan-photos32-small"))
+
+
+def test_grid_edge_ratio_against_a_loop_and_on_blocks():
+    """The ratio against a loop over every neighbouring pair (float64); blocks of 8 pixels with
+    texture inside score far above 1 at period 8 (and not at a period that misses their
+    borders), smooth ramps score 1."""
+    from imgtx.gan.yardstick import grid_edge_ratio
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
+    x = images.double()
+    on, off = [], []
+    for i in range(12):
+        for j in range(11):
+            (on if (j + 1) % 4 == 0 else off).append(abs(x[:, :, i, j + 1] - x[:, :, i, j]))
+            (on if (j + 1) % 4 == 0 else off).append(abs(x[:, :, j + 1, i] - x[:, :, j, i]))
+    expected = float(torch.cat(on).mean() / torch.cat(off).mean())
+    assert grid_edge_ratio(images, 4) == pytest.approx(expected, rel=1e-12)
+
+    blocks = torch.randint(0, 200, (4, 3, 4, 4)).double().repeat_interleave(8, 2)
+    blocks = blocks.repeat_interleave(8, 3) + torch.randint(0, 8, (4, 3, 32, 32))
+    assert grid_edge_ratio(blocks, 8) > 10
+    assert grid_edge_ratio(blocks, 16) > 5  # every 16-pixel line is an 8-pixel line
+    assert grid_edge_ratio(blocks, 5) < 3
+    ramp = torch.arange(32.0).expand(1, 3, 32, 32) * 4 + torch.arange(32.0)[:, None]
+    assert grid_edge_ratio(ramp, 8) == pytest.approx(1.0)
+
+
+def test_evaluate_generator_reports_the_grid_view_beside_real_images():
+    from imgtx.gan.evaluate import evaluate_generator
+
+    class Blocks:
+        config = SimpleNamespace(image_size=32, num_classes=0)
+
+        def generate(self, num, labels=None, seed=0):
+            g = torch.Generator().manual_seed(seed)
+            coarse = torch.randint(0, 256, (num, 3, 4, 4), generator=g)
+            return coarse.repeat_interleave(8, 2).repeat_interleave(8, 3).to(torch.uint8)
+
+    result = evaluate_generator(Blocks(), "builtin:photos32", num_samples=16, features="random",
+                                batch_size=16, use_cache=False)
+    assert set(result["grid_edge_ratio"]) == {"4", "8", "16"}
+    assert result["grid_edge_ratio"]["8"] > 1e6  # no step inside a block at all
+    assert result["real_grid_edge_ratio"]["8"] < 2

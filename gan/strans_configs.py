@@ -30,6 +30,11 @@ class STransGeneratorConfig:
     Stage ``i`` works on a ``bottom * 2**i`` square token grid at width ``dims[i]`` with
     ``depths[i]`` blocks; the last stage's grid is the image. The attention backend is a
     run-time choice (``STransGenerator(config, backend=...)``), not a config field.
+
+    A Swin stage (grid at least ``swin_from``, larger than ``window``) needs two blocks or more:
+    blocks alternate regular and shifted windows, and a stage of one block never lets its
+    windows exchange information. At the image's own resolution each window then comes out
+    as a patch, an ``window``-pixel grid over every sample (docs/gan.md, the photo race).
     """
 
     #: Keys older config.json files hold that no longer change the model; loaders drop them.

@@ -30,8 +30,8 @@
   stages have it) is measured only where it fits (``--global-sizes``, default 64^2: at 128^2
   a single (heads, N, N) bias is already 4.3 GB in fp32, at 256^2 69 GB). CPU only; each case in
   a fresh subprocess.
-* ``--race-cpu-minutes M``: training throughput of the two recipes of
-  ``scripts/photo_gan_race.py`` (``paper`` and ``toolkit``) at their race settings (one thread,
+* ``--race-cpu-minutes M``: training throughput of the recipes of
+  ``scripts/photo_gan_race.py`` (``paper``, ``toolkit``, ``toolkit2``) at their race settings (one thread,
   the photo corpus's ``train`` split, their batch sizes and networks): each trains in a fresh
   subprocess for M minutes of process CPU time after ``--race-warmup-steps`` untimed steps, and
   reports kimg (real images shown to D) per CPU-hour and D/G steps per CPU-minute. The race's
@@ -278,15 +278,19 @@ def child_race(args) -> dict:
             "g_steps_per_cpu_minute": round(d_steps / n_critic / hours / 60, 2)}
 
 
+RACE_RECIPES = ("paper", "toolkit", "toolkit2")  # scripts/photo_gan_race.py's recipes
+
+
 def race_rates(args) -> dict:
     out = {"threads": 1, "cpu_minutes_each": args.race_cpu_minutes}
-    for recipe in ("paper", "toolkit"):
+    for recipe in RACE_RECIPES:
         out[recipe] = run_child(["--child", "race", "--recipe", recipe, "--race-cpu-minutes",
                                  str(args.race_cpu_minutes), "--race-warmup-steps",
                                  str(args.race_warmup_steps)], args.child_timeout)
-    if all("kimg_per_cpu_hour" in out[r] for r in ("paper", "toolkit")):
-        out["toolkit_over_paper"] = round(out["toolkit"]["kimg_per_cpu_hour"]
-                                          / out["paper"]["kimg_per_cpu_hour"], 3)
+    for recipe in RACE_RECIPES[1:]:
+        if all("kimg_per_cpu_hour" in out[r] for r in ("paper", recipe)):
+            out[f"{recipe}_over_paper"] = round(out[recipe]["kimg_per_cpu_hour"]
+                                                / out["paper"]["kimg_per_cpu_hour"], 3)
     return out
 
 
@@ -397,7 +401,7 @@ def main() -> None:
     # internal: one measurement in a fresh process
     parser.add_argument("--child", choices=["train-step", "window", "race"],
                         help=argparse.SUPPRESS)
-    parser.add_argument("--recipe", choices=["paper", "toolkit"], help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", choices=RACE_RECIPES, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument("--window", action="store_true", help=argparse.SUPPRESS)

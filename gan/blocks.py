@@ -21,9 +21,9 @@ from imgtx.attention import Full, MultiHeadAttention, RelativePositionBias, Wind
 from imgtx.training.draws import randn_for_batch
 from imgtx.transformer import TransformerLayer
 
-__all__ = ["NoiseInjection", "TransGANBlock", "run_blocks", "tokens_to_map", "map_to_tokens",
-           "upsample_tokens", "pixel_shuffle_tokens", "bicubic_tokens", "updown_tokens",
-           "avg_pool_tokens", "PatchEmbed", "trunc_normal_param"]
+__all__ = ["NoiseInjection", "TokenNoise", "TransGANBlock", "run_blocks", "tokens_to_map",
+           "map_to_tokens", "upsample_tokens", "pixel_shuffle_tokens", "bicubic_tokens",
+           "updown_tokens", "avg_pool_tokens", "PatchEmbed", "trunc_normal_param"]
 
 
 def trunc_normal_param(*shape: int, std: float = 0.02) -> nn.Parameter:
@@ -102,20 +102,33 @@ class PatchEmbed(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class NoiseInjection(nn.Module):
-    """Adds ``strength * n`` to the attention input, ``n ~ N(0, 1)`` per token (shared over
-    channels), then calls the wrapped attention. ``strength`` is a learned scalar that starts at
-    zero (TransGAN ``noise_strength_1``; StyleGAN's noise inputs). ``(B, N, D)`` -> as wrapped.
-    """
+class TokenNoise(nn.Module):
+    """StyleGAN's noise inputs (Karras et al. 2019, arXiv 1812.04948, sec. 2 and fig. 1b) on a
+    token grid: ``x + strength * n``, one ``n ~ N(0, 1)`` per token shared over channels.
+    ``strength`` is learned and starts at zero: one per channel with ``dim``, else one scalar
+    (TransGAN's ``noise_strength_1``). ``(B, N, D)`` -> ``(B, N, D)``.
+
+    The noise comes from torch's global generator (``Generator.generate`` seeds it)."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(() if dim is None else (dim,)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = randn_for_batch(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+        return x + noise * self.strength
+
+
+class NoiseInjection(TokenNoise):
+    """:class:`TokenNoise` with a scalar strength on the attention input, then the wrapped
+    attention (TransGAN's blocks). ``(B, N, D)`` -> as wrapped."""
 
     def __init__(self, attention: nn.Module) -> None:
         super().__init__()
         self.attention = attention
-        self.strength = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        noise = randn_for_batch(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
-        return self.attention(x + noise * self.strength, *args, **kwargs)
+        return self.attention(super().forward(x), *args, **kwargs)
 
 
 class TransGANBlock(nn.Module):

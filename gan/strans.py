@@ -26,7 +26,7 @@ from torch import nn
 
 from imgtx.attention import RelativePositionBias, Window, shifted_window
 from imgtx.gan.base import Discriminator, Generator
-from imgtx.gan.blocks import map_to_tokens, run_blocks, tokens_to_map
+from imgtx.gan.blocks import TokenNoise, map_to_tokens, run_blocks, tokens_to_map
 from imgtx.gan.conditioning import (
     ClassCondition,
     ProjectionHead,
@@ -34,7 +34,6 @@ from imgtx.gan.conditioning import (
     check_labels,
 )
 from imgtx.gan.strans_configs import STransDiscriminatorConfig, STransGeneratorConfig
-from imgtx.training.draws import randn_for_batch
 from imgtx.transformer import TransformerLayer, sinusoid_positions_2d
 
 __all__ = ["SwinBlock", "Upsample", "Downsample", "STransGenerator", "STransDiscriminator"]
@@ -116,22 +115,6 @@ class Upsample(nn.Module):
             grid = F.pixel_shuffle(tokens_to_map(self.proj(x), self.side), 2)  # (B, out, 2s, 2s)
             x = map_to_tokens(grid)
         return x + self.position_gate * self.sinusoid
-
-
-class TokenNoise(nn.Module):
-    """StyleGAN's noise inputs (Karras et al. 2019, arXiv 1812.04948, sec. 2 and fig. 1b) on a
-    token grid: ``x + strength * n``, one ``n ~ N(0, 1)`` per token shared over channels, scaled
-    by a learned per-channel ``strength`` that starts at zero. ``(B, N, D)`` -> ``(B, N, D)``.
-
-    The noise comes from torch's global generator (``Generator.generate`` seeds it)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.strength = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        noise = randn_for_batch(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
-        return x + noise * self.strength
 
 
 class Downsample(nn.Module):

@@ -149,8 +149,7 @@ class GANTrainSettings(RunSettings):
         self._check_g_batch_size()
         check_positive("aux_weight", self.aux_weight)
         check_positive("aux_fade_kimg", self.aux_fade_kimg)
-        if not self.mode_seeking >= 0:
-            raise UserError(f"mode_seeking must be >= 0 (0: off), got {self.mode_seeking}")
+        check_at_least("mode_seeking", self.mode_seeking, 0)
         check_at_least("num_samples", self.num_samples, 0)
         check_at_least("fid_every", self.fid_every, 0)
         check_at_least("fid_samples", self.fid_samples, 2)

@@ -31,11 +31,12 @@
   a single (heads, N, N) bias is already 4.3 GB in fp32, at 256^2 69 GB). CPU only; each case in
   a fresh subprocess.
 * ``--race-cpu-minutes M``: training throughput of the recipes of
-  ``scripts/photo_gan_race.py`` (``paper``, ``toolkit``, ``toolkit2``) at their race settings (one thread,
-  the photo corpus's ``train`` split, their batch sizes and networks): each trains in a fresh
-  subprocess for M minutes of process CPU time after ``--race-warmup-steps`` untimed steps, and
-  reports kimg (real images shown to D) per CPU-hour and D/G steps per CPU-minute. The race's
-  own logs (``race.jsonl``: kimg against CPU-minutes) give the same figure over a whole run.
+  ``scripts/photo_gan_race.py`` (``paper``, ``toolkit``, ``toolkit2``) at their race settings
+  (one thread, the photo corpus's ``train`` split, their batch sizes and networks): each trains
+  in a fresh subprocess for M minutes of process CPU time after ``--race-warmup-steps`` untimed
+  steps, and reports kimg (real images shown to D) per CPU-hour and D/G steps per CPU-minute.
+  The race's own logs (``race.jsonl``: kimg against CPU-minutes) give the same figure over a
+  whole run.
 """
 
 from __future__ import annotations

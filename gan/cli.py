@@ -242,6 +242,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode-seeking", type=float, help="weight of MSGAN's mode-seeking term in "
                    "G's loss (Mao et al. 2019; their weight 1): pushes apart the images of "
                    "same-class latents (default 0: off)")
+    p.add_argument("--r1-gamma", type=float, help="R1 penalty on real images added to D's loss "
+                   "(Mescheder et al. 2018), lazily every --r1-every D steps (default 0: off)")
+    p.add_argument("--r1-every", type=int, help="lazy R1 interval in D steps (StyleGAN2; "
+                   "default 16)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a generator config field, e.g. --set checkpoint_blocks=true "
                    "(num_classes and checkpoint_blocks apply to D too)")

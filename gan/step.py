@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from imgtx.errors import UserError, check_at_least
-from imgtx.gan.losses import mode_seeking_term
+from imgtx.gan.losses import mode_seeking_term, r1_penalty
 
 __all__ = ["GANStep", "to_unit_range", "is_generator_step", "generator_steps"]
 
@@ -70,17 +70,27 @@ class GANStep:
             default; False reproduces the official loop, as the TransGAN paper recipes do).
         mode_seeking: weight of MSGAN's term in G's loss
             (:func:`imgtx.gan.losses.mode_seeking_term`; 0: off).
+        r1_gamma: weight of an R1 penalty on real images added to any loss's D step
+            (Mescheder et al. 2018; 0: off). It is lazy (Karras et al. 2020, StyleGAN2, sec. 3.1:
+            ``training/loss.py`` with ``r1_interval``): computed on every ``r1_every``-th D step
+            only, weighted ``r1_gamma / 2 x r1_every`` there, so its average pull is that of
+            ``r1_gamma / 2`` on every step at a fraction of the double-backward cost.
+        r1_every: the lazy interval in D steps (1: every step).
     """
 
     def __init__(self, loss, n_critic: int, clip_grad_norm: float | None, latent_dim: int,
                  num_classes: int = 0, *, g_batch_size: int | None = None,
-                 isolate_d: bool = True, mode_seeking: float = 0.0) -> None:
+                 isolate_d: bool = True, mode_seeking: float = 0.0, r1_gamma: float = 0.0,
+                 r1_every: int = 16) -> None:
         check_at_least("n_critic", n_critic, 1)
+        check_at_least("r1_gamma", r1_gamma, 0)
+        check_at_least("r1_every", r1_every, 1)
         check_at_least("g_batch_size", g_batch_size, 1)
         self.loss, self.n_critic, self.clip = loss, n_critic, clip_grad_norm
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.g_batch_size, self.isolate_d = g_batch_size, isolate_d
         self.mode_seeking = mode_seeking
+        self.r1_gamma, self.r1_every = r1_gamma, r1_every
 
     def g_chunk(self, run) -> int:
         """Latents of one G chunk on this process: ``g_batch_size / (grad_accum x
@@ -113,6 +123,10 @@ class GANStep:
             fake = G(z, labels)  # (B, 3, H, W)
 
         d_loss, parts = self.loss.discriminator(D, real, fake, labels)  # detaches fake
+        if self.r1_gamma and run.state.step % self.r1_every == 0:
+            penalty, _ = r1_penalty(D, real, labels)
+            d_loss = d_loss + self.r1_gamma / 2 * self.r1_every * penalty
+            parts = {**parts, "r1": penalty.detach()}
         run.backward(d_loss)
         run.optimizer_step("D", max_grad_norm=self.clip)
         figures = {"d_loss": d_loss.detach(), **parts}

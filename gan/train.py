@@ -60,7 +60,8 @@ DISCRIMINATOR_DIR = "discriminator"
 # The settings a registry recipe sets (and `imgtx gan info` shows); the others are run settings.
 RECIPE_KEYS = ("batch_size", "grad_accum", "g_batch_size", "n_critic", "loss", "loss_options",
                "lr", "lr_d", "betas", "warmup", "clip_grad_norm", "ema_kimg", "ema_warmup",
-               "ema_decay", "aux_weight", "aux_fade_kimg", "isolate_d", "mode_seeking")
+               "ema_decay", "aux_weight", "aux_fade_kimg", "isolate_d", "mode_seeking",
+               "r1_gamma", "r1_every")
 
 
 def launched_processes() -> int:
@@ -108,6 +109,8 @@ class GANTrainSettings(RunSettings):
     # recipes set False to reproduce it.
     isolate_d: bool = True
     mode_seeking: float = 0.0  # weight of MSGAN's mode-seeking term in G's loss (0: off)
+    r1_gamma: float = 0.0  # lazy R1 on real images added to any loss's D step (0: off)
+    r1_every: int = 16  # ... computed every this many D steps, weighted by it (StyleGAN2)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -150,6 +153,8 @@ class GANTrainSettings(RunSettings):
         check_positive("aux_weight", self.aux_weight)
         check_positive("aux_fade_kimg", self.aux_fade_kimg)
         check_at_least("mode_seeking", self.mode_seeking, 0)
+        check_at_least("r1_gamma", self.r1_gamma, 0)
+        check_at_least("r1_every", self.r1_every, 1)
         check_at_least("num_samples", self.num_samples, 0)
         check_at_least("fid_every", self.fid_every, 0)
         check_at_least("fid_samples", self.fid_samples, 2)
@@ -287,7 +292,8 @@ def train_gan(generator_config, discriminator_config, settings: GANTrainSettings
                                        images_seen=lambda: run.state.images_seen)
     step = GANStep(loss, settings.n_critic, settings.clip_grad_norm, G.config.latent_dim,
                    num_classes, g_batch_size=settings.g_batch_size, isolate_d=settings.isolate_d,
-                   mode_seeking=settings.mode_seeking)
+                   mode_seeking=settings.mode_seeking, r1_gamma=settings.r1_gamma,
+                   r1_every=settings.r1_every)
     if wrap_step is not None:
         step = wrap_step(step)
     record = run.fit(step, evaluate=lambda r: _evaluate(r, settings), samples=(

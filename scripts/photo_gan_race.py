@@ -85,6 +85,15 @@ FEATURES = "imgtx-small"
 #   sec. 2): stochastic detail such as grain comes from per-pixel noise, not from the latent.
 # - upsample="norm_bilinear": LayerNorm and Linear per token before the bilinear x2, not after,
 #   so interpolated tokens are not renormalised one by one (same parameters as StyleSwin's).
+# (b3) toolkit2 with two changes against its mode hopping (FID 15 -> 23 -> 15 -> 30 -> 38 -> 21
+# at the 15-minute ticks; most late samples one mauve crop):
+# - Lazy R1 on real images, gamma 1 every 16 D steps (Mescheder et al. 2018, "Which training
+#   methods for GANs actually converge?": gradient penalties on real data make the simultaneous
+#   updates converge locally; lazy as StyleGAN2, Karras et al. 2020 sec. 3.1). toolkit2's final
+#   D had R1 = 0.57 on val crops, so gamma 1 weighs about 0.3 beside a hinge loss near 2.
+# - EMA half-life 10 kimg, StyleGAN2-ADA's ema_kimg at batch 32 (Karras et al. 2020b, train.py
+#   ``ema_kimg = batch * 10 / 32``), so the EMA generator averages over G's hops instead of
+#   following them (still capped at 0.05 x images seen: 7.9 kimg at the end of 90 minutes).
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -109,6 +118,12 @@ RECIPES["toolkit2"] = {
     **RECIPES["toolkit"],
     "generator": {**RECIPES["toolkit"]["generator"], "depths": (1, 2, 2, 2), "noise": True,
                   "upsample": "norm_bilinear"},
+}
+
+RECIPES["toolkit3"] = {
+    **RECIPES["toolkit2"],
+    "settings": {**RECIPES["toolkit2"]["settings"], "ema_kimg": 10.0, "r1_gamma": 1.0,
+                 "r1_every": 16},
 }
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader
 
 from imgtx.cli import main
 from imgtx.data import collate_images
 from imgtx.errors import UserError
 from imgtx.gan.configs import gan_entry
-from imgtx.gan.losses import make_loss
+from imgtx.gan.losses import make_loss, r1_penalty
 from imgtx.gan.sample import load_generator
 from imgtx.gan.step import GANStep, is_generator_step, to_unit_range
 from imgtx.gan.train import GANTrainSettings, build_models, settings_from_registry, train_gan
@@ -400,3 +401,54 @@ def test_mode_seeking_weight_changes_the_generator_step(tmp_path):
     (g0, d0), (g1, d1) = results
     assert all(torch.equal(d0[k], d1[k]) for k in d0)
     assert any(not torch.equal(g0[k], g1[k]) for k in g0)
+
+
+def spy_r1(monkeypatch) -> list[tuple[torch.nn.Module, torch.Tensor]]:
+    """Records (a copy of D, the real batch) at each R1 penalty GANStep computes."""
+    import imgtx.gan.step as step_module
+
+    calls = []
+
+    def recording(D, real, labels=None):
+        calls.append((copy.deepcopy(D), real.detach().clone()))
+        return r1_penalty(D, real, labels)
+
+    monkeypatch.setattr(step_module, "r1_penalty", recording)
+    return calls
+
+
+def test_lazy_r1_adds_gamma_half_times_interval_of_the_penalty_gradient(tmp_path, monkeypatch):
+    """With SGD (lr 1, no clipping) and no augmentation, D's first update with lazy R1 differs
+    from the plain hinge update by exactly -gamma / 2 x every x grad R1 (float64 autograd)."""
+    gamma, every = 0.3, 4
+    calls = spy_r1(monkeypatch)
+    after = []
+    for options in ({}, {"r1_gamma": gamma, "r1_every": every}):
+        torch.manual_seed(0)
+        run, _, _ = run_steps(tmp_path / str(len(after)), max_steps=1, batch_size=4,
+                              grad_accum=1, n_critic=1, loss="hinge", clip=None,
+                              optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+                              discriminator_overrides={"diffaug": ""}, step_options=options)
+        after.append({k: v.double() for k, v in run.unwrap("D").state_dict().items()})
+    assert len(calls) == 1
+    D, real = calls[0]
+    D = D.double()
+    real = real.double().requires_grad_(True)
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU kernels have no double backward
+        (grad,) = torch.autograd.grad(D(real).sum(), real, create_graph=True)
+    penalty = grad.flatten(1).square().sum(dim=1).mean()
+    grads = torch.autograd.grad(penalty, [p for p in D.parameters()], allow_unused=True)
+    expected = {name: -gamma / 2 * every * (g if g is not None else torch.zeros_like(p))
+                for (name, p), g in zip(D.named_parameters(), grads)}
+    moved = 0
+    for name, want in expected.items():
+        torch.testing.assert_close(after[1][name] - after[0][name], want, atol=1e-5, rtol=1e-3)
+        moved += bool(want.abs().max() > 1e-4)
+    assert moved > 0  # the penalty does move D
+
+
+def test_lazy_r1_runs_every_nth_d_step_only(tmp_path, monkeypatch):
+    calls = spy_r1(monkeypatch)
+    run_steps(tmp_path, max_steps=5, batch_size=4, grad_accum=1, n_critic=2, loss="hinge",
+              step_options={"r1_gamma": 1.0, "r1_every": 2})
+    assert len(calls) == 3  # D steps 0, 2 and 4

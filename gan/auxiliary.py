@@ -30,7 +30,7 @@ Shapes: images ``(B, 3, H, W)``, labels ``(B,)``, logits ``(B, K)``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -409,7 +409,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1 if args.child == "race" else args.threads)
     if args.child:
-        fn = {"train-step": child_train_step, "window": child_window, "race": child_race}[args.child]
+        fn = {"train-step": child_train_step, "window": child_window,
+              "race": child_race}[args.child]
         print(json.dumps(fn(args)))
         return
 

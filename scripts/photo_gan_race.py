@@ -4,7 +4,8 @@
     python scripts/photo_gan_race.py toolkit --cpu-minutes 90 --out runs/race/toolkit --seed 0
     python scripts/photo_gan_race.py yardstick              # the floor and extractor checks
     python scripts/photo_gan_race.py plot --runs runs/race/paper runs/race/toolkit --out docs
-    python scripts/photo_gan_race.py export --runs runs/race/toolkit --out checkpoints/strans-corpus32
+    python scripts/photo_gan_race.py export --runs runs/race/toolkit \
+        --out checkpoints/strans-corpus32
     python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
 
 Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it

@@ -8,7 +8,8 @@ Hub-format model. The same script runs on CPU or GPU (accelerate picks the devic
     python scripts/train_photos32_small.py --max-steps 20 --out /tmp/smoke   # a quick smoke run
 
 The same run from the command line (the registry suggests this batch size, lr and warm-up for
-``small``), then ``imgtx.training.checkpoints.export_run`` to copy ``final/`` with its training curve:
+``small``), then ``imgtx.training.checkpoints.export_run`` to copy ``final/`` with its training
+curve:
 
     imgtx train --config small --data builtin:photos32 --out runs/photos32-small --minutes 85 \
         --eval-every 150 --eval-images 128 --checkpoint-every 300

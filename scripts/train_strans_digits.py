@@ -15,8 +15,9 @@ copies the EMA generator to ``--export`` with its training curve, ratio curves a
 --minutes 40 --aux-fade-kimg 50 --threads 1``: batch 16, learning rates 2e-4, an EMA half-life of
 2 kimg, and G's AC-GAN weight falling from 1 to 0 over the first 50 kimg, after which the
 projection head alone conditions G; 100 samples per grid); the registry entry's ``train`` gives
-the rest (hinge loss, n_critic 1). Every ``imgtx gan train`` option overrides them, e.g. ``--set``/``--set-d`` for
-generator/discriminator config fields (the ablations in ``scripts/ablate_strans_digits.py``).
+the rest (hinge loss, n_critic 1). Every ``imgtx gan train`` option overrides them, e.g.
+``--set``/``--set-d`` for generator/discriminator config fields (the ablations in
+``scripts/ablate_strans_digits.py``).
 The same training without the ratio logging is
 
     imgtx gan train --config strans-digits32-cond --data builtin:digits --out DIR \

@@ -13,6 +13,7 @@ import torch
 
 from imgtx.cli import main
 from imgtx.codec import CodecError, compress, decompress, read_header
+from imgtx.codec.orient import ORIENTATIONS, orient, oriented_size, unorient
 from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
 from imgtx.likelihood import discretized_logistic_log_prob, scale_pixels
@@ -75,7 +76,7 @@ def test_code_length_is_the_models_negative_log_likelihood(kind):
     model = tiny(kind)
     images = torch.from_numpy(photo(8, 16)).permute(2, 0, 1)
     stats: dict = {}
-    compress(model, images, stats=stats)
+    compress(model, images, orientation=0, stats=stats)  # as given (auto may turn it)
     tiles = torch.stack([images[:, :, :8], images[:, :, 8:]])  # the codec's two tiles
     with torch.no_grad():
         nats = float(model.nll(tiles).sum())
@@ -83,6 +84,64 @@ def test_code_length_is_the_models_negative_log_likelihood(kind):
     # the range coder adds a few bytes at most; the header is counted separately
     payload = stats["bytes"] - stats["header_bytes"]
     assert stats["ideal_bits"] / 8 - 1 <= payload <= stats["ideal_bits"] / 8 + 5
+
+
+# -- orientation ----------------------------------------------------------------------------------
+
+
+def test_the_eight_orientations_are_distinct_and_each_is_undone():
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    seen = set()
+    for k in range(ORIENTATIONS):
+        turned = orient(image, k)
+        assert turned.shape[:2] == oriented_size(5, 7, k)
+        assert np.array_equal(unorient(turned, k), image)
+        seen.add(turned.tobytes() + bytes(turned.shape[:2]))
+    assert len(seen) == ORIENTATIONS
+    assert np.array_equal(orient(image, 1), np.rot90(image))  # a quarter turn counter-clockwise
+    assert np.array_equal(orient(image, 4), image[:, ::-1])  # a mirror
+
+
+@pytest.mark.parametrize("kind", ["cat-med", "dmol-med"])
+@pytest.mark.parametrize("grey", [False, True])
+def test_auto_orientation_codes_the_cheapest_of_the_eight(kind, grey):
+    model = tiny(kind)
+    image = photo(11, 19)  # 2 x 3 tiles of 8, padded; turned, 3 x 2
+    if grey:
+        image = np.asarray(PIL.Image.fromarray(image).convert("L"))
+    coded = []  # the slow reference: code every orientation for real
+    for k in range(ORIENTATIONS):
+        stats: dict = {}
+        data = compress(model, image, orientation=k, stats=stats)
+        assert read_header(data).orientation == k
+        assert np.array_equal(np.asarray(decompress(data, model)), image)
+        coded.append(stats["ideal_bits"])
+    assert max(coded) > 1.01 * min(coded)  # the choice matters
+    stats = {}
+    data = compress(model, image, stats=stats)
+    # one forward pass per orientation scores exactly the values that coding then codes
+    assert stats["orientation_bits"] == pytest.approx(coded, rel=1e-4)
+    assert stats["orientation"] == int(np.argmin(coded))
+    assert stats["ideal_bits"] == pytest.approx(min(coded), rel=1e-9)
+    assert np.array_equal(np.asarray(decompress(data, model)), image)
+
+
+def test_the_orientation_byte_is_written_only_when_the_image_is_turned():
+    model = tiny("cat")
+    image = photo(9, 9)
+    sizes = {}
+    for k in (0, 6):
+        stats: dict = {}
+        data = compress(model, image, orientation=k, stats=stats)
+        sizes[k] = stats["header_bytes"]
+    assert sizes[0] == 16 and sizes[6] == 17
+    for bad in (0, 8, 255):  # the flag set, the byte out of range
+        damaged = bytearray(data)
+        damaged[sizes[6] - 1] = bad
+        with pytest.raises(CodecError, match="orientation"):
+            decompress(bytes(damaged), model)
+    with pytest.raises(CodecError, match="orientation must be"):
+        compress(model, image, orientation=8)
 
 
 # -- round trips ----------------------------------------------------------------------------------

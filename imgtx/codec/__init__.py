@@ -25,6 +25,7 @@ from imgtx.codec.coder import (
     tile_layout,
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
+from imgtx.codec.orient import ORIENTATIONS, best_orientation, orient, oriented_size, unorient
 from imgtx.incremental import one_thread
 
 __all__ = ["compress", "decompress", "read_header", "image_pixels", "load_model", "CodecError",
@@ -91,36 +92,47 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 
 
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
-             stats: dict | None = None) -> bytes:
+             orientation: int | str = "auto", stats: dict | None = None) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
     ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
-    ``batch``: tiles per batch of the cached decoder. ``stats``, if given, receives ``bytes``,
-    ``header_bytes``, ``subpixels`` (coded ones), ``ideal_bits`` (the model's code length of the
-    coded values), ``positions`` (decoder steps x tiles) and ``seconds``."""
+    ``batch``: tiles per batch of the cached decoder. ``orientation``: ``"auto"`` codes the
+    image in whichever of the eight orientations of :mod:`imgtx.codec.orient` the model codes
+    in the fewest bits (one forward pass each); ``0`` to ``7`` forces one (0 is as given).
+    ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
+    ``ideal_bits`` (the model's code length of the coded values), ``orientation``,
+    ``orientation_bits`` (the forward pass's bits of each orientation, when searched),
+    ``positions`` (decoder steps x tiles) and ``seconds``."""
     _check_model(model)
     pixels, grey = image_pixels(image)
+    if orientation != "auto" and orientation not in range(ORIENTATIONS):
+        raise CodecError(f"orientation must be 'auto' or 0 to {ORIENTATIONS - 1}, "
+                         f"got {orientation!r}")
     start = time.perf_counter()
     model = model.eval().cpu()
     size = model.config.image_size
-    tiles, sizes = split_tiles(pixels, size)
     # An RGB image with equal channels (a black-and-white photo saved as RGB) codes only red.
     equal = not grey and bool((pixels[..., :1] == pixels[..., 1:]).all())
-    layout = tile_layout(model.config, sizes, grey or equal)
-    sink = RangeSink()
+    searched = None
     with one_thread():
+        if orientation == "auto":
+            orientation, searched = best_orientation(model, pixels, grey or equal, batch)
+        tiles, sizes = split_tiles(orient(pixels, orientation), size)
+        layout = tile_layout(model.config, sizes, grey or equal)
+        sink = RangeSink()
         truth = _to_model_order(model, tiles)
         _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch)
     stored = pixels[:, :, 0] if grey else pixels
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
-                    pixels=pixel_crc(stored), name=name, equal=equal)
+                    pixels=pixel_crc(stored), name=name, equal=equal, orientation=orientation)
     words = sink.words()
     data = pack(header, words)
     if stats is not None:
         empty = len(pack(header, np.zeros(0, np.uint32)))
         stats.update(bytes=len(data), header_bytes=empty, subpixels=int(layout.coded.sum()),
-                     ideal_bits=ideal_bits, positions=_positions(model, layout, batch),
+                     ideal_bits=ideal_bits, orientation=orientation,
+                     orientation_bits=searched, positions=_positions(model, layout, batch),
                      seconds=time.perf_counter() - start)
     return data
 
@@ -170,14 +182,16 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError(f"the file is damaged (it claims {header.width}x{header.height} pixels)")
     start = time.perf_counter()
     size = header.tile
-    _, sizes = split_tiles(np.zeros((header.height, header.width, 3), np.uint8), size)
+    height, width = oriented_size(header.height, header.width, header.orientation)
+    _, sizes = split_tiles(np.zeros((height, width, 3), np.uint8), size)
     layout = tile_layout(model.config, sizes, header.one_channel)
     try:
         with one_thread():
             values, _ = code_tiles(model, layout, RangeSource(words), batch=header.batch)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None
-    pixels = join_tiles(_from_model_order(model, values), header.height, header.width)
+    pixels = unorient(join_tiles(_from_model_order(model, values), height, width),
+                      header.orientation)
     stored = pixels[:, :, 0] if header.grey else pixels
     if pixel_crc(stored) != header.pixels:
         other = "" if header.build == build_tag() else (

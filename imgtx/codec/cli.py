@@ -33,6 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--out-dir", help="write each input's .itx here, named after the input")
     p.add_argument("--batch", type=int, default=None,
                    help="tiles per batch of the cached decoder (default 64; recorded in the file)")
+    p.add_argument("--orientation", default="auto", choices=["auto", *map(str, range(8))],
+                   help="auto (default): code each image in whichever of its 8 rotations and "
+                        "mirrorings the model codes smallest (recorded in the file); 0 codes it "
+                        "as it is, 1-7 force one (imgtx.codec.orient)")
     p.add_argument("--no-name", action="store_true",
                    help="leave the model's name out of the file (decompress then needs --model)")
     p.add_argument("--json", action="store_true", help="one JSON line per file on stdout")
@@ -129,14 +133,16 @@ def _compress(args: argparse.Namespace) -> int:
     for source, target, image in images:
         stats: dict = {}
         data = compress(model, image, name=None if args.no_name else args.model,
-                        batch=args.batch or DEFAULT_BATCH, stats=stats)
+                        batch=args.batch or DEFAULT_BATCH, stats=stats,
+                        orientation=args.orientation if args.orientation == "auto"
+                        else int(args.orientation))
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]
         model_bits = stats["ideal_bits"] / stats["subpixels"]
         row = {"input": str(source), "output": str(target), "bytes": stats["bytes"],
                "header_bytes": stats["header_bytes"], "subpixels": stats["subpixels"],
                "bits_per_dim": round(bits, 5), "model_bits_per_dim": round(model_bits, 5),
-               "seconds": round(stats["seconds"], 3),
+               "orientation": stats["orientation"], "seconds": round(stats["seconds"], 3),
                "positions_per_second": round(stats["positions"] / stats["seconds"], 1)}
         _report(args, row, f"{source} -> {target}: {stats['bytes']:,} bytes, {bits:.4f} "
                 f"bits/dim (model {model_bits:.4f}), {stats['seconds']:.1f} s")

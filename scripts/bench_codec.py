@@ -15,7 +15,9 @@ JPEG-LS (imagecodecs), and imgtx (:func:`imgtx.codec.compress`, header included)
 tiles, so a 32x32 image is 1,024 sequential steps at batch 1); the classical codecs run on the
 same subset, and with ``--full-classical`` on whole sets as well. For 32x32 sets the model's
 exact bits/dim (forward pass) and its bits per channel (r, g | r, b | r, g) are reported beside
-the file sizes, and per photo.
+the file sizes, and per photo. With ``--full-model`` imgtx is also projected on every image
+of the 32x32 sets: the model's exact bits in each image's best orientation, plus headers and the
+range coder's overhead measured on the coded subset.
 
     python scripts/bench_codec.py --json --limit 32          # prints one JSON line last
 """
@@ -36,10 +38,12 @@ import PIL.Image
 import torch
 
 from imgtx.codec import compress, decompress
+from imgtx.codec.orient import ORIENTATIONS, orient
 from imgtx.likelihood import dmol_nll_per_channel
 from imgtx.model import ImageTransformer
 
 HELD_OUT = ("EveningGlow.jpg", "Grey.jpg")
+HEADER_BYTES = 16  # a 32x32 file's, without a model name or an orientation byte
 
 
 def _pillow(fmt: str, **options):
@@ -137,17 +141,64 @@ def model_bits(model, images: list[np.ndarray]) -> np.ndarray | None:
     return np.concatenate(out)
 
 
+def projected_file_bits(model, images: list[np.ndarray], coder_bytes: float) -> dict:
+    """imgtx on every image of a 32x32 set without coding it: each file's bits projected from
+    the model's exact bits (forward pass) in the image's best orientation, as the encoder picks
+    it (``imgtx.codec.orient``), plus its header and ``coder_bytes``, the range coder's bytes
+    over the model's bits per file as measured on the coded subset. Returns ``file_bits``,
+    ``as_given`` and ``best`` (model bits), ``(n,)`` each, and ``orientation``."""
+    equal = np.array([bool((i[..., :1] == i[..., 1:]).all()) for i in images])
+    bits = []
+    for k in range(ORIENTATIONS):
+        per_channel = model_bits(model, [orient(i, k) for i in images])
+        bits.append(np.where(equal, per_channel[:, 0], per_channel.sum(1)))
+    bits = np.stack(bits)  # (8, n)
+    best = bits.argmin(0)
+    header = HEADER_BYTES + (best > 0)  # the orientation byte, when turned
+    return {"file_bits": bits.min(0) + 8 * (header + coder_bytes), "as_given": bits[0],
+            "best": bits.min(0), "orientation": best}
+
+
+def full_set_rows(model, items, coder_bytes: float, classical: dict) -> dict:
+    """Whole-set bits/dim: the classical codecs' files (``classical``: codec -> bytes per
+    image) and imgtx projected (:func:`projected_file_bits`), over the set and per photo."""
+    images = [image for _, image in items]
+    projected = projected_file_bits(model, images, coder_bytes)
+    subpixels = np.array([image.size for image in images], dtype=np.float64)
+    files = {codec: 8 * np.asarray(sizes, dtype=np.float64) for codec, sizes in classical.items()}
+    files["imgtx_projected"] = projected["file_bits"]
+
+    def rows(mask):
+        count = subpixels[mask].sum()
+        out = {codec: round(float(bits[mask].sum() / count), 4) for codec, bits in files.items()}
+        out["model_bits_per_dim_as_given"] = round(float(projected["as_given"][mask].sum()
+                                                         / count), 4)
+        out["model_bits_per_dim_best_orientation"] = round(float(projected["best"][mask].sum()
+                                                                 / count), 4)
+        out["turned_images"] = int((projected["orientation"][mask] > 0).sum())
+        return out
+
+    result = rows(np.ones(len(images), dtype=bool))
+    result["coder_bytes_per_file"] = round(coder_bytes, 2)
+    photos = np.array([photo for photo, _ in items])
+    if len(set(photos)) > 1:
+        result["per_photo"] = {photo: rows(photos == photo) for photo in sorted(set(photos))}
+    return result
+
+
 def bench_set(model, name: str, items, args) -> dict:
     chosen = subset(items, args.limit if name not in ("crops256", "whole") else args.limit_large)
     images = [image for _, image in chosen]
     subpixels = sum(image.size for image in images)
     row: dict = {"images": len(images), "of": len(items), "size": list(images[0].shape[:2]),
                  "codecs": {}}
+    full_sizes = {}
     for codec, (encode, decode) in CLASSICAL.items():
         row["codecs"][codec] = run_codec(encode, decode, images)
         if args.full_classical and len(chosen) < len(items):
             full = run_codec(encode, decode, [image for _, image in items])
             row.setdefault("full_set", {})[codec] = full["bits_per_dim"]
+            full_sizes[codec] = full["sizes"]
     stats = []
 
     def encode(image):
@@ -168,24 +219,27 @@ def bench_set(model, name: str, items, args) -> dict:
         encode_positions_per_s=round(positions / sum(s["seconds"] for s in stats), 1),
         decode_positions_per_s=round(positions / sum(s["seconds"] for s in decode_stats), 1))
     row["codecs"]["imgtx"] = result
-    per_channel = model_bits(model, images)
+    per_channel = model_bits(model, images)  # as given
     if per_channel is not None:
-        forward_bits = float(per_channel.sum())
-        row["model_bits_per_dim"] = round(forward_bits / subpixels, 4)
+        equal = np.array([bool((i[..., :1] == i[..., 1:]).all()) for i in images])
+        row["equal_channel_images"] = int(equal.sum())
+        row["model_bits_per_dim"] = round(float(per_channel.sum()) / subpixels, 4)
+        # What the files code: each image in the orientation the encoder chose, red alone for
+        # the images whose three channels are equal (the codec codes those as grey).
+        row["orientations"] = [s["orientation"] for s in stats]
+        per_channel = model_bits(model, [orient(i, s["orientation"])
+                                         for i, s in zip(images, stats)])
         row["model_bits_per_channel"] = [round(float(v), 4) for v in
                                          per_channel.sum(0) / (subpixels / 3)]
-        # Exactness: the file against the model's bits of what it codes (red alone for the
-        # images whose three channels are equal, which the codec codes as grey) plus headers.
-        equal = np.array([bool((i[..., :1] == i[..., 1:]).all()) for i in images])
         coded_bits = float(np.where(equal, per_channel[:, 0], per_channel.sum(1)).sum())
-        row["equal_channel_images"] = int(equal.sum())
         row["model_bits_per_dim_coded"] = round(coded_bits / subpixels, 4)
+        # Exactness: the files against the model's bits of what they code plus the headers.
         expected = coded_bits / 8 + result["header_bytes"]
         row["file_over_model_plus_headers"] = round(result["bytes"] / expected - 1, 5)
         if args.full_model and len(chosen) < len(items):
-            every = model_bits(model, [image for _, image in items])
-            row["model_bits_per_dim_full_set"] = round(
-                float(every.sum()) / sum(i.size for _, i in items), 4)
+            row["full_set"] = full_set_rows(model, items,
+                                            (result["bytes"] - expected) / len(images),
+                                            full_sizes)
     photos = defaultdict(list)
     for index, (photo, _) in enumerate(chosen):
         photos[photo].append(index)

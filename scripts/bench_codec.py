@@ -16,8 +16,9 @@ tiles, so a 32x32 image is 1,024 sequential steps at batch 1); the classical cod
 same subset, and with ``--full-classical`` on whole sets as well. For 32x32 sets the model's
 exact bits/dim (forward pass) and its bits per channel (r, g | r, b | r, g) are reported beside
 the file sizes, and per photo. With ``--full-model`` imgtx is also projected on every image
-of the 32x32 sets: the model's exact bits in each image's best orientation, plus headers and the
-range coder's overhead measured on the coded subset.
+of the 32x32 sets: the model's exact bits of each image as the encoder would transform it
+(``imgtx.codec.transform``), plus headers and the range coder's overhead measured on the coded
+subset.
 
     python scripts/bench_codec.py --json --limit 32          # prints one JSON line last
 """
@@ -38,12 +39,12 @@ import PIL.Image
 import torch
 
 from imgtx.codec import compress, decompress
-from imgtx.codec.orient import ORIENTATIONS, orient
+from imgtx.codec.transform import Transform, best_transform
 from imgtx.likelihood import dmol_nll_per_channel
 from imgtx.model import ImageTransformer
 
 HELD_OUT = ("EveningGlow.jpg", "Grey.jpg")
-HEADER_BYTES = 16  # a 32x32 file's, without a model name or an orientation byte
+HEADER_BYTES = 16  # a 32x32 file's, without a model name or a transform byte
 
 
 def _pillow(fmt: str, **options):
@@ -143,20 +144,22 @@ def model_bits(model, images: list[np.ndarray]) -> np.ndarray | None:
 
 def projected_file_bits(model, images: list[np.ndarray], coder_bytes: float) -> dict:
     """imgtx on every image of a 32x32 set without coding it: each file's bits projected from
-    the model's exact bits (forward pass) in the image's best orientation, as the encoder picks
-    it (``imgtx.codec.orient``), plus its header and ``coder_bytes``, the range coder's bytes
-    over the model's bits per file as measured on the coded subset. Returns ``file_bits``,
-    ``as_given`` and ``best`` (model bits), ``(n,)`` each, and ``orientation``."""
-    equal = np.array([bool((i[..., :1] == i[..., 1:]).all()) for i in images])
-    bits = []
-    for k in range(ORIENTATIONS):
-        per_channel = model_bits(model, [orient(i, k) for i in images])
-        bits.append(np.where(equal, per_channel[:, 0], per_channel.sum(1)))
-    bits = np.stack(bits)  # (8, n)
-    best = bits.argmin(0)
-    header = HEADER_BYTES + (best > 0)  # the orientation byte, when turned
-    return {"file_bits": bits.min(0) + 8 * (header + coder_bytes), "as_given": bits[0],
-            "best": bits.min(0), "orientation": best}
+    the model's exact bits (forward pass) of the image as the encoder would transform it
+    (:func:`imgtx.codec.transform.best_transform`), plus its header and ``coder_bytes``, the
+    range coder's bytes over the model's bits per file as measured on the coded subset. Returns
+    ``file_bits``, ``as_given`` and ``best`` (model bits), ``(n,)`` each, and ``transform``."""
+    as_given, best, codes = [], [], []
+    for image in images:
+        equal = bool((image[..., :1] == image[..., 1:]).all())
+        transform, scores = best_transform(model, image, equal)
+        coded = image[..., 0].size if equal else image.size
+        as_given.append(scores[0] * coded)
+        best.append(scores[transform.code] * coded)
+        codes.append(transform.code)
+    best, codes = np.array(best), np.array(codes)
+    header = HEADER_BYTES + (codes > 0)  # the transform byte, when transformed
+    return {"file_bits": best + 8 * (header + coder_bytes), "as_given": np.array(as_given),
+            "best": best, "transform": codes}
 
 
 def full_set_rows(model, items, coder_bytes: float, classical: dict) -> dict:
@@ -173,9 +176,9 @@ def full_set_rows(model, items, coder_bytes: float, classical: dict) -> dict:
         out = {codec: round(float(bits[mask].sum() / count), 4) for codec, bits in files.items()}
         out["model_bits_per_dim_as_given"] = round(float(projected["as_given"][mask].sum()
                                                          / count), 4)
-        out["model_bits_per_dim_best_orientation"] = round(float(projected["best"][mask].sum()
-                                                                 / count), 4)
-        out["turned_images"] = int((projected["orientation"][mask] > 0).sum())
+        out["model_bits_per_dim_transformed"] = round(float(projected["best"][mask].sum()
+                                                            / count), 4)
+        out["transformed_images"] = int((projected["transform"][mask] > 0).sum())
         return out
 
     result = rows(np.ones(len(images), dtype=bool))
@@ -224,10 +227,10 @@ def bench_set(model, name: str, items, args) -> dict:
         equal = np.array([bool((i[..., :1] == i[..., 1:]).all()) for i in images])
         row["equal_channel_images"] = int(equal.sum())
         row["model_bits_per_dim"] = round(float(per_channel.sum()) / subpixels, 4)
-        # What the files code: each image in the orientation the encoder chose, red alone for
-        # the images whose three channels are equal (the codec codes those as grey).
-        row["orientations"] = [s["orientation"] for s in stats]
-        per_channel = model_bits(model, [orient(i, s["orientation"])
+        # What the files code: each image as the encoder transformed it, red alone for the
+        # images whose three channels are equal (the codec codes those as grey).
+        row["transforms"] = [s["transform"] for s in stats]
+        per_channel = model_bits(model, [Transform.from_code(s["transform"]).apply(i)
                                          for i, s in zip(images, stats)])
         row["model_bits_per_channel"] = [round(float(v), 4) for v in
                                          per_channel.sum(0) / (subpixels / 3)]

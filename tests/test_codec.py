@@ -13,7 +13,7 @@ import torch
 
 from imgtx.cli import main
 from imgtx.codec import CodecError, compress, decompress, read_header
-from imgtx.codec.orient import ORIENTATIONS, orient, oriented_size, unorient
+from imgtx.codec.transform import TRANSFORMS, Transform
 from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
 from imgtx.likelihood import discretized_logistic_log_prob, scale_pixels
@@ -76,7 +76,7 @@ def test_code_length_is_the_models_negative_log_likelihood(kind):
     model = tiny(kind)
     images = torch.from_numpy(photo(8, 16)).permute(2, 0, 1)
     stats: dict = {}
-    compress(model, images, orientation=0, stats=stats)  # as given (auto may turn it)
+    compress(model, images, transform=None, stats=stats)  # as given (auto may turn it)
     tiles = torch.stack([images[:, :, :8], images[:, :, 8:]])  # the codec's two tiles
     with torch.no_grad():
         nats = float(model.nll(tiles).sum())
@@ -86,62 +86,72 @@ def test_code_length_is_the_models_negative_log_likelihood(kind):
     assert stats["ideal_bits"] / 8 - 1 <= payload <= stats["ideal_bits"] / 8 + 5
 
 
-# -- orientation ----------------------------------------------------------------------------------
+# -- the encoder's transform ----------------------------------------------------------------------
 
 
-def test_the_eight_orientations_are_distinct_and_each_is_undone():
+def test_the_96_transforms_are_distinct_and_each_is_undone():
     image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     seen = set()
-    for k in range(ORIENTATIONS):
-        turned = orient(image, k)
-        assert turned.shape[:2] == oriented_size(5, 7, k)
-        assert np.array_equal(unorient(turned, k), image)
+    for code in range(TRANSFORMS):
+        transform = Transform.from_code(code)
+        assert transform.code == code
+        turned = transform.apply(image)
+        assert turned.shape[:2] == transform.size(5, 7)
+        assert np.array_equal(transform.undo(turned), image)
         seen.add(turned.tobytes() + bytes(turned.shape[:2]))
-    assert len(seen) == ORIENTATIONS
-    assert np.array_equal(orient(image, 1), np.rot90(image))  # a quarter turn counter-clockwise
-    assert np.array_equal(orient(image, 4), image[:, ::-1])  # a mirror
+    assert len(seen) == TRANSFORMS
+    assert np.array_equal(Transform(orientation=1).apply(image), np.rot90(image))  # CCW
+    assert np.array_equal(Transform(orientation=4).apply(image), image[:, ::-1])  # a mirror
+    assert np.array_equal(Transform(order=5).apply(image), image[..., ::-1])  # b, g, r
+    assert np.array_equal(Transform(invert=True).apply(image), 255 - image)
 
 
 @pytest.mark.parametrize("kind", ["cat-med", "dmol-med"])
 @pytest.mark.parametrize("grey", [False, True])
-def test_auto_orientation_codes_the_cheapest_of_the_eight(kind, grey):
+def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     model = tiny(kind)
     image = photo(11, 19)  # 2 x 3 tiles of 8, padded; turned, 3 x 2
     if grey:
         image = np.asarray(PIL.Image.fromarray(image).convert("L"))
-    coded = []  # the slow reference: code every orientation for real
-    for k in range(ORIENTATIONS):
-        stats: dict = {}
-        data = compress(model, image, orientation=k, stats=stats)
-        assert read_header(data).orientation == k
-        assert np.array_equal(np.asarray(decompress(data, model)), image)
-        coded.append(stats["ideal_bits"])
-    assert max(coded) > 1.01 * min(coded)  # the choice matters
-    stats = {}
+    stats: dict = {}
     data = compress(model, image, stats=stats)
-    # one forward pass per orientation scores exactly the values that coding then codes
-    assert stats["orientation_bits"] == pytest.approx(coded, rel=1e-4)
-    assert stats["orientation"] == int(np.argmin(coded))
-    assert stats["ideal_bits"] == pytest.approx(min(coded), rel=1e-9)
     assert np.array_equal(np.asarray(decompress(data, model)), image)
+    scores = stats["transform_scores"]
+    # 12 colour choices (2 for grey), 7 turns, and the best turn with the best colours
+    assert len(scores) in ((9, 10) if grey else (19, 20))
+    subpixels = image.size  # coded: the one channel of grey, all three of RGB
+    coded = {}  # the slow reference: code every candidate for real
+    for code in scores:
+        forced: dict = {}
+        data = compress(model, image, transform=code, stats=forced)
+        assert read_header(data).transform == code
+        assert np.array_equal(np.asarray(decompress(data, model)), image)
+        coded[code] = forced["ideal_bits"] / subpixels
+    assert max(coded.values()) > 1.01 * min(coded.values())  # the choice matters
+    # forward-pass scores (all tiles of a small image) are the coded code lengths
+    assert [scores[c] for c in coded] == pytest.approx(list(coded.values()), rel=1e-4)
+    assert coded[stats["transform"]] == pytest.approx(min(coded.values()), rel=1e-6)
 
 
-def test_the_orientation_byte_is_written_only_when_the_image_is_turned():
+def test_the_transform_byte_is_written_only_when_the_image_is_transformed():
     model = tiny("cat")
     image = photo(9, 9)
     sizes = {}
-    for k in (0, 6):
+    for code in (0, 61):
         stats: dict = {}
-        data = compress(model, image, orientation=k, stats=stats)
-        sizes[k] = stats["header_bytes"]
-    assert sizes[0] == 16 and sizes[6] == 17
-    for bad in (0, 8, 255):  # the flag set, the byte out of range
+        data = compress(model, image, transform=code, stats=stats)
+        sizes[code] = stats["header_bytes"]
+    assert sizes[0] == 16 and sizes[61] == 17
+    assert Transform.from_code(read_header(data).transform) == \
+        Transform(orientation=5, order=1, invert=True)
+    for bad in (0, 96, 255):  # the flag set, the byte out of range
         damaged = bytearray(data)
-        damaged[sizes[6] - 1] = bad
-        with pytest.raises(CodecError, match="orientation"):
+        damaged[sizes[61] - 1] = bad
+        with pytest.raises(CodecError, match="transform"):
             decompress(bytes(damaged), model)
-    with pytest.raises(CodecError, match="orientation must be"):
-        compress(model, image, orientation=8)
+    for bad in (96, -1, "best"):
+        with pytest.raises(CodecError, match="a transform is"):
+            compress(model, image, transform=bad)
 
 
 # -- round trips ----------------------------------------------------------------------------------
@@ -297,6 +307,10 @@ def test_cli_round_trip_and_json(capsys, tmp_path, saved):
     assert code == 0 and json.loads(stdout)["positions_per_second"] > 0
     assert np.array_equal(np.asarray(PIL.Image.open(restored)),
                           np.asarray(PIL.Image.open(saved["image"])))
+    for option, code_ in (("none", 0), ("13", 13)):
+        _, stdout, _ = run(capsys, "compress", "--model", str(saved["model"]), "--transform",
+                           option, str(saved["image"]), str(out), "--json")
+        assert json.loads(stdout)["transform"] == read_header(out.read_bytes()).transform == code_
 
 
 def test_cli_several_inputs_with_out_dir(capsys, tmp_path, saved):
@@ -336,6 +350,8 @@ def test_cli_refusals_exit_2_with_one_line_and_write_nothing(capsys, tmp_path, s
         # the wrong --model for a good file
         ("decompress", str(good), str(tmp_path / "d.png"), "--model", str(saved["other"])),
         ("compress", "--model", str(saved["model"]), str(rgba), str(tmp_path / "e.itx")),
+        ("compress", "--model", str(saved["model"]), "--transform", "96", str(saved["image"]),
+         str(tmp_path / "f.itx")),
     ]
     for argv in cases:
         code, stdout, stderr = run(capsys, *argv)

@@ -25,7 +25,7 @@ from imgtx.codec.coder import (
     tile_layout,
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
-from imgtx.codec.orient import ORIENTATIONS, best_orientation, orient, oriented_size, unorient
+from imgtx.codec.transform import IDENTITY, TRANSFORMS, Transform, best_transform
 from imgtx.incremental import one_thread
 
 __all__ = ["compress", "decompress", "read_header", "image_pixels", "load_model", "CodecError",
@@ -92,22 +92,31 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 
 
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
-             orientation: int | str = "auto", stats: dict | None = None) -> bytes:
+             transform: Transform | int | str | None = "auto",
+             stats: dict | None = None) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
     ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
-    ``batch``: tiles per batch of the cached decoder. ``orientation``: ``"auto"`` codes the
-    image in whichever of the eight orientations of :mod:`imgtx.codec.orient` the model codes
-    in the fewest bits (one forward pass each); ``0`` to ``7`` forces one (0 is as given).
-    ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
-    ``ideal_bits`` (the model's code length of the coded values), ``orientation``,
-    ``orientation_bits`` (the forward pass's bits of each orientation, when searched),
+    ``batch``: tiles per batch of the cached decoder. ``transform``: ``"auto"`` codes the image
+    turned, mirrored, with its channels reordered or inverted, whichever the model codes in the
+    fewest bits (:func:`imgtx.codec.transform.best_transform`: up to 20 forward passes);
+    ``None`` codes it as it is; a :class:`~imgtx.codec.transform.Transform` or its code forces
+    one. ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
+    ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
+    ``transform_scores`` (bits per coded subpixel of each candidate searched, by code),
     ``positions`` (decoder steps x tiles) and ``seconds``."""
     _check_model(model)
     pixels, grey = image_pixels(image)
-    if orientation != "auto" and orientation not in range(ORIENTATIONS):
-        raise CodecError(f"orientation must be 'auto' or 0 to {ORIENTATIONS - 1}, "
-                         f"got {orientation!r}")
+    if transform is None:
+        transform = IDENTITY
+    elif isinstance(transform, int) and not isinstance(transform, bool):
+        if transform not in range(TRANSFORMS):
+            raise CodecError(f"a transform is 'auto', None or a code 0 to {TRANSFORMS - 1}, "
+                             f"got {transform}")
+        transform = Transform.from_code(transform)
+    elif transform != "auto" and not isinstance(transform, Transform):
+        raise CodecError(f"a transform is 'auto', None, a Transform or a code 0 to "
+                         f"{TRANSFORMS - 1}, got {transform!r}")
     start = time.perf_counter()
     model = model.eval().cpu()
     size = model.config.image_size
@@ -115,9 +124,9 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     equal = not grey and bool((pixels[..., :1] == pixels[..., 1:]).all())
     searched = None
     with one_thread():
-        if orientation == "auto":
-            orientation, searched = best_orientation(model, pixels, grey or equal, batch)
-        tiles, sizes = split_tiles(orient(pixels, orientation), size)
+        if transform == "auto":
+            transform, searched = best_transform(model, pixels, grey or equal, batch)
+        tiles, sizes = split_tiles(transform.apply(pixels), size)
         layout = tile_layout(model.config, sizes, grey or equal)
         sink = RangeSink()
         truth = _to_model_order(model, tiles)
@@ -125,14 +134,14 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     stored = pixels[:, :, 0] if grey else pixels
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
-                    pixels=pixel_crc(stored), name=name, equal=equal, orientation=orientation)
+                    pixels=pixel_crc(stored), name=name, equal=equal, transform=transform.code)
     words = sink.words()
     data = pack(header, words)
     if stats is not None:
         empty = len(pack(header, np.zeros(0, np.uint32)))
         stats.update(bytes=len(data), header_bytes=empty, subpixels=int(layout.coded.sum()),
-                     ideal_bits=ideal_bits, orientation=orientation,
-                     orientation_bits=searched, positions=_positions(model, layout, batch),
+                     ideal_bits=ideal_bits, transform=transform.code,
+                     transform_scores=searched, positions=_positions(model, layout, batch),
                      seconds=time.perf_counter() - start)
     return data
 
@@ -182,7 +191,8 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError(f"the file is damaged (it claims {header.width}x{header.height} pixels)")
     start = time.perf_counter()
     size = header.tile
-    height, width = oriented_size(header.height, header.width, header.orientation)
+    transform = Transform.from_code(header.transform)
+    height, width = transform.size(header.height, header.width)
     _, sizes = split_tiles(np.zeros((height, width, 3), np.uint8), size)
     layout = tile_layout(model.config, sizes, header.one_channel)
     try:
@@ -190,8 +200,7 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
             values, _ = code_tiles(model, layout, RangeSource(words), batch=header.batch)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None
-    pixels = unorient(join_tiles(_from_model_order(model, values), height, width),
-                      header.orientation)
+    pixels = transform.undo(join_tiles(_from_model_order(model, values), height, width))
     stored = pixels[:, :, 0] if header.grey else pixels
     if pixel_crc(stored) != header.pixels:
         other = "" if header.build == build_tag() else (

@@ -33,10 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--out-dir", help="write each input's .itx here, named after the input")
     p.add_argument("--batch", type=int, default=None,
                    help="tiles per batch of the cached decoder (default 64; recorded in the file)")
-    p.add_argument("--orientation", default="auto", choices=["auto", *map(str, range(8))],
-                   help="auto (default): code each image in whichever of its 8 rotations and "
-                        "mirrorings the model codes smallest (recorded in the file); 0 codes it "
-                        "as it is, 1-7 force one (imgtx.codec.orient)")
+    p.add_argument("--transform", default="auto",
+                   help="auto (default): code each image turned, mirrored, with its channels "
+                        "reordered or inverted, whichever the model codes smallest (recorded "
+                        "in the file); none: as it is; 0-95 force one (imgtx.codec.transform)")
     p.add_argument("--no-name", action="store_true",
                    help="leave the model's name out of the file (decompress then needs --model)")
     p.add_argument("--json", action="store_true", help="one JSON line per file on stdout")
@@ -117,6 +117,18 @@ def _report(args: argparse.Namespace, row: dict, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _transform(text: str):
+    from imgtx.codec import CodecError
+    from imgtx.codec.transform import TRANSFORMS
+
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if not text.isdigit() or int(text) >= TRANSFORMS:
+        raise CodecError(f"--transform: expected auto, none or 0 to {TRANSFORMS - 1}, "
+                         f"got '{text}'")
+    return int(text)
+
+
 def _compress(args: argparse.Namespace) -> int:
     from imgtx.codec import DEFAULT_BATCH, CodecError, compress, image_pixels, load_model
     from imgtx.errors import check_at_least
@@ -129,20 +141,20 @@ def _compress(args: argparse.Namespace) -> int:
             image_pixels(image)
         except CodecError as error:
             raise CodecError(f"'{source}': {error}") from None
+    transform = _transform(args.transform)
     model = load_model(args.model)
     for source, target, image in images:
         stats: dict = {}
         data = compress(model, image, name=None if args.no_name else args.model,
                         batch=args.batch or DEFAULT_BATCH, stats=stats,
-                        orientation=args.orientation if args.orientation == "auto"
-                        else int(args.orientation))
+                        transform=transform)
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]
         model_bits = stats["ideal_bits"] / stats["subpixels"]
         row = {"input": str(source), "output": str(target), "bytes": stats["bytes"],
                "header_bytes": stats["header_bytes"], "subpixels": stats["subpixels"],
                "bits_per_dim": round(bits, 5), "model_bits_per_dim": round(model_bits, 5),
-               "orientation": stats["orientation"], "seconds": round(stats["seconds"], 3),
+               "transform": stats["transform"], "seconds": round(stats["seconds"], 3),
                "positions_per_second": round(stats["positions"] / stats["seconds"], 1)}
         _report(args, row, f"{source} -> {target}: {stats['bytes']:,} bytes, {bits:.4f} "
                 f"bits/dim (model {model_bits:.4f}), {stats['seconds']:.1f} s")

@@ -6,7 +6,7 @@ Layout (integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group firs
     version      1 byte   high 4 bits: FORMAT_VERSION; low 4 bits: flags
                           bit 0: greyscale (restored as mode "L"); bit 1: a model name follows;
                           bit 2: an RGB image whose three channels are equal (coded as grey,
-                          restored as RGB); bit 3: an orientation byte follows
+                          restored as RGB); bit 3: a transform byte follows
     width        varint
     height       varint
     tile         varint   the model's image size: tiles are tile x tile pixels
@@ -14,8 +14,9 @@ Layout (integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group firs
     model        4 bytes  fingerprint of the model's config and weights (:func:`fingerprint`)
     build        1 byte   tag of the float build (torch version, CPU capability)
     pixels       4 bytes  CRC-32 of the image's bytes (H x W x C, row-major, uint8)
-    [orientation] 1 byte  1-7, when flag bit 3 is set: the image was coded turned and mirrored
-                          (:mod:`imgtx.codec.orient`); absent for the identity
+    [transform]  1 byte   1-95, when flag bit 3 is set: the image was coded turned, mirrored,
+                          with its channels reordered or inverted (``Transform.code`` of
+                          :mod:`imgtx.codec.transform`); absent for the identity
     [name]       varint length + UTF-8: the model's Hub id or path, when flag bit 1 is set
     payload      the range coder's 32-bit words, big-endian; trailing zero bytes of the last
                  word are dropped (the reader restores them)
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from imgtx.codec.transform import TRANSFORMS
 from imgtx.errors import UserError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "build_tag",
@@ -46,7 +48,7 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "bu
 
 MAGIC = b"IX"
 FORMAT_VERSION = 1
-GREY, NAMED, EQUAL, ORIENTED = 1, 2, 4, 8  # flag bits
+GREY, NAMED, EQUAL, TRANSFORMED = 1, 2, 4, 8  # flag bits
 
 
 class CodecError(UserError):
@@ -68,7 +70,7 @@ class Header:
     pixels: int  # CRC-32 of the pixel bytes
     name: str | None = None
     equal: bool = False  # RGB with r = g = b everywhere: only r is coded
-    orientation: int = 0  # imgtx.codec.orient: the coded image is orient(image, orientation)
+    transform: int = 0  # imgtx.codec.transform: the coded image is Transform.from_code(it)
 
     @property
     def one_channel(self) -> bool:
@@ -136,13 +138,13 @@ class _Reader:
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file: ``header``, then the range coder's ``words`` (uint32)."""
     flags = (GREY if header.grey else 0) | (NAMED if header.name else 0) | \
-        (EQUAL if header.equal else 0) | (ORIENTED if header.orientation else 0)
+        (EQUAL if header.equal else 0) | (TRANSFORMED if header.transform else 0)
     out = bytearray(MAGIC + bytes([FORMAT_VERSION << 4 | flags]))
     for number in (header.width, header.height, header.tile, header.batch):
         out += _varint(number)
     out += header.model + header.build + header.pixels.to_bytes(4, "big")
-    if header.orientation:
-        out.append(header.orientation)
+    if header.transform:
+        out.append(header.transform)
     if header.name:
         name = header.name.encode()
         out += _varint(len(name)) + name
@@ -167,9 +169,9 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     width, height, tile, batch = (reader.varint() for _ in range(4))
     model, build = reader.take(4), reader.take(1)
     pixels = int.from_bytes(reader.take(4), "big")
-    orientation = reader.take(1)[0] if flags & ORIENTED else 0
-    if flags & ORIENTED and not 1 <= orientation <= 7:
-        raise CodecError(f"the file is damaged (orientation {orientation} in its header)")
+    transform = reader.take(1)[0] if flags & TRANSFORMED else 0
+    if flags & TRANSFORMED and not 1 <= transform < TRANSFORMS:
+        raise CodecError(f"the file is damaged (transform {transform} in its header)")
     name = None
     if flags & NAMED:
         name = reader.take(reader.varint()).decode("utf-8", errors="replace")
@@ -180,5 +182,5 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     words = np.frombuffer(payload, dtype=">u4").astype(np.uint32)
     header = Header(width=width, height=height, grey=bool(flags & GREY), tile=tile, batch=batch,
                     model=model, build=build, pixels=pixels, name=name,
-                    equal=bool(flags & EQUAL), orientation=orientation)
+                    equal=bool(flags & EQUAL), transform=transform)
     return header, words

@@ -204,6 +204,18 @@ def dmol_shift_means(params: Tensor, base: Tensor) -> Tensor:
     return torch.cat([logits, means + shift.flatten(-2), log_scales, coeffs], dim=-1)
 
 
+def dmol_shift_log_scales(params: Tensor, offsets) -> Tensor:
+    """Widen or narrow DMOL outputs per channel: ``offsets`` ``(3,)`` (r, g, b) is added to
+    every component's raw log-scale of that channel (before the clamp at ``MIN_LOG_SCALE``).
+    Each logistic's scale is multiplied by ``exp(offset)``; the result is the same DMOL family,
+    exact and normalised. Returns ``(..., 10K)``."""
+    k = params.shape[-1] // PARAMS_PER_MIXTURE
+    logits, means, log_scales, coeffs = params.split([k, 3 * k, 3 * k, 3 * k], dim=-1)
+    offsets = torch.as_tensor(offsets, dtype=params.dtype, device=params.device)
+    log_scales = (log_scales.unflatten(-1, (k, 3)) + offsets).flatten(-2)
+    return torch.cat([logits, means, log_scales, coeffs], dim=-1)
+
+
 def dmol_conditional_means(p: DMOLParams, x: Tensor) -> Tensor:
     """Each component's channel means given the conditioning values ``x`` ``(..., 3)``, scaled
     (channel c reads only the channels before it): ``(..., K, 3)``."""

@@ -39,8 +39,15 @@ import PIL.Image
 import torch
 
 from imgtx.codec import compress, decompress
-from imgtx.codec.transform import Transform, best_transform
-from imgtx.likelihood import dmol_nll_per_channel
+from imgtx.codec.format import _varint
+from imgtx.codec.transform import (
+    TRANSFORMS,
+    Transform,
+    best_scales,
+    best_transform,
+    scale_offsets,
+)
+from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales
 from imgtx.model import ImageTransformer
 
 HELD_OUT = ("EveningGlow.jpg", "Grey.jpg")
@@ -129,37 +136,45 @@ def run_codec(encode, decode, images: list[np.ndarray]) -> dict:
 
 
 @torch.no_grad()
-def model_bits(model, images: list[np.ndarray]) -> np.ndarray | None:
-    """``(n, 3)`` the model's exact bits per pixel of r, g | r and b | r, g (32x32, DMOL)."""
+def model_bits(model, images: list[np.ndarray], scales: list[int] | None = None
+               ) -> np.ndarray | None:
+    """``(n, 3)`` the model's exact bits per pixel of r, g | r and b | r, g (32x32, DMOL), with
+    each image's log-scale offsets ``scale_offsets(scales[i])`` when given."""
     size = model.config.image_size
     if model.config.likelihood != "dmol" or any(i.shape[:2] != (size, size) for i in images):
         return None
     out = []
     for start in range(0, len(images), 64):
         batch = torch.from_numpy(np.stack(images[start:start + 64])).permute(0, 3, 1, 2)
-        nats = dmol_nll_per_channel(model(batch), model.targets(batch))  # (B, N, 3)
+        outputs = model(batch)
+        if scales is not None:
+            offsets = torch.tensor([scale_offsets(s) for s in scales[start:start + 64]])
+            outputs = dmol_shift_log_scales(outputs, offsets[:, None, None, :])
+        nats = dmol_nll_per_channel(outputs, model.targets(batch))  # (B, N, 3)
         out.append((nats.sum(1) / math.log(2)).numpy())
     return np.concatenate(out)
 
 
 def projected_file_bits(model, images: list[np.ndarray], coder_bytes: float) -> dict:
     """imgtx on every image of a 32x32 set without coding it: each file's bits projected from
-    the model's exact bits (forward pass) of the image as the encoder would transform it
-    (:func:`imgtx.codec.transform.best_transform`), plus its header and ``coder_bytes``, the
-    range coder's bytes over the model's bits per file as measured on the coded subset. Returns
-    ``file_bits``, ``as_given`` and ``best`` (model bits), ``(n,)`` each, and ``transform``."""
-    as_given, best, codes = [], [], []
+    the model's exact bits (forward pass) of the image as the encoder would transform it and
+    with the log-scale offsets it would pick (:mod:`imgtx.codec.transform`), plus its header
+    and ``coder_bytes``, the range coder's bytes over the model's bits per file as measured on
+    the coded subset. Returns ``file_bits``, ``as_given`` and ``best`` (model bits) and
+    ``chosen`` (the header carries choices), ``(n,)`` each."""
+    as_given, best, header = [], [], []
     for image in images:
         equal = bool((image[..., :1] == image[..., 1:]).all())
         transform, scores = best_transform(model, image, equal)
+        scales, bits = best_scales(model, transform.apply(image), equal)
         coded = image[..., 0].size if equal else image.size
         as_given.append(scores[0] * coded)
-        best.append(scores[transform.code] * coded)
-        codes.append(transform.code)
-    best, codes = np.array(best), np.array(codes)
-    header = HEADER_BYTES + (codes > 0)  # the transform byte, when transformed
+        best.append(bits * coded)
+        choices = transform.code + TRANSFORMS * scales
+        header.append(HEADER_BYTES + (len(_varint(choices)) if choices else 0))
+    best, header = np.array(best), np.array(header)
     return {"file_bits": best + 8 * (header + coder_bytes), "as_given": np.array(as_given),
-            "best": best, "transform": codes}
+            "best": best, "chosen": header > HEADER_BYTES}
 
 
 def full_set_rows(model, items, coder_bytes: float, classical: dict) -> dict:
@@ -178,7 +193,7 @@ def full_set_rows(model, items, coder_bytes: float, classical: dict) -> dict:
                                                          / count), 4)
         out["model_bits_per_dim_transformed"] = round(float(projected["best"][mask].sum()
                                                             / count), 4)
-        out["transformed_images"] = int((projected["transform"][mask] > 0).sum())
+        out["images_with_choices"] = int(projected["chosen"][mask].sum())
         return out
 
     result = rows(np.ones(len(images), dtype=bool))
@@ -230,8 +245,9 @@ def bench_set(model, name: str, items, args) -> dict:
         # What the files code: each image as the encoder transformed it, red alone for the
         # images whose three channels are equal (the codec codes those as grey).
         row["transforms"] = [s["transform"] for s in stats]
+        row["scales"] = [s["scales"] for s in stats]
         per_channel = model_bits(model, [Transform.from_code(s["transform"]).apply(i)
-                                         for i, s in zip(images, stats)])
+                                         for i, s in zip(images, stats)], row["scales"])
         row["model_bits_per_channel"] = [round(float(v), 4) for v in
                                          per_channel.sum(0) / (subpixels / 3)]
         coded_bits = float(np.where(equal, per_channel[:, 0], per_channel.sum(1)).sum())

@@ -13,10 +13,15 @@ import torch
 
 from imgtx.cli import main
 from imgtx.codec import CodecError, compress, decompress, read_header
-from imgtx.codec.transform import TRANSFORMS, Transform
+from imgtx.codec.transform import SCALE_GRID, TRANSFORMS, Transform, scale_offsets
 from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
-from imgtx.likelihood import discretized_logistic_log_prob, scale_pixels
+from imgtx.likelihood import (
+    discretized_logistic_log_prob,
+    dmol_nll_per_pixel,
+    dmol_shift_log_scales,
+    scale_pixels,
+)
 from imgtx.logistic import logistic_bin_probs
 from imgtx.model import ImageTransformer
 
@@ -76,11 +81,21 @@ def test_code_length_is_the_models_negative_log_likelihood(kind):
     model = tiny(kind)
     images = torch.from_numpy(photo(8, 16)).permute(2, 0, 1)
     stats: dict = {}
-    compress(model, images, transform=None, stats=stats)  # as given (auto may turn it)
+    compress(model, images, transform=None, scales=None, stats=stats)  # as given
     tiles = torch.stack([images[:, :, :8], images[:, :, 8:]])  # the codec's two tiles
     with torch.no_grad():
         nats = float(model.nll(tiles).sum())
     assert stats["ideal_bits"] == pytest.approx(nats / math.log(2), rel=1e-4)
+    if kind.startswith("dmol"):  # with the encoder's log-scale offsets: the shifted likelihood
+        choice = 5 + 8 * 7 + 64 * 5  # r -0.6, g +0.2, b -0.6
+        shifted: dict = {}
+        compress(model, images, transform=None, scales=choice, stats=shifted)
+        with torch.no_grad():
+            outputs = dmol_shift_log_scales(model(tiles), scale_offsets(choice))
+            shifted_nats = float(dmol_nll_per_pixel(outputs, model.targets(tiles)).sum())
+        assert shifted["ideal_bits"] == pytest.approx(shifted_nats / math.log(2), rel=1e-4)
+        assert abs(shifted_nats - nats) > 1e-3 * nats  # the offsets change the pmfs
+        assert scale_offsets(choice) == (-0.6, 0.2, -0.6)
     # the range coder adds a few bytes at most; the header is counted separately
     payload = stats["bytes"] - stats["header_bytes"]
     assert stats["ideal_bits"] / 8 - 1 <= payload <= stats["ideal_bits"] / 8 + 5
@@ -114,7 +129,7 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     if grey:
         image = np.asarray(PIL.Image.fromarray(image).convert("L"))
     stats: dict = {}
-    data = compress(model, image, stats=stats)
+    data = compress(model, image, scales=None, stats=stats)
     assert np.array_equal(np.asarray(decompress(data, model)), image)
     scores = stats["transform_scores"]
     # 12 colour choices (2 for grey), 7 turns, and the best turn with the best colours
@@ -123,7 +138,7 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     coded = {}  # the slow reference: code every candidate for real
     for code in scores:
         forced: dict = {}
-        data = compress(model, image, transform=code, stats=forced)
+        data = compress(model, image, transform=code, scales=None, stats=forced)
         assert read_header(data).transform == code
         assert np.array_equal(np.asarray(decompress(data, model)), image)
         coded[code] = forced["ideal_bits"] / subpixels
@@ -133,7 +148,7 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     assert coded[stats["transform"]] == pytest.approx(min(coded.values()), rel=1e-6)
 
 
-def test_the_transform_byte_is_written_only_when_the_image_is_transformed():
+def test_the_choices_field_is_written_only_when_the_encoder_changed_something():
     model = tiny("cat")
     image = photo(9, 9)
     sizes = {}
@@ -144,14 +159,42 @@ def test_the_transform_byte_is_written_only_when_the_image_is_transformed():
     assert sizes[0] == 16 and sizes[61] == 17
     assert Transform.from_code(read_header(data).transform) == \
         Transform(orientation=5, order=1, invert=True)
-    for bad in (0, 96, 255):  # the flag set, the byte out of range
-        damaged = bytearray(data)
-        damaged[sizes[61] - 1] = bad
-        with pytest.raises(CodecError, match="transform"):
-            decompress(bytes(damaged), model)
+    # the flag set, and the choices 0 or beyond 96 transforms x 512 scales (a 3-byte varint)
+    for bad in (b"\x00", b"\x80\x80\x03"):
+        damaged = data[: sizes[61] - 1] + bad + data[sizes[61]:]
+        with pytest.raises(CodecError, match="encoder choices"):
+            decompress(damaged, model)
     for bad in (96, -1, "best"):
         with pytest.raises(CodecError, match="a transform is"):
             compress(model, image, transform=bad)
+
+
+def test_auto_scales_fit_the_models_sharpness_to_the_image():
+    model = tiny("dmol-med")
+    grey = np.asarray(PIL.Image.fromarray(photo(12, 10)).convert("L"))
+    coded = []  # the slow reference: a grey image codes red alone, so try each red offset
+    for g in range(len(SCALE_GRID)):
+        forced: dict = {}
+        data = compress(model, grey, transform=None, scales=g, stats=forced)
+        assert read_header(data).scales == g
+        assert np.array_equal(np.asarray(decompress(data, model)), grey)
+        coded.append(forced["ideal_bits"])
+    assert max(coded) > 1.005 * min(coded)
+    stats: dict = {}
+    data = compress(model, grey, transform=None, stats=stats)
+    assert stats["scales"] == int(np.argmin(coded))
+    assert np.array_equal(np.asarray(decompress(data, model)), grey)
+    # RGB: each channel's offset in turn; never worse than the model's own scales
+    rgb = photo(12, 10)
+    auto, plain = {}, {}
+    data = compress(model, rgb, transform=None, stats=auto)
+    compress(model, rgb, transform=None, scales=None, stats=plain)
+    assert auto["scales"] > 0 and auto["ideal_bits"] < plain["ideal_bits"]
+    assert np.array_equal(np.asarray(decompress(data, model)), rgb)
+    # categorical models have no scales to shift
+    with pytest.raises(CodecError, match="DMOL models only"):
+        compress(tiny("cat"), rgb, scales=3)
+    assert compress(tiny("cat"), rgb, scales="auto") == compress(tiny("cat"), rgb, scales=None)
 
 
 # -- round trips ----------------------------------------------------------------------------------
@@ -352,6 +395,8 @@ def test_cli_refusals_exit_2_with_one_line_and_write_nothing(capsys, tmp_path, s
         ("compress", "--model", str(saved["model"]), str(rgba), str(tmp_path / "e.itx")),
         ("compress", "--model", str(saved["model"]), "--transform", "96", str(saved["image"]),
          str(tmp_path / "f.itx")),
+        ("compress", "--model", str(saved["model"]), "--scales", "512", str(saved["image"]),
+         str(tmp_path / "g.itx")),
     ]
     for argv in cases:
         code, stdout, stderr = run(capsys, *argv)

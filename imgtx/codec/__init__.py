@@ -25,7 +25,15 @@ from imgtx.codec.coder import (
     tile_layout,
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
-from imgtx.codec.transform import IDENTITY, TRANSFORMS, Transform, best_transform
+from imgtx.codec.transform import (
+    IDENTITY,
+    SCALES,
+    TRANSFORMS,
+    Transform,
+    best_scales,
+    best_transform,
+    scale_offsets,
+)
 from imgtx.incremental import one_thread
 
 __all__ = ["compress", "decompress", "read_header", "image_pixels", "load_model", "CodecError",
@@ -92,7 +100,7 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 
 
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
-             transform: Transform | int | str | None = "auto",
+             transform: Transform | int | str | None = "auto", scales: int | str | None = "auto",
              stats: dict | None = None) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
@@ -101,10 +109,13 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     turned, mirrored, with its channels reordered or inverted, whichever the model codes in the
     fewest bits (:func:`imgtx.codec.transform.best_transform`: up to 20 forward passes);
     ``None`` codes it as it is; a :class:`~imgtx.codec.transform.Transform` or its code forces
-    one. ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
+    one. ``scales``: DMOL models only, ``"auto"`` fits one log-scale offset per channel to the
+    transformed image (:func:`imgtx.codec.transform.best_scales`: one more forward pass);
+    ``None`` keeps the model's scales; ``0`` to ``511`` forces a choice (``scale_offsets``).
+    ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
     ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
     ``transform_scores`` (bits per coded subpixel of each candidate searched, by code),
-    ``positions`` (decoder steps x tiles) and ``seconds``."""
+    ``scales`` (the choice), ``positions`` (decoder steps x tiles) and ``seconds``."""
     _check_model(model)
     pixels, grey = image_pixels(image)
     if transform is None:
@@ -117,6 +128,15 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     elif transform != "auto" and not isinstance(transform, Transform):
         raise CodecError(f"a transform is 'auto', None, a Transform or a code 0 to "
                          f"{TRANSFORMS - 1}, got {transform!r}")
+    dmol = model.config.likelihood == "dmol"
+    if scales is None or (scales == "auto" and not dmol):
+        scales = 0
+    elif scales != "auto" and (isinstance(scales, bool) or not isinstance(scales, int)
+                               or scales not in range(SCALES)):
+        raise CodecError(f"scales are 'auto', None or a choice 0 to {SCALES - 1}, "
+                         f"got {scales!r}")
+    elif scales and not dmol:
+        raise CodecError("log-scale offsets (scales) apply to DMOL models only")
     start = time.perf_counter()
     model = model.eval().cpu()
     size = model.config.image_size
@@ -126,22 +146,28 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     with one_thread():
         if transform == "auto":
             transform, searched = best_transform(model, pixels, grey or equal, batch)
-        tiles, sizes = split_tiles(transform.apply(pixels), size)
+        coded = transform.apply(pixels)
+        if scales == "auto":
+            scales, _ = best_scales(model, coded, grey or equal, batch)
+        tiles, sizes = split_tiles(coded, size)
         layout = tile_layout(model.config, sizes, grey or equal)
         sink = RangeSink()
         truth = _to_model_order(model, tiles)
-        _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch)
+        _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch,
+                                   log_scale_offsets=scale_offsets(scales) if scales else None)
     stored = pixels[:, :, 0] if grey else pixels
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
-                    pixels=pixel_crc(stored), name=name, equal=equal, transform=transform.code)
+                    pixels=pixel_crc(stored), name=name, equal=equal, transform=transform.code,
+                    scales=scales)
     words = sink.words()
     data = pack(header, words)
     if stats is not None:
         empty = len(pack(header, np.zeros(0, np.uint32)))
         stats.update(bytes=len(data), header_bytes=empty, subpixels=int(layout.coded.sum()),
                      ideal_bits=ideal_bits, transform=transform.code,
-                     transform_scores=searched, positions=_positions(model, layout, batch),
+                     transform_scores=searched, scales=scales,
+                     positions=_positions(model, layout, batch),
                      seconds=time.perf_counter() - start)
     return data
 
@@ -191,13 +217,17 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError(f"the file is damaged (it claims {header.width}x{header.height} pixels)")
     start = time.perf_counter()
     size = header.tile
+    if header.scales and model.config.likelihood != "dmol":
+        raise CodecError("the file is damaged (it shifts log-scales, and its model has none)")
     transform = Transform.from_code(header.transform)
     height, width = transform.size(header.height, header.width)
     _, sizes = split_tiles(np.zeros((height, width, 3), np.uint8), size)
     layout = tile_layout(model.config, sizes, header.one_channel)
     try:
         with one_thread():
-            values, _ = code_tiles(model, layout, RangeSource(words), batch=header.batch)
+            values, _ = code_tiles(
+                model, layout, RangeSource(words), batch=header.batch,
+                log_scale_offsets=scale_offsets(header.scales) if header.scales else None)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None
     pixels = transform.undo(join_tiles(_from_model_order(model, values), height, width))

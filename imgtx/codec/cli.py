@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                    help="auto (default): code each image turned, mirrored, with its channels "
                         "reordered or inverted, whichever the model codes smallest (recorded "
                         "in the file); none: as it is; 0-95 force one (imgtx.codec.transform)")
+    p.add_argument("--scales", default="auto",
+                   help="DMOL models: auto (default) fits one log-scale offset per channel to "
+                        "each image (recorded in the file); none: the model's own scales; "
+                        "0-511 force a choice (imgtx.codec.transform.scale_offsets)")
     p.add_argument("--no-name", action="store_true",
                    help="leave the model's name out of the file (decompress then needs --model)")
     p.add_argument("--json", action="store_true", help="one JSON line per file on stdout")
@@ -117,15 +121,14 @@ def _report(args: argparse.Namespace, row: dict, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _transform(text: str):
+def _choice(option: str, text: str, count: int):
+    """An encoder choice option: 'auto', None ('none') or a number below ``count``."""
     from imgtx.codec import CodecError
-    from imgtx.codec.transform import TRANSFORMS
 
     if text in ("auto", "none"):
         return None if text == "none" else text
-    if not text.isdigit() or int(text) >= TRANSFORMS:
-        raise CodecError(f"--transform: expected auto, none or 0 to {TRANSFORMS - 1}, "
-                         f"got '{text}'")
+    if not text.isdigit() or int(text) >= count:
+        raise CodecError(f"{option}: expected auto, none or 0 to {count - 1}, got '{text}'")
     return int(text)
 
 
@@ -141,20 +144,24 @@ def _compress(args: argparse.Namespace) -> int:
             image_pixels(image)
         except CodecError as error:
             raise CodecError(f"'{source}': {error}") from None
-    transform = _transform(args.transform)
+    from imgtx.codec.transform import SCALES, TRANSFORMS
+
+    transform = _choice("--transform", args.transform, TRANSFORMS)
+    scales = _choice("--scales", args.scales, SCALES)
     model = load_model(args.model)
     for source, target, image in images:
         stats: dict = {}
         data = compress(model, image, name=None if args.no_name else args.model,
                         batch=args.batch or DEFAULT_BATCH, stats=stats,
-                        transform=transform)
+                        transform=transform, scales=scales)
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]
         model_bits = stats["ideal_bits"] / stats["subpixels"]
         row = {"input": str(source), "output": str(target), "bytes": stats["bytes"],
                "header_bytes": stats["header_bytes"], "subpixels": stats["subpixels"],
                "bits_per_dim": round(bits, 5), "model_bits_per_dim": round(model_bits, 5),
-               "transform": stats["transform"], "seconds": round(stats["seconds"], 3),
+               "transform": stats["transform"], "scales": stats["scales"],
+               "seconds": round(stats["seconds"], 3),
                "positions_per_second": round(stats["positions"] / stats["seconds"], 1)}
         _report(args, row, f"{source} -> {target}: {stats['bytes']:,} bytes, {bits:.4f} "
                 f"bits/dim (model {model_bits:.4f}), {stats['seconds']:.1f} s")

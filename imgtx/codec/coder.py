@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from imgtx.likelihood import (
     discretized_logistic_log_prob,
     dmol_conditional_means,
+    dmol_shift_log_scales,
     dmol_split_params,
     scale_pixels,
 )
@@ -165,9 +166,11 @@ def _categorical_pmf(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = None,
-               batch: int = 64) -> tuple[torch.Tensor, float]:
+               batch: int = 64, log_scale_offsets=None) -> tuple[torch.Tensor, float]:
     """Code every tile of ``layout`` through ``coder`` (:class:`RangeSink` with the tiles'
     ``truth``, or :class:`RangeSource`), ``batch`` tiles at a time, one cached decoder per batch.
+    ``log_scale_offsets``: DMOL only, ``(r, g, b)`` added to every log-scale of the model's
+    outputs (:func:`imgtx.likelihood.dmol_shift_log_scales`), the encoder's per-image choice.
 
     ``truth`` and the result are model-order values ``(T, N, 3)`` (DMOL) or ``(T, N)`` long.
     Also returns the ideal code length in bits of the coded values under the float64 pmfs."""
@@ -191,6 +194,8 @@ def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = No
         part_truth = None if truth is None else truth[rows]
         for t in range(steps):
             outputs = decoder.outputs()  # (b, 256 | 10K)
+            if log_scale_offsets is not None:
+                outputs = dmol_shift_log_scales(outputs, log_scale_offsets)
             step = _dmol_step if dmol else _categorical_step
             bits += step(outputs, part, part_layout, t, coder, part_truth)
             decoder.feed(part[:, t])

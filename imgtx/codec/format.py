@@ -6,7 +6,7 @@ Layout (integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group firs
     version      1 byte   high 4 bits: FORMAT_VERSION; low 4 bits: flags
                           bit 0: greyscale (restored as mode "L"); bit 1: a model name follows;
                           bit 2: an RGB image whose three channels are equal (coded as grey,
-                          restored as RGB); bit 3: a transform byte follows
+                          restored as RGB); bit 3: the encoder's choices follow
     width        varint
     height       varint
     tile         varint   the model's image size: tiles are tile x tile pixels
@@ -14,9 +14,11 @@ Layout (integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group firs
     model        4 bytes  fingerprint of the model's config and weights (:func:`fingerprint`)
     build        1 byte   tag of the float build (torch version, CPU capability)
     pixels       4 bytes  CRC-32 of the image's bytes (H x W x C, row-major, uint8)
-    [transform]  1 byte   1-95, when flag bit 3 is set: the image was coded turned, mirrored,
-                          with its channels reordered or inverted (``Transform.code`` of
-                          :mod:`imgtx.codec.transform`); absent for the identity
+    [choices]    varint   when flag bit 3 is set: ``transform + 96 * scales``, the encoder's
+                          choices (:mod:`imgtx.codec.transform`): the image was coded turned,
+                          mirrored, with its channels reordered or inverted (``Transform.code``)
+                          and with the DMOL log-scale offsets ``scale_offsets(scales)``; absent
+                          when both are 0
     [name]       varint length + UTF-8: the model's Hub id or path, when flag bit 1 is set
     payload      the range coder's 32-bit words, big-endian; trailing zero bytes of the last
                  word are dropped (the reader restores them)
@@ -40,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from imgtx.codec.transform import TRANSFORMS
+from imgtx.codec.transform import SCALES, TRANSFORMS
 from imgtx.errors import UserError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "build_tag",
@@ -48,7 +50,7 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "bu
 
 MAGIC = b"IX"
 FORMAT_VERSION = 1
-GREY, NAMED, EQUAL, TRANSFORMED = 1, 2, 4, 8  # flag bits
+GREY, NAMED, EQUAL, CHOSEN = 1, 2, 4, 8  # flag bits
 
 
 class CodecError(UserError):
@@ -71,6 +73,7 @@ class Header:
     name: str | None = None
     equal: bool = False  # RGB with r = g = b everywhere: only r is coded
     transform: int = 0  # imgtx.codec.transform: the coded image is Transform.from_code(it)
+    scales: int = 0  # imgtx.codec.transform.scale_offsets(scales) shift the DMOL log-scales
 
     @property
     def one_channel(self) -> bool:
@@ -138,13 +141,13 @@ class _Reader:
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file: ``header``, then the range coder's ``words`` (uint32)."""
     flags = (GREY if header.grey else 0) | (NAMED if header.name else 0) | \
-        (EQUAL if header.equal else 0) | (TRANSFORMED if header.transform else 0)
+        (EQUAL if header.equal else 0) | (CHOSEN if header.transform or header.scales else 0)
     out = bytearray(MAGIC + bytes([FORMAT_VERSION << 4 | flags]))
     for number in (header.width, header.height, header.tile, header.batch):
         out += _varint(number)
     out += header.model + header.build + header.pixels.to_bytes(4, "big")
-    if header.transform:
-        out.append(header.transform)
+    if header.transform or header.scales:
+        out += _varint(header.transform + TRANSFORMS * header.scales)
     if header.name:
         name = header.name.encode()
         out += _varint(len(name)) + name
@@ -169,9 +172,10 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     width, height, tile, batch = (reader.varint() for _ in range(4))
     model, build = reader.take(4), reader.take(1)
     pixels = int.from_bytes(reader.take(4), "big")
-    transform = reader.take(1)[0] if flags & TRANSFORMED else 0
-    if flags & TRANSFORMED and not 1 <= transform < TRANSFORMS:
-        raise CodecError(f"the file is damaged (transform {transform} in its header)")
+    choices = reader.varint() if flags & CHOSEN else 0
+    if flags & CHOSEN and not 1 <= choices < TRANSFORMS * SCALES:
+        raise CodecError(f"the file is damaged (encoder choices {choices} in its header)")
+    scales, transform = divmod(choices, TRANSFORMS)
     name = None
     if flags & NAMED:
         name = reader.take(reader.varint()).decode("utf-8", errors="replace")
@@ -182,5 +186,5 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     words = np.frombuffer(payload, dtype=">u4").astype(np.uint32)
     header = Header(width=width, height=height, grey=bool(flags & GREY), tile=tile, batch=batch,
                     model=model, build=build, pixels=pixels, name=name,
-                    equal=bool(flags & EQUAL), transform=transform)
+                    equal=bool(flags & EQUAL), transform=transform, scales=scales)
     return header, words

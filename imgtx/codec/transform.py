@@ -24,6 +24,14 @@ The search (:func:`best_transform`) does not try all 96: it scores the 12 colour
 (order x invert) as the image stands and the 8 orientations with its colours as they are, then
 the best orientation with the best colours: 20 forward passes at most, on at most ``max_tiles``
 evenly spaced tiles of a large image.
+
+For DMOL models the encoder also fits the model's sharpness to the image: one offset per channel
+from ``SCALE_GRID`` added to every log-scale of that channel's logistics
+(:func:`imgtx.likelihood.dmol_shift_log_scales`), chosen greedily r, then g, then b on the
+transformed image's forward pass (:func:`best_scales`). This changes the coded pmfs, to another
+member of the same exact, normalised DMOL family that both sides compute from the header: the
+counterpart of the per-image statistics a classical codec fits and sends. A photo smoother or
+noisier than the training photos gets narrower or wider logistics.
 """
 
 from __future__ import annotations
@@ -35,9 +43,10 @@ import numpy as np
 import torch
 
 from imgtx.codec.coder import split_tiles
-from imgtx.likelihood import dmol_nll_per_channel
+from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales
 
-__all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "coded_bits", "best_transform"]
+__all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "SCALE_GRID", "SCALES",
+           "scale_offsets", "coded_bits", "best_transform", "best_scales"]
 
 #: Channel orders: the coded image's channel c is the image's channel ``ORDERS[order][c]``.
 ORDERS = list(itertools.permutations(range(3)))
@@ -92,44 +101,79 @@ class Transform:
 
 IDENTITY = Transform()
 
+#: Log-scale offsets per channel (index 0 is none); a choice of three is one number below SCALES.
+SCALE_GRID = (0.0, -0.1, -0.2, -0.3, -0.4, -0.6, 0.1, 0.2)
+SCALES = len(SCALE_GRID) ** 3
+
+
+def scale_offsets(index: int) -> tuple[float, float, float]:
+    """``(r, g, b)`` log-scale offsets of scales choice ``index`` (``sum_c i_c 8^c``)."""
+    if index not in range(SCALES):
+        raise ValueError(f"a scales choice is 0 to {SCALES - 1}, got {index}")
+    n = len(SCALE_GRID)
+    return tuple(SCALE_GRID[index // n**c % n] for c in range(3))
+
 
 @torch.no_grad()
 def coded_bits(model, tiles: np.ndarray, sizes: list[tuple[int, int]], one_channel: bool,
-               batch: int = 64) -> np.ndarray:
+               batch: int = 64, scales: int = 0) -> np.ndarray:
     """The model's code length in bits of what the codec codes of each tile ``(T, S, S, 3)``
     uint8 (:func:`imgtx.codec.coder.split_tiles`): its image part ``sizes[i] = (h, w)`` (edge
     padding is not coded), red only when ``one_channel``. One teacher-forced forward pass per
     ``batch`` tiles, in float32; the coded figure, computed in float64 through the cached
-    decoder, agrees to about 1e-5 relative. Returns ``(T,)``."""
-    size = model.config.image_size
+    decoder, agrees to about 1e-5 relative. ``scales``: a DMOL model's log-scale offsets
+    (:func:`scale_offsets`). Returns ``(T,)``."""
+    return _channel_bits(model, tiles, sizes, one_channel, batch, [scales])[0].sum(-1)
+
+
+def _mask(size: int, sizes: list[tuple[int, int]], one_channel: bool) -> torch.Tensor:
+    """``(T, S*S, 3)``: the coded values of each tile, pixel-major raster order."""
     rows, cols = torch.arange(size)[:, None], torch.arange(size)[None, :]
     inside = torch.stack([(rows < h) & (cols < w) for h, w in sizes]).flatten(1)  # (T, S*S)
-    mask = inside[:, :, None] & torch.tensor([True, not one_channel, not one_channel])
+    return inside[:, :, None] & torch.tensor([True, not one_channel, not one_channel])
+
+
+@torch.no_grad()
+def _channel_bits(model, tiles, sizes, one_channel, batch, choices) -> np.ndarray:
+    """Bits of the coded values per tile and channel ``(len(choices), T, 3)``, one forward pass
+    per ``batch`` tiles shared by every scales choice in ``choices``."""
+    mask = _mask(model.config.image_size, sizes, one_channel)
     out = []
     for start in range(0, len(tiles), batch):
         images = torch.from_numpy(tiles[start : start + batch]).permute(0, 3, 1, 2)
         outputs = model(images)
-        if model.config.likelihood == "dmol":
-            nats = dmol_nll_per_channel(outputs, model.targets(images))  # (B, S*S, 3)
-        else:
+        here = mask[start : start + batch]
+        if model.config.likelihood != "dmol":
+            if choices != [0]:
+                raise ValueError("log-scale offsets apply to DMOL models only")
             nats = model.nll_of_outputs(outputs, images).view(len(images), -1, 3)
-        out.append((nats * mask[start : start + batch]).sum((1, 2)))
-    return (torch.cat(out) / np.log(2)).double().numpy()
+            out.append((nats * here).sum(1)[None])
+            continue
+        targets = model.targets(images)
+        out.append(torch.stack([
+            (dmol_nll_per_channel(dmol_shift_log_scales(outputs, scale_offsets(choice)), targets)
+             * here).sum(1) for choice in choices]))  # (choices, B, 3)
+    return (torch.cat(out, dim=1) / np.log(2)).double().numpy()
+
+
+def _sample(model, pixels: np.ndarray, max_tiles: int):
+    """At most ``max_tiles`` evenly spaced tiles of ``pixels`` and their image parts."""
+    tiles, sizes = split_tiles(pixels, model.config.image_size)
+    keep = np.unique(np.linspace(0, len(tiles) - 1, min(max_tiles, len(tiles))).round()
+                     .astype(int))
+    return tiles[keep], [sizes[i] for i in keep]
 
 
 def _score(model, pixels: np.ndarray, transforms: list[Transform], one_channel: bool,
            batch: int, max_tiles: int) -> list[float]:
     """Bits per coded subpixel of each transform, on at most ``max_tiles`` evenly spaced tiles
     of the transformed image (all of them for a small image), batched across transforms."""
-    size = model.config.image_size
     tiles, sizes, owner = [], [], []
     for index, transform in enumerate(transforms):
-        these, their_sizes = split_tiles(transform.apply(pixels), size)
-        keep = np.unique(np.linspace(0, len(these) - 1, min(max_tiles, len(these))).round()
-                         .astype(int))
-        tiles.append(these[keep])
-        sizes += [their_sizes[i] for i in keep]
-        owner += [index] * len(keep)
+        these, their_sizes = _sample(model, transform.apply(pixels), max_tiles)
+        tiles.append(these)
+        sizes += their_sizes
+        owner += [index] * len(these)
     bits = coded_bits(model, np.concatenate(tiles), sizes, one_channel, batch)
     channels = 1 if one_channel else 3
     subpixels = np.array([h * w * channels for h, w in sizes], dtype=np.float64)
@@ -157,3 +201,25 @@ def best_transform(model, pixels: np.ndarray, one_channel: bool, batch: int = 64
         scores[both.code] = _score(model, pixels, [both], one_channel, batch, max_tiles)[0]
     best = min(scores, key=lambda code: (scores[code], code != 0))
     return Transform.from_code(best), scores
+
+
+def best_scales(model, pixels: np.ndarray, one_channel: bool, batch: int = 64,
+                max_tiles: int = 16) -> tuple[int, float]:
+    """A DMOL model's log-scale offsets for ``pixels`` (already transformed): for r, then g,
+    then b, the offset of ``SCALE_GRID`` that codes that channel in the fewest bits given the
+    offsets chosen before it (a channel's posterior over components depends on the earlier
+    channels' scales). One forward pass on at most ``max_tiles`` evenly spaced tiles. Returns
+    the choice (index 0, no offsets, among equals) and its bits per coded subpixel."""
+    tiles, sizes = _sample(model, pixels, max_tiles)
+    n = len(SCALE_GRID)
+    channels = 1 if one_channel else 3
+    chosen = [0, 0, 0]
+    for c in range(channels):
+        choices = [sum(g * n**k for k, g in enumerate(chosen[:c] + [g] + chosen[c + 1:]))
+                   for g in range(n)]
+        bits = _channel_bits(model, tiles, sizes, one_channel, batch, choices)[:, :, c].sum(1)
+        chosen[c] = int(np.argmin(bits))
+    index = sum(g * n**k for k, g in enumerate(chosen))
+    total = _channel_bits(model, tiles, sizes, one_channel, batch, [index]).sum()
+    subpixels = sum(h * w for h, w in sizes) * channels
+    return index, float(total / subpixels)

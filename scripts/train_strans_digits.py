@@ -12,17 +12,21 @@ copies the EMA generator to ``--export`` with its training curve, ratio curves a
     python scripts/train_strans_digits.py --max-steps 3 --out /tmp/smoke --export ''  # smoke
 
 ``SETTINGS`` are the shipped run's (it was made by ``python scripts/train_strans_digits.py
---minutes 40 --aux-fade-kimg 50 --threads 1``: batch 16, learning rates 2e-4, an EMA half-life of
-2 kimg, and G's AC-GAN weight falling from 1 to 0 over the first 50 kimg, after which the
-projection head alone conditions G; 100 samples per grid); the registry entry's ``train`` gives
-the rest (hinge loss, n_critic 1). Every ``imgtx gan train`` option overrides them, e.g.
+--minutes 60 --aux-fade-kimg 50 --set noise=true --set upsample=norm_bilinear --mode-seeking
+0.35 --threads 1``): batch 16, learning rates 2e-4, an EMA half-life of 2 kimg; G's AC-GAN
+weight falls from 1 to 0 over the first 50 kimg, after which the projection head alone
+conditions G; StyleGAN noise inputs (Karras et al. 2019, sec. 2) and ``norm_bilinear``
+upsampling in G; MSGAN's mode-seeking term at weight 0.35 in G's loss (Mao et al. 2019), which
+keeps same-class samples apart; 100 samples per grid. The registry entry's ``train`` gives the
+rest (hinge loss, n_critic 1). Every ``imgtx gan train`` option overrides them, e.g.
 ``--set``/``--set-d`` for generator/discriminator config fields (the ablations in
 ``scripts/ablate_strans_digits.py``).
 The same training without the ratio logging is
 
     imgtx gan train --config strans-digits32-cond --data builtin:digits --out DIR \
-        --batch-size 16 --lr 2e-4 --lr-d 2e-4 --max-steps 20000 --minutes 40 --ema-kimg 2 \
-        --aux-fade-kimg 50 --num-samples 100
+        --batch-size 16 --lr 2e-4 --lr-d 2e-4 --max-steps 20000 --minutes 60 --ema-kimg 2 \
+        --aux-fade-kimg 50 --set noise=true --set upsample=norm_bilinear --mode-seeking 0.35 \
+        --num-samples 100
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from imgtx.training.checkpoints import export_run
 
 SETTINGS = {"config": "strans-digits32-cond", "data": "builtin:digits",
             "out": "runs/strans-digits32-cond", "batch_size": 16, "lr": 2e-4, "lr_d": 2e-4,
-            "max_steps": 20000, "minutes": 40.0, "ema_kimg": 2.0, "aux_fade_kimg": 50.0,
+            "max_steps": 20000, "minutes": 60.0, "ema_kimg": 2.0, "aux_fade_kimg": 50.0,
+            "set": ["noise=true", "upsample=norm_bilinear"], "mode_seeking": 0.35,
             "eval_every": 100,
             "sample_every": 500, "checkpoint_every": 250, "num_samples": 100, "threads": 1,
             "ratio_every": 100, "export": "checkpoints/strans-digits32-cond"}

@@ -255,6 +255,33 @@ def test_blur_matches_scipy_and_noise_has_its_std():
     assert race.noised(flat, 8.0).double().std() == pytest.approx(8.0, rel=0.05)
 
 
+def test_class_fid_is_the_mean_over_disjoint_sets_of_samples():
+    from imgtx.eval.features import compute_features, get_extractor
+    from imgtx.eval.fid import fid_from_features
+    from imgtx.gan.yardstick import _labelled, class_variety
+
+    train, train_labels = _labelled("builtin:digits", "train", 16)
+    test, test_labels = _labelled("builtin:digits", "test", 16)
+    # class c's samples: its test digits first (that set scores the floor exactly), then its
+    # training digits
+    pools = [torch.cat([test[test_labels == c], train[train_labels == c]]) for c in range(10)]
+    generator = ClassStub(train, train_labels, collapse=False)
+    generator.by_class = pools
+    extractor = get_extractor("random")
+    result = class_variety(generator, "builtin:digits", extractor, per_class=100, batch_size=100)
+    for c in range(10):
+        n = int((test_labels == c).sum())
+        real = compute_features(extractor, train[train_labels == c], 100)
+        fids = [fid_from_features(compute_features(extractor, pools[c][k * n : (k + 1) * n], 100),
+                                  real) for k in range(100 // n)]
+        assert len(fids) >= 2
+        assert fids[0] == pytest.approx(result["class_floor_fid"][c], rel=1e-9)
+        assert result["class_fid"][c] == pytest.approx(np.mean(fids), rel=1e-9)
+        assert result["class_fid_range"][c] == pytest.approx([min(fids), max(fids)], rel=1e-9)
+        assert result["class_fid_over_floor"][c] == pytest.approx(np.mean(fids) / fids[0],
+                                                                  rel=1e-9)
+
+
 def test_evaluate_generator_adds_the_class_figures_when_asked():
     from imgtx.data import load_images
     from imgtx.gan.evaluate import evaluate_generator

@@ -50,7 +50,7 @@ UPSCALE_SHA256 = {  # temperature 0, the first test image's 8x8 input
 }
 GAN_SHA256 = {  # generate(4, seed=7)
     "transgan-photos32-small": "bf48f48dcf74d8e0fc71054b6821a10010b74f741cc54a32e08fa290cd5b030a",
-    "strans-digits32-cond": "392eaa92d1702fa818946755c46ade4d54150cf15424fe2053264f5b3e01442a",
+    "strans-digits32-cond": "637780ca6add3c01c90fb34af44599de207f5fd5aafc9a10816456b1a2eb2720",
     "strans-corpus32": "2a19702e111ec47029c757d397d74a64cfe099726c6ac00ced43eb7e5cb1c25c",
 }
 # sum of |features| and features[0, :4] of the three test images

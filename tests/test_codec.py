@@ -148,6 +148,20 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     assert coded[stats["transform"]] == pytest.approx(min(coded.values()), rel=1e-6)
 
 
+def test_a_large_image_scores_every_candidate_on_the_same_content():
+    from imgtx.codec.transform import _sample
+
+    model = tiny("cat")  # 8x8 tiles: a 70x100 image has 9 x 13 tiles, more than 16
+    image = photo(70, 100)
+    reference, reference_sizes = _sample(model, image, Transform(), 16)
+    assert len(reference) == 16 and all(size == (8, 8) for size in reference_sizes)
+    for code in range(TRANSFORMS):
+        transform = Transform.from_code(code)
+        tiles, sizes = _sample(model, image, transform, 16)
+        for tile, (h, w), original in zip(tiles, sizes, reference):
+            assert np.array_equal(transform.undo(tile[:h, :w]), original)
+
+
 def test_the_choices_field_is_written_only_when_the_encoder_changed_something():
     model = tiny("cat")
     image = photo(9, 9)

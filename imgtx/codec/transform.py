@@ -22,8 +22,8 @@ predictor per image) applied to the choices a fixed model leaves free.
 
 The search (:func:`best_transform`) does not try all 96: it scores the 12 colour choices
 (order x invert) as the image stands and the 8 orientations with its colours as they are, then
-the best orientation with the best colours: 20 forward passes at most, on at most ``max_tiles``
-evenly spaced tiles of a large image.
+the best orientation with the best colours: 20 forward passes at most. A large image is scored
+on ``max_tiles`` evenly spaced tile-sized regions, the same regions for every candidate.
 
 For DMOL models the encoder also fits the model's sharpness to the image: one offset per channel
 from ``SCALE_GRID`` added to every log-scale of that channel's logistics
@@ -156,21 +156,40 @@ def _channel_bits(model, tiles, sizes, one_channel, batch, choices) -> np.ndarra
     return (torch.cat(out, dim=1) / np.log(2)).double().numpy()
 
 
-def _sample(model, pixels: np.ndarray, max_tiles: int):
-    """At most ``max_tiles`` evenly spaced tiles of ``pixels`` and their image parts."""
-    tiles, sizes = split_tiles(pixels, model.config.image_size)
-    keep = np.unique(np.linspace(0, len(tiles) - 1, min(max_tiles, len(tiles))).round()
-                     .astype(int))
-    return tiles[keep], [sizes[i] for i in keep]
+def _regions(pixels: np.ndarray, size: int, max_tiles: int) -> list[np.ndarray] | None:
+    """``max_tiles`` evenly spaced crops of at most ``size x size`` pixels, on the tile grid of
+    ``pixels``, or None when the image has ``max_tiles`` tiles or fewer (score them all)."""
+    height, width = pixels.shape[:2]
+    rows, cols = -(-height // size), -(-width // size)
+    if rows * cols <= max_tiles:
+        return None
+    # full tiles where there are any, so that every candidate scores the same content
+    full_rows, full_cols = max(height // size, 1), max(width // size, 1)
+    picks = np.unique(np.linspace(0, full_rows * full_cols - 1, max_tiles).round().astype(int))
+    return [pixels[r * size : (r + 1) * size, c * size : (c + 1) * size]
+            for r, c in (divmod(int(i), full_cols) for i in picks)]
+
+
+def _sample(model, pixels: np.ndarray, transform: Transform, max_tiles: int):
+    """Tiles (and their image parts) on which to score ``transform`` of ``pixels``: every tile
+    of the transformed image when it has at most ``max_tiles``; otherwise the same evenly spaced
+    regions of ``pixels`` for every transform, each transformed, so that candidates are scored
+    on the same content (turning a whole image moves its tile grid)."""
+    size = model.config.image_size
+    regions = _regions(pixels, size, max_tiles)
+    if regions is None:
+        return split_tiles(transform.apply(pixels), size)
+    tiles, sizes = zip(*(split_tiles(transform.apply(region), size) for region in regions))
+    return np.concatenate(tiles), [part for parts in sizes for part in parts]
 
 
 def _score(model, pixels: np.ndarray, transforms: list[Transform], one_channel: bool,
            batch: int, max_tiles: int) -> list[float]:
-    """Bits per coded subpixel of each transform, on at most ``max_tiles`` evenly spaced tiles
-    of the transformed image (all of them for a small image), batched across transforms."""
+    """Bits per coded subpixel of each transform (:func:`_sample`'s tiles), batched across
+    transforms."""
     tiles, sizes, owner = [], [], []
     for index, transform in enumerate(transforms):
-        these, their_sizes = _sample(model, transform.apply(pixels), max_tiles)
+        these, their_sizes = _sample(model, pixels, transform, max_tiles)
         tiles.append(these)
         sizes += their_sizes
         owner += [index] * len(these)
@@ -210,7 +229,7 @@ def best_scales(model, pixels: np.ndarray, one_channel: bool, batch: int = 64,
     offsets chosen before it (a channel's posterior over components depends on the earlier
     channels' scales). One forward pass on at most ``max_tiles`` evenly spaced tiles. Returns
     the choice (index 0, no offsets, among equals) and its bits per coded subpixel."""
-    tiles, sizes = _sample(model, pixels, max_tiles)
+    tiles, sizes = _sample(model, pixels, IDENTITY, max_tiles)
     n = len(SCALE_GRID)
     channels = 1 if one_channel else 3
     chosen = [0, 0, 0]

@@ -43,6 +43,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from imgtx.errors import UserError
 from imgtx.eval.fid import frechet_distance, kernel_inception_distance
 from imgtx.gan.evaluate import KID_SUBSETS, evaluate_generator, reference_statistics
 
@@ -302,7 +303,8 @@ def yardstick(count: int) -> dict[str, Any]:
     return result
 
 
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127)]  # matplotlib's tab10
 
 
 def plot(runs: list[Path], out: Path) -> dict[str, str]:
@@ -320,7 +322,9 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
     points = [r for records in curves.values() for r in records]
     top = max(max(r["fid"] for r in points), 1e-9) * 1.05
     right = max(max(r["cpu_minutes"] for r in points), 1e-9)
-    image = PIL.Image.new("RGB", (640, 400), "white")
+    if len(curves) > len(COLOURS):
+        raise UserError(f"plot draws at most {len(COLOURS)} runs, got {len(curves)}")
+    image = PIL.Image.new("RGB", (760, 400), "white")
     draw = ImageDraw.Draw(image)
     left, bottom, width, height = 60, 360, 560, 330
 
@@ -333,13 +337,15 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
         draw.text((left + width * frac - 10, bottom + 8), f"{right * frac:.3g}", fill="black")
     draw.text((left + width // 2 - 60, bottom + 24), "CPU-minutes of training", fill="black")
     draw.text((left + 5, 8), "FID against val (imgtx-small); dashed: floor", fill="black")
-    for (name, records), colour in zip(curves.items(), COLOURS):
+    for index, ((name, records), colour) in enumerate(zip(curves.items(), COLOURS)):
         draw.line([xy(r["cpu_minutes"], r["fid"]) for r in records], fill=colour, width=2)
         floor_y = xy(0, records[-1]["floor_fid"])[1]
         for x in range(left, left + width, 12):
             draw.line([(x, floor_y), (x + 6, floor_y)], fill=colour)
-        draw.text((xy(*[records[-1][k] for k in ("cpu_minutes", "fid")])[0] - 60,
-                   xy(0, records[-1]["fid"])[1] - 14), name, fill=colour)
+        # a legend right of the plot: name and last FID, one line each (curves cross at the end)
+        y = bottom - height + 20 * index
+        draw.line([(left + width + 12, y + 6), (left + width + 30, y + 6)], fill=colour, width=2)
+        draw.text((left + width + 36, y), f"{name}: FID {records[-1]['fid']:.1f}", fill=colour)
     image.save(out / "photo_gan_race.png")
     written = {"curve": str(out / "photo_gan_race.png")}
     for run in runs:

@@ -242,6 +242,30 @@ def test_cpu_budget_counts_process_cpu_time_not_waiting(monkeypatch):
     assert 0.1 - 1e-9 <= budget.used() <= 0.12 + 1e-9
 
 
+def test_race_plot_draws_every_run_in_its_own_colour(monkeypatch, tmp_path):
+    import imgtx.gan.evaluate
+    from imgtx.errors import UserError
+
+    race = load_script("photo_gan_race")
+    monkeypatch.setattr(imgtx.gan.evaluate, "real_images",  # no corpus here: stand-in crops
+                        lambda *args: torch.zeros((64, 3, 32, 32), dtype=torch.uint8))
+    runs = []
+    for index in range(len(race.COLOURS) + 1):
+        run = tmp_path / f"run{index}"
+        (run / "race_samples").mkdir(parents=True)
+        rows = [{"cpu_minutes": m, "fid": 10.0 + 5 * index + m, "floor_fid": 0.5}
+                for m in (0.0, 15.0, 30.0)]
+        (run / "race.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        PIL.Image.new("RGB", (8, 8)).save(run / "race_samples" / "cpu_0030.00min.png")
+        runs.append(run)
+    written = race.plot(runs[: len(race.COLOURS)], tmp_path / "docs")
+    assert {f"run{i}" for i in range(len(race.COLOURS))} <= set(written)
+    colours = {colour for _, colour in PIL.Image.open(written["curve"]).getcolors(1 << 16)}
+    assert set(race.COLOURS) <= colours  # the first version dropped runs past its 4th colour
+    with pytest.raises(UserError, match="at most"):
+        race.plot(runs, tmp_path / "docs")
+
+
 def test_blur_matches_scipy_and_noise_has_its_std():
     race = load_script("photo_gan_race")
     images = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from imgtx.codec.coder import split_tiles
-from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales
+from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales, nats_to_bits
 
 __all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "SCALE_GRID", "SCALES",
            "scale_offsets", "coded_bits", "best_transform", "best_scales"]
@@ -153,7 +153,7 @@ def _channel_bits(model, tiles, sizes, one_channel, batch, choices) -> np.ndarra
         out.append(torch.stack([
             (dmol_nll_per_channel(dmol_shift_log_scales(outputs, scale_offsets(choice)), targets)
              * here).sum(1) for choice in choices]))  # (choices, B, 3)
-    return (torch.cat(out, dim=1) / np.log(2)).double().numpy()
+    return nats_to_bits(torch.cat(out, dim=1).double()).numpy()
 
 
 def _regions(pixels: np.ndarray, size: int, max_tiles: int) -> list[np.ndarray] | None:

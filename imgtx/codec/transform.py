@@ -14,11 +14,12 @@ bijection on pixels:
 * ``invert``: every value ``v`` becomes ``255 - v``.
 
 The encoder scores candidates with teacher-forced forward passes, codes the cheapest, and
-records it in one header byte (``Transform.code``, 0-95, written only when it is not the
-identity). The decoder decodes the transformed image and undoes the transform. No probability
-changes, so the coded values keep the model's exact likelihood. This is the encoder-side search
-of classical codecs (PNG's choice of filter per row, JPEG XL's choice of colour transform and
-predictor per image) applied to the choices a fixed model leaves free.
+records it in the header (``Transform.code``, 0-95, in the choices field of
+:mod:`imgtx.codec.format`, written only when something was chosen). The decoder decodes the
+transformed image and undoes the transform. No probability changes, so the coded values keep
+the model's exact likelihood. This is the encoder-side search of classical codecs (PNG's choice
+of filter per row, JPEG XL's choice of colour transform and predictor per image) applied to the
+choices a fixed model leaves free.
 
 The search (:func:`best_transform`) does not try all 96: it scores the 12 colour choices
 (order x invert) as the image stands and the 8 orientations with its colours as they are, then
@@ -46,7 +47,7 @@ from imgtx.codec.coder import split_tiles
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales, nats_to_bits
 
 __all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "SCALE_GRID", "SCALES",
-           "scale_offsets", "coded_bits", "best_transform", "best_scales"]
+           "scales_index", "scale_offsets", "coded_bits", "best_transform", "best_scales"]
 
 #: Channel orders: the coded image's channel c is the image's channel ``ORDERS[order][c]``.
 ORDERS = list(itertools.permutations(range(3)))
@@ -106,6 +107,12 @@ SCALE_GRID = (0.0, -0.1, -0.2, -0.3, -0.4, -0.6, 0.1, 0.2)
 SCALES = len(SCALE_GRID) ** 3
 
 
+def scales_index(grid_indices) -> int:
+    """The scales choice of per-channel ``SCALE_GRID`` indices ``(r, g, b)``: ``sum_c i_c 8^c``
+    (inverse of :func:`scale_offsets`)."""
+    return sum(int(i) * len(SCALE_GRID) ** c for c, i in enumerate(grid_indices))
+
+
 def scale_offsets(index: int) -> tuple[float, float, float]:
     """``(r, g, b)`` log-scale offsets of scales choice ``index`` (``sum_c i_c 8^c``)."""
     if index not in range(SCALES):
@@ -134,26 +141,36 @@ def _mask(size: int, sizes: list[tuple[int, int]], one_channel: bool) -> torch.T
 
 
 @torch.no_grad()
-def _channel_bits(model, tiles, sizes, one_channel, batch, choices) -> np.ndarray:
+def _channel_bits(model, tiles, sizes, one_channel, batch, choices, outputs=None) -> np.ndarray:
     """Bits of the coded values per tile and channel ``(len(choices), T, 3)``, one forward pass
-    per ``batch`` tiles shared by every scales choice in ``choices``."""
+    per ``batch`` tiles shared by every scales choice in ``choices`` (or the head ``outputs``
+    of :func:`_forward`, already computed)."""
     mask = _mask(model.config.image_size, sizes, one_channel)
+    if outputs is None:
+        outputs = _forward(model, tiles, batch)
     out = []
-    for start in range(0, len(tiles), batch):
-        images = torch.from_numpy(tiles[start : start + batch]).permute(0, 3, 1, 2)
-        outputs = model(images)
-        here = mask[start : start + batch]
+    for (images, head), here in zip(outputs, mask.split(batch)):
         if model.config.likelihood != "dmol":
             if choices != [0]:
                 raise ValueError("log-scale offsets apply to DMOL models only")
-            nats = model.nll_of_outputs(outputs, images).view(len(images), -1, 3)
+            nats = model.nll_of_outputs(head, images).view(len(images), -1, 3)
             out.append((nats * here).sum(1)[None])
             continue
         targets = model.targets(images)
         out.append(torch.stack([
-            (dmol_nll_per_channel(dmol_shift_log_scales(outputs, scale_offsets(choice)), targets)
+            (dmol_nll_per_channel(dmol_shift_log_scales(head, scale_offsets(choice)), targets)
              * here).sum(1) for choice in choices]))  # (choices, B, 3)
     return nats_to_bits(torch.cat(out, dim=1).double()).numpy()
+
+
+@torch.no_grad()
+def _forward(model, tiles: np.ndarray, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, head outputs)`` of each ``batch`` of tiles: one teacher-forced pass each."""
+    out = []
+    for start in range(0, len(tiles), batch):
+        images = torch.from_numpy(tiles[start : start + batch]).permute(0, 3, 1, 2)
+        out.append((images, model(images)))
+    return out
 
 
 def _regions(pixels: np.ndarray, size: int, max_tiles: int) -> list[np.ndarray] | None:
@@ -227,18 +244,17 @@ def best_scales(model, pixels: np.ndarray, one_channel: bool, batch: int = 64,
     """A DMOL model's log-scale offsets for ``pixels`` (already transformed): for r, then g,
     then b, the offset of ``SCALE_GRID`` that codes that channel in the fewest bits given the
     offsets chosen before it (a channel's posterior over components depends on the earlier
-    channels' scales). One forward pass on at most ``max_tiles`` evenly spaced tiles. Returns
+    channels' scales). One forward pass on at most ``max_tiles`` evenly spaced tiles, shared by
+    every choice tried. Returns
     the choice (index 0, no offsets, among equals) and its bits per coded subpixel."""
     tiles, sizes = _sample(model, pixels, IDENTITY, max_tiles)
-    n = len(SCALE_GRID)
-    channels = 1 if one_channel else 3
+    outputs = _forward(model, tiles, batch)
     chosen = [0, 0, 0]
-    for c in range(channels):
-        choices = [sum(g * n**k for k, g in enumerate(chosen[:c] + [g] + chosen[c + 1:]))
-                   for g in range(n)]
-        bits = _channel_bits(model, tiles, sizes, one_channel, batch, choices)[:, :, c].sum(1)
-        chosen[c] = int(np.argmin(bits))
-    index = sum(g * n**k for k, g in enumerate(chosen))
-    total = _channel_bits(model, tiles, sizes, one_channel, batch, [index]).sum()
-    subpixels = sum(h * w for h, w in sizes) * channels
+    for c in range(1 if one_channel else 3):
+        choices = [scales_index([*chosen[:c], g, *chosen[c + 1:]]) for g in range(len(SCALE_GRID))]
+        bits = _channel_bits(model, tiles, sizes, one_channel, batch, choices, outputs)
+        chosen[c] = int(np.argmin(bits[:, :, c].sum(1)))
+    index = scales_index(chosen)
+    total = _channel_bits(model, tiles, sizes, one_channel, batch, [index], outputs).sum()
+    subpixels = sum(h * w for h, w in sizes) * (1 if one_channel else 3)
     return index, float(total / subpixels)

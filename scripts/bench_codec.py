@@ -39,9 +39,8 @@ import PIL.Image
 import torch
 
 from imgtx.codec import compress, decompress
-from imgtx.codec.format import _varint
+from imgtx.codec.format import choices_bytes
 from imgtx.codec.transform import (
-    TRANSFORMS,
     Transform,
     best_scales,
     best_transform,
@@ -170,8 +169,7 @@ def projected_file_bits(model, images: list[np.ndarray], coder_bytes: float) -> 
         coded = image[..., 0].size if equal else image.size
         as_given.append(scores[0] * coded)
         best.append(bits * coded)
-        choices = transform.code + TRANSFORMS * scales
-        header.append(HEADER_BYTES + (len(_varint(choices)) if choices else 0))
+        header.append(HEADER_BYTES + choices_bytes(transform.code, scales))
     best, header = np.array(best), np.array(header)
     return {"file_bits": best + 8 * (header + coder_bytes), "as_given": np.array(as_given),
             "best": best, "chosen": header > HEADER_BYTES}

@@ -120,14 +120,11 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     pixels, grey = image_pixels(image)
     if transform is None:
         transform = IDENTITY
-    elif isinstance(transform, int) and not isinstance(transform, bool):
-        if transform not in range(TRANSFORMS):
-            raise CodecError(f"a transform is 'auto', None or a code 0 to {TRANSFORMS - 1}, "
-                             f"got {transform}")
-        transform = Transform.from_code(transform)
     elif transform != "auto" and not isinstance(transform, Transform):
-        raise CodecError(f"a transform is 'auto', None, a Transform or a code 0 to "
-                         f"{TRANSFORMS - 1}, got {transform!r}")
+        if isinstance(transform, bool) or transform not in range(TRANSFORMS):
+            raise CodecError(f"a transform is 'auto', None, a Transform or a code 0 to "
+                             f"{TRANSFORMS - 1}, got {transform!r}")
+        transform = Transform.from_code(transform)
     dmol = model.config.likelihood == "dmol"
     if scales is None or (scales == "auto" and not dmol):
         scales = 0

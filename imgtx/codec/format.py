@@ -46,7 +46,7 @@ from imgtx.codec.transform import SCALES, TRANSFORMS
 from imgtx.errors import UserError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "CodecError", "fingerprint", "build_tag",
-           "pack", "unpack", "pixel_crc"]
+           "pack", "unpack", "pixel_crc", "choices_bytes"]
 
 MAGIC = b"IX"
 FORMAT_VERSION = 1
@@ -138,6 +138,11 @@ class _Reader:
                 raise CodecError("the file is damaged (a header number is too long)")
 
 
+def choices_bytes(transform: int, scales: int) -> int:
+    """Header bytes the encoder's choices take (0 when both are 0)."""
+    return len(_varint(transform + TRANSFORMS * scales)) if transform or scales else 0
+
+
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file: ``header``, then the range coder's ``words`` (uint32)."""
     flags = (GREY if header.grey else 0) | (NAMED if header.name else 0) | \
@@ -146,7 +151,7 @@ def pack(header: Header, words: np.ndarray) -> bytes:
     for number in (header.width, header.height, header.tile, header.batch):
         out += _varint(number)
     out += header.model + header.build + header.pixels.to_bytes(4, "big")
-    if header.transform or header.scales:
+    if choices_bytes(header.transform, header.scales):
         out += _varint(header.transform + TRANSFORMS * header.scales)
     if header.name:
         name = header.name.encode()

@@ -104,6 +104,9 @@ FEATURES = "imgtx-small"
 #   which overshot the variety of real digits here): two latents' images are pushed apart in
 #   proportion to the latents' distance, over all pairs of the D step's batch.
 # - EMA half-life 10 kimg, as in (b3).
+# (b5) toolkit2 with the two time-scale update rule against the mode hopping: G at 1e-4, D at
+# 4e-4 (Heusel et al. 2017, arXiv 1706.08500; the rates of SAGAN, Zhang et al. 2019, sec. 5,
+# and BigGAN). A slower G gives D time to follow it, so G cannot hop to a mode D has forgotten.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -139,6 +142,11 @@ RECIPES["toolkit3"] = {
 RECIPES["toolkit4"] = {
     **RECIPES["toolkit2"],
     "settings": {**RECIPES["toolkit2"]["settings"], "ema_kimg": 10.0, "mode_seeking": 0.5},
+}
+
+RECIPES["toolkit5"] = {
+    **RECIPES["toolkit2"],
+    "settings": {**RECIPES["toolkit2"]["settings"], "lr": 1e-4, "lr_d": 4e-4},
 }
 
 
@@ -192,7 +200,10 @@ class CPUBudget:
         with torch.no_grad():
             grid = generator.generate(64, seed=self.seed)
         (self.out / "race_samples").mkdir(parents=True, exist_ok=True)
-        save_grid(grid, self.out / "race_samples" / f"cpu_{used / 60:07.2f}min.png", scale=2)
+        name = f"cpu_{used / 60:07.2f}min"
+        save_grid(grid, self.out / "race_samples" / f"{name}.png", scale=2)
+        generator.save_pretrained(self.out / "ticks" / name)  # for ``export --best``
+        record["snapshot"] = f"ticks/{name}"
         with open(self.out / "race.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

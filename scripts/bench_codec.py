@@ -37,15 +37,11 @@ import imagecodecs
 import numpy as np
 import PIL.Image
 import torch
+from tqdm.auto import tqdm
 
 from imgtx.codec import compress, decompress
 from imgtx.codec.format import choices_bytes
-from imgtx.codec.transform import (
-    Transform,
-    best_scales,
-    best_transform,
-    scale_offsets,
-)
+from imgtx.codec.transform import Transform, scale_offsets, search_all
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales
 from imgtx.model import ImageTransformer
 
@@ -157,21 +153,21 @@ def model_bits(model, images: list[np.ndarray], scales: list[int] | None = None
 def projected_file_bits(model, images: list[np.ndarray], coder_bytes: float) -> dict:
     """imgtx on every image of a 32x32 set without coding it: each file's bits projected from
     the model's exact bits (forward pass) of the image as the encoder would transform it and
-    with the log-scale offsets it would pick (:mod:`imgtx.codec.transform`), plus its header
-    and ``coder_bytes``, the range coder's bytes over the model's bits per file as measured on
-    the coded subset. Returns ``file_bits``, ``as_given`` and ``best`` (model bits) and
-    ``chosen`` (the header carries choices), ``(n,)`` each."""
-    as_given, best, header = [], [], []
-    for image in images:
-        equal = bool((image[..., :1] == image[..., 1:]).all())
-        transform, scores = best_transform(model, image, equal)
-        scales, bits = best_scales(model, transform.apply(image), equal)
-        coded = image[..., 0].size if equal else image.size
-        as_given.append(scores[0] * coded)
-        best.append(bits * coded)
+    with the log-scale offsets it would pick (the full search of
+    :func:`imgtx.codec.transform.search_all`, the encoder's default at this size), plus its
+    header and ``coder_bytes``, the range coder's bytes over the model's bits per file as
+    measured on the coded subset. Returns ``file_bits``, ``as_given`` and ``best`` (model bits)
+    and ``chosen`` (the header carries choices), ``(n,)`` each."""
+    best, header = [], []
+    equal = np.array([bool((image[..., :1] == image[..., 1:]).all()) for image in images])
+    for image, one_channel in zip(tqdm(images, desc="full search", leave=False), equal):
+        transform, scales, scores = search_all(model, image, bool(one_channel))
+        best.append(scores[transform.code] * (image[..., 0].size if one_channel else image.size))
         header.append(HEADER_BYTES + choices_bytes(transform.code, scales))
+    per_channel = model_bits(model, images)  # as given, coded as the codec would: red alone
+    as_given = np.where(equal, per_channel[:, 0], per_channel.sum(1))  # for equal channels
     best, header = np.array(best), np.array(header)
-    return {"file_bits": best + 8 * (header + coder_bytes), "as_given": np.array(as_given),
+    return {"file_bits": best + 8 * (header + coder_bytes), "as_given": as_given,
             "best": best, "chosen": header > HEADER_BYTES}
 
 

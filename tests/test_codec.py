@@ -129,8 +129,9 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     if grey:
         image = np.asarray(PIL.Image.fromarray(image).convert("L"))
     stats: dict = {}
-    data = compress(model, image, scales=None, stats=stats)
+    data = compress(model, image, scales=None, search="greedy", stats=stats)
     assert np.array_equal(np.asarray(decompress(data, model)), image)
+    assert stats["search"] == "greedy"
     scores = stats["transform_scores"]
     # 12 colour choices (2 for grey), 7 turns, and the best turn with the best colours
     assert len(scores) in ((9, 10) if grey else (19, 20))
@@ -146,6 +147,44 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     # forward-pass scores (all tiles of a small image) are the coded code lengths
     assert [scores[c] for c in coded] == pytest.approx(list(coded.values()), rel=1e-4)
     assert coded[stats["transform"]] == pytest.approx(min(coded.values()), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cat-med", "dmol-med"])
+def test_the_full_search_codes_the_cheapest_of_all_96_transforms(kind):
+    from imgtx.codec.transform import REFINE, best_scales
+
+    model = tiny(kind)
+    image = photo(11, 13)  # 2 x 2 tiles of 8: small enough for the full search by default
+    stats: dict = {}
+    data = compress(model, image, stats=stats)
+    assert stats["search"] == "full" and len(stats["transform_scores"]) == TRANSFORMS
+    assert np.array_equal(np.asarray(decompress(data, model)), image)
+    plain = {}  # the slow reference: code every transform for real, without scales
+    for code in range(TRANSFORMS):
+        forced: dict = {}
+        compress(model, image, transform=code, scales=None, stats=forced)
+        plain[code] = forced["ideal_bits"] / image.size
+    assert max(plain.values()) > 1.01 * min(plain.values())
+    coded = dict(plain)
+    if kind == "dmol-med":  # the best REFINE without scales get their own fitted scales
+        for code in sorted(plain, key=plain.get)[:REFINE]:
+            transform = Transform.from_code(code)
+            scales, _ = best_scales(model, transform.apply(image), False)
+            forced = {}
+            compress(model, image, transform=code, scales=scales, stats=forced)
+            coded[code] = forced["ideal_bits"] / image.size
+            if code == stats["transform"]:
+                assert stats["scales"] == scales
+        assert min(coded.values()) < min(plain.values())  # the offsets matter here
+    scores = stats["transform_scores"]
+    assert [scores[c] for c in range(TRANSFORMS)] == pytest.approx(
+        [coded[c] for c in range(TRANSFORMS)], rel=1e-4)
+    assert coded[stats["transform"]] == pytest.approx(min(coded.values()), rel=1e-6)
+    assert stats["ideal_bits"] / image.size == pytest.approx(min(coded.values()), rel=1e-6)
+    # a grey image tries orientations and inversion only
+    grey = np.asarray(PIL.Image.fromarray(image).convert("L"))
+    compress(model, grey, stats=stats)
+    assert stats["search"] == "full" and len(stats["transform_scores"]) == 16
 
 
 def test_a_large_image_scores_every_candidate_on_the_same_content():

@@ -26,6 +26,7 @@ from imgtx.codec.coder import (
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
 from imgtx.codec.transform import (
+    FULL_SEARCH_TILES,
     IDENTITY,
     SCALES,
     TRANSFORMS,
@@ -33,6 +34,7 @@ from imgtx.codec.transform import (
     best_scales,
     best_transform,
     scale_offsets,
+    search_all,
 )
 from imgtx.incremental import one_thread
 
@@ -101,21 +103,27 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
              transform: Transform | int | str | None = "auto", scales: int | str | None = "auto",
-             stats: dict | None = None) -> bytes:
+             search: str = "auto", stats: dict | None = None) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
     ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
     ``batch``: tiles per batch of the cached decoder. ``transform``: ``"auto"`` codes the image
     turned, mirrored, with its channels reordered or inverted, whichever the model codes in the
-    fewest bits (:func:`imgtx.codec.transform.best_transform`: up to 20 forward passes);
-    ``None`` codes it as it is; a :class:`~imgtx.codec.transform.Transform` or its code forces
-    one. ``scales``: DMOL models only, ``"auto"`` fits one log-scale offset per channel to the
-    transformed image (:func:`imgtx.codec.transform.best_scales`: one more forward pass);
-    ``None`` keeps the model's scales; ``0`` to ``511`` forces a choice (``scale_offsets``).
+    fewest bits; ``None`` codes it as it is; a :class:`~imgtx.codec.transform.Transform` or its
+    code forces one. ``scales``: DMOL models only, ``"auto"`` fits one log-scale offset per
+    channel to the image (:func:`imgtx.codec.transform.best_scales`); ``None`` keeps the model's
+    scales; ``0`` to ``511`` forces a choice (``scale_offsets``). ``search``, for
+    ``transform="auto"``: ``"full"`` tries all 96 transforms and fits scales to the best 8
+    (:func:`imgtx.codec.transform.search_all`: 104 forward passes); ``"greedy"`` tries at most
+    20 (:func:`imgtx.codec.transform.best_transform`) and fits scales to the one chosen;
+    ``"auto"`` is full for images of at most ``FULL_SEARCH_TILES`` tiles of the model, greedy
+    for larger ones.
+
     ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
     ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
     ``transform_scores`` (bits per coded subpixel of each candidate searched, by code),
-    ``scales`` (the choice), ``positions`` (decoder steps x tiles) and ``seconds``."""
+    ``search`` (the one run, or None), ``scales`` (the choice), ``positions`` (decoder steps x
+    tiles) and ``seconds``."""
     _check_model(model)
     pixels, grey = image_pixels(image)
     if transform is None:
@@ -134,15 +142,24 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
                          f"got {scales!r}")
     elif scales and not dmol:
         raise CodecError("log-scale offsets (scales) apply to DMOL models only")
+    if search not in ("auto", "full", "greedy"):
+        raise CodecError(f"search is 'auto', 'full' or 'greedy', got {search!r}")
     start = time.perf_counter()
     model = model.eval().cpu()
     size = model.config.image_size
     # An RGB image with equal channels (a black-and-white photo saved as RGB) codes only red.
     equal = not grey and bool((pixels[..., :1] == pixels[..., 1:]).all())
     searched = None
+    if transform == "auto" and search == "auto":
+        tiles_here = -(-pixels.shape[0] // size) * -(-pixels.shape[1] // size)
+        search = "full" if tiles_here <= FULL_SEARCH_TILES else "greedy"
     with one_thread():
-        if transform == "auto":
+        if transform == "auto" and search == "full":
+            transform, scales, searched = search_all(model, pixels, grey or equal, scales, batch)
+        elif transform == "auto":
             transform, searched = best_transform(model, pixels, grey or equal, batch)
+        else:
+            search = None
         coded = transform.apply(pixels)
         if scales == "auto":
             scales, _ = best_scales(model, coded, grey or equal, batch)
@@ -163,7 +180,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         empty = len(pack(header, np.zeros(0, np.uint32)))
         stats.update(bytes=len(data), header_bytes=empty, subpixels=int(layout.coded.sum()),
                      ideal_bits=ideal_bits, transform=transform.code,
-                     transform_scores=searched, scales=scales,
+                     transform_scores=searched, search=search, scales=scales,
                      positions=_positions(model, layout, batch),
                      seconds=time.perf_counter() - start)
     return data

@@ -21,10 +21,17 @@ the model's exact likelihood. This is the encoder-side search of classical codec
 of filter per row, JPEG XL's choice of colour transform and predictor per image) applied to the
 choices a fixed model leaves free.
 
-The search (:func:`best_transform`) does not try all 96: it scores the 12 colour choices
-(order x invert) as the image stands and the 8 orientations with its colours as they are, then
-the best orientation with the best colours: 20 forward passes at most. A large image is scored
-on ``max_tiles`` evenly spaced tile-sized regions, the same regions for every candidate.
+Two searches:
+
+* :func:`search_all` scores all 96 transforms (16 for an image coded as one channel), and fits
+  log-scale offsets (below) to the best 8: 104 forward passes. The default for images of at
+  most :data:`FULL_SEARCH_TILES` tiles, where they cost about twice as much as coding.
+* :func:`best_transform` scores the 12 colour choices (order x invert) as the image stands and
+  the 8 orientations with its colours as they are, then the best orientation with the best
+  colours: 20 forward passes at most. The default for larger images.
+
+A large image is scored on ``max_tiles`` evenly spaced tile-sized regions, the same regions for
+every candidate.
 
 For DMOL models the encoder also fits the model's sharpness to the image: one offset per channel
 from ``SCALE_GRID`` added to every log-scale of that channel's logistics
@@ -47,7 +54,8 @@ from imgtx.codec.coder import split_tiles
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales, nats_to_bits
 
 __all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "SCALE_GRID", "SCALES",
-           "scales_index", "scale_offsets", "coded_bits", "best_transform", "best_scales"]
+           "FULL_SEARCH_TILES", "scales_index", "scale_offsets", "coded_bits", "best_transform",
+           "best_scales", "search_all"]
 
 #: Channel orders: the coded image's channel c is the image's channel ``ORDERS[order][c]``.
 ORDERS = list(itertools.permutations(range(3)))
@@ -102,6 +110,12 @@ class Transform:
 
 IDENTITY = Transform()
 
+#: Images of at most this many tiles get the full search (:func:`search_all`) by default.
+FULL_SEARCH_TILES = 4
+
+#: Transforms whose log-scale offsets :func:`search_all` fits (the best-scoring without them).
+REFINE = 8
+
 #: Log-scale offsets per channel (index 0 is none); a choice of three is one number below SCALES.
 SCALE_GRID = (0.0, -0.1, -0.2, -0.3, -0.4, -0.6, 0.1, 0.2)
 SCALES = len(SCALE_GRID) ** 3
@@ -144,22 +158,28 @@ def _mask(size: int, sizes: list[tuple[int, int]], one_channel: bool) -> torch.T
 def _channel_bits(model, tiles, sizes, one_channel, batch, choices, outputs=None) -> np.ndarray:
     """Bits of the coded values per tile and channel ``(len(choices), T, 3)``, one forward pass
     per ``batch`` tiles shared by every scales choice in ``choices`` (or the head ``outputs``
-    of :func:`_forward`, already computed)."""
+    of :func:`_forward`, already computed). A choice is one scales index for every tile, or a
+    ``(T,)`` array of one per tile."""
     mask = _mask(model.config.image_size, sizes, one_channel)
     if outputs is None:
         outputs = _forward(model, tiles, batch)
-    out = []
+    offsets = [torch.tensor([scale_offsets(int(i)) for i in np.broadcast_to(c, len(tiles))])
+               for c in choices]  # (T, 3) each
+    out, start = [], 0
     for (images, head), here in zip(outputs, mask.split(batch)):
+        part = slice(start, start + len(images))
+        start += len(images)
         if model.config.likelihood != "dmol":
-            if choices != [0]:
+            if any(np.any(c) for c in choices):
                 raise ValueError("log-scale offsets apply to DMOL models only")
             nats = model.nll_of_outputs(head, images).view(len(images), -1, 3)
-            out.append((nats * here).sum(1)[None])
+            out.append((nats * here).sum(1).expand(len(choices), -1, -1))
             continue
         targets = model.targets(images)
+        shape = (len(images),) + (1,) * (head.dim() - 2) + (1, 3)  # per tile, over its positions
         out.append(torch.stack([
-            (dmol_nll_per_channel(dmol_shift_log_scales(head, scale_offsets(choice)), targets)
-             * here).sum(1) for choice in choices]))  # (choices, B, 3)
+            (dmol_nll_per_channel(dmol_shift_log_scales(head, shift[part].view(shape)), targets)
+             * here).sum(1) for shift in offsets]))  # (choices, B, 3)
     return nats_to_bits(torch.cat(out, dim=1).double()).numpy()
 
 
@@ -245,16 +265,80 @@ def best_scales(model, pixels: np.ndarray, one_channel: bool, batch: int = 64,
     then b, the offset of ``SCALE_GRID`` that codes that channel in the fewest bits given the
     offsets chosen before it (a channel's posterior over components depends on the earlier
     channels' scales). One forward pass on at most ``max_tiles`` evenly spaced tiles, shared by
-    every choice tried. Returns
-    the choice (index 0, no offsets, among equals) and its bits per coded subpixel."""
+    every choice tried. Returns the choice (index 0, no offsets, among equals) and its bits per
+    coded subpixel."""
     tiles, sizes = _sample(model, pixels, IDENTITY, max_tiles)
-    outputs = _forward(model, tiles, batch)
-    chosen = [0, 0, 0]
+    index, bits = _fit_scales(model, tiles, sizes, one_channel, batch,
+                              _forward(model, tiles, batch))
+    return int(index[0]), float(bits[0])
+
+
+def _fit_scales(model, tiles, sizes, one_channel, batch, outputs, owner=None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_scales` on tiles whose head ``outputs`` (:func:`_forward`) are computed, for
+    each group of tiles ``owner`` ``(T,)`` (0 to G-1; all one group when None) separately.
+    Returns each group's ``(G,)`` choice and bits per coded subpixel."""
+    owner = np.zeros(len(tiles), dtype=int) if owner is None else np.asarray(owner)
+    groups = int(owner.max()) + 1
+    chosen = np.zeros((groups, 3), dtype=int)  # SCALE_GRID indices per group and channel
     for c in range(1 if one_channel else 3):
-        choices = [scales_index([*chosen[:c], g, *chosen[c + 1:]]) for g in range(len(SCALE_GRID))]
+        choices = []
+        for g in range(len(SCALE_GRID)):
+            trial = chosen.copy()
+            trial[:, c] = g
+            choices.append(np.array([scales_index(row) for row in trial])[owner])
         bits = _channel_bits(model, tiles, sizes, one_channel, batch, choices, outputs)
-        chosen[c] = int(np.argmin(bits[:, :, c].sum(1)))
-    index = scales_index(chosen)
-    total = _channel_bits(model, tiles, sizes, one_channel, batch, [index], outputs).sum()
-    subpixels = sum(h * w for h, w in sizes) * (1 if one_channel else 3)
-    return index, float(total / subpixels)
+        per_group = np.stack([np.bincount(owner, b[:, c], groups) for b in bits])  # (8, G)
+        chosen[:, c] = per_group.argmin(0)  # the first (no offset) among equals
+    index = np.array([scales_index(row) for row in chosen])
+    total = _channel_bits(model, tiles, sizes, one_channel, batch, [index[owner]], outputs)
+    subpixels = np.array([h * w for h, w in sizes]) * (1 if one_channel else 3)
+    return index, np.bincount(owner, total[0].sum(-1), groups) / np.bincount(owner, subpixels,
+                                                                              groups)
+
+
+@torch.no_grad()
+def search_all(model, pixels: np.ndarray, one_channel: bool, scales: int | str = "auto",
+               batch: int = 64, max_tiles: int = 16) -> tuple[Transform, int, dict[int, float]]:
+    """Every transform of ``pixels`` (all 96; the 16 without channel reordering when the image
+    is coded as one channel), then, when ``scales`` is ``"auto"`` (DMOL models), log-scale
+    offsets fitted as by :func:`best_scales` to each of the ``REFINE`` transforms that score
+    best without them; else every transform with the scales choice ``scales``. One forward pass
+    per transform, batched across transforms, and one more per refined transform.
+
+    Returns ``(transform, scales choice, scores)``: the pair that costs the fewest bits per
+    coded subpixel (the earlier code, so the identity, among equals), and each transform's score
+    by :attr:`Transform.code` (with its fitted offsets for the refined ones). On held-out photo
+    crops, fitting offsets to the best 8 transforms scores within 0.01% of fitting them to all
+    96 at half the cost, and the search codes 0.3-0.7% fewer bits than :func:`best_transform`."""
+    orders = [0] if one_channel else range(len(ORDERS))
+    candidates = [Transform(k, o, i) for i in (False, True) for o in orders for k in range(8)]
+    samples = [_sample(model, pixels, t, max_tiles) for t in candidates]
+    per = len(samples[0][0])  # tiles per candidate: the same for every transform
+    fixed = 0 if scales == "auto" else int(scales)
+    scores = np.concatenate([_group_bits(model, samples[start : start + max(1, batch // per)],
+                                         one_channel, batch, fixed)
+                             for start in range(0, len(candidates), max(1, batch // per))])
+    choices = np.full(len(candidates), fixed)
+    if scales == "auto" and model.config.likelihood == "dmol":
+        top = np.argsort(scores, kind="stable")[:REFINE]
+        tiles = np.concatenate([samples[i][0] for i in top])
+        sizes = [size for i in top for size in samples[i][1]]
+        choices[top], scores[top] = _fit_scales(model, tiles, sizes, one_channel, batch,
+                                                _forward(model, tiles, batch),
+                                                np.repeat(np.arange(len(top)), per))
+    best = int(np.argmin(scores))  # the first among equals
+    return candidates[best], int(choices[best]), {
+        t.code: float(score) for t, score in zip(candidates, scores)}
+
+
+def _group_bits(model, samples, one_channel: bool, batch: int, scales: int) -> np.ndarray:
+    """Bits per coded subpixel of each ``(tiles, sizes)`` of ``samples`` with the scales choice
+    ``scales``, in forward passes of at least ``batch`` tiles."""
+    tiles = np.concatenate([tiles for tiles, _ in samples])
+    sizes = [size for _, their in samples for size in their]
+    owner = np.repeat(np.arange(len(samples)), [len(tiles) for tiles, _ in samples])
+    bits = _channel_bits(model, tiles, sizes, one_channel, max(batch, len(tiles)),
+                         [scales])[0].sum(-1)
+    subpixels = np.array([h * w for h, w in sizes]) * (1 if one_channel else 3)
+    return np.bincount(owner, bits, len(samples)) / np.bincount(owner, subpixels, len(samples))

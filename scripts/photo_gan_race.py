@@ -5,7 +5,7 @@
     python scripts/photo_gan_race.py yardstick              # the floor and extractor checks
     python scripts/photo_gan_race.py plot --runs runs/race/paper runs/race/toolkit --out docs
     python scripts/photo_gan_race.py export --runs runs/race/toolkit \
-        --out checkpoints/strans-corpus32
+        --out checkpoints/strans-corpus32 [--best]
     python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
 
 Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it
@@ -24,7 +24,9 @@ val crops at the same scale to ``OUT/photo_gan_race_val.png``.
 
 ``export`` ships a run's EMA generator (``OUT/final``) as a checkpoint folder: the model, its
 discriminator, the race log (``race.jsonl``), the last sample grid, 64 real ``val`` crops
-(``val_crops.png``, one pixel per pixel, for side-by-side views offline) and the command.
+(``val_crops.png``, one pixel per pixel, for side-by-side views offline) and the command. Every
+tick also saves its EMA generator in ``OUT/ticks/``; ``export --best`` ships the tick with the
+lowest val FID (checkpoint selection, as StyleGAN's reported snapshots: say so beside its FID).
 
 ``yardstick`` prints the floor and the feature-extractor checks of docs/gan.md: FID of val crops
 against blurred and noised copies of themselves, and FID between crop sets of one photo against
@@ -368,20 +370,35 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
     return written
 
 
-def export(run: Path, target: Path, command: str) -> dict[str, str]:
-    """Copy ``run/final`` to ``target`` with the race log, the last grid and 64 val crops."""
+def export(run: Path, target: Path, command: str, best: bool = False) -> dict[str, str]:
+    """Copy ``run/final`` to ``target`` with the race log, the last grid and 64 val crops; with
+    ``best``, the EMA generator of the tick with the lowest FID (``ticks/``) and its grid
+    instead (a choice made on val: its FID is no longer an unbiased figure for val)."""
     import shutil
 
     from imgtx.gan.evaluate import real_images
     from imgtx.images import save_grid
     from imgtx.training.checkpoints import export_run
 
-    export_run(run / "final", target)
+    if best:
+        ticks = [json.loads(line) for line in (run / "race.jsonl").open()]
+        ticks = [t for t in ticks if (run / t.get("snapshot", "-")).is_dir()]
+        if not ticks:
+            raise UserError(f"{run} has no tick snapshots (ticks/): run it with this script")
+        chosen = min(ticks, key=lambda t: t["fid"])
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(run / chosen["snapshot"], target)
+        shutil.copy(run / "metrics.jsonl", target / "training_curve.jsonl")
+        grid = run / "race_samples" / (Path(chosen["snapshot"]).name + ".png")
+        command += f"  # then export --best: the tick at {chosen['cpu_minutes']:.0f} CPU-minutes"
+    else:
+        export_run(run / "final", target)
+        grid = sorted((run / "race_samples").glob("*.png"))[-1]
     shutil.copy(run / "race.jsonl", target / "race.jsonl")
-    shutil.copy(sorted((run / "race_samples").glob("*.png"))[-1], target / "samples.png")
+    shutil.copy(grid, target / "samples.png")
     save_grid(real_images(DATA, "val", 32, 64), target / "val_crops.png")
     (target / "train_command.txt").write_text(command + "\n")
-    return {"export": str(target)}
+    return {"export": str(target), "tick": str(grid.stem) if best else "final"}
 
 
 def main() -> None:
@@ -396,6 +413,8 @@ def main() -> None:
                         help="samples (and val / train crops) per tick")
     parser.add_argument("--out", type=Path, help="run folder (recipes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--best", action="store_true",
+                        help="export: the tick with the lowest val FID instead of the end")
     args = parser.parse_args()
     if not (Path(DATA) / "val").is_dir():
         raise SystemExit(f"{DATA}/val is missing: run scripts/fetch_photo_corpus.sh, or "
@@ -413,7 +432,7 @@ def main() -> None:
         recipe = run.name if run.name in RECIPES else "<recipe>"
         command = (f"python scripts/photo_gan_race.py {recipe} --cpu-minutes "
                    f"{last['cpu_minutes']:.0f} --seed {seed} --out {run}")
-        print(json.dumps(export(run, args.out, command)))
+        print(json.dumps(export(run, args.out, command, args.best)))
         return
     if args.what == "plot":
         print(json.dumps(plot(args.runs or [], args.out or Path("docs"))))

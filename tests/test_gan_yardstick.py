@@ -266,6 +266,36 @@ def test_race_plot_draws_every_run_in_its_own_colour(monkeypatch, tmp_path):
         race.plot(runs, tmp_path / "docs")
 
 
+def test_export_best_ships_the_tick_with_the_lowest_fid(monkeypatch, tmp_path):
+    import imgtx.gan.evaluate
+    from imgtx.gan.base import Generator
+    from imgtx.gan.configs import gan_entry, model_classes
+
+    race = load_script("photo_gan_race")
+    monkeypatch.setattr(imgtx.gan.evaluate, "real_images",  # no corpus here: stand-in crops
+                        lambda *args: torch.zeros((64, 3, 32, 32), dtype=torch.uint8))
+    run = tmp_path / "toolkit2"
+    (run / "race_samples").mkdir(parents=True)
+    rows = []
+    for index, (minutes, fid) in enumerate([(0.0, 90.0), (15.0, 12.0), (30.0, 20.0)]):
+        torch.manual_seed(index)  # three different generators
+        entry = gan_entry("strans-tiny")
+        generator = model_classes(entry.config)[0](entry.config).eval()
+        name = f"cpu_{minutes:07.2f}min"
+        generator.save_pretrained(run / "ticks" / name)
+        PIL.Image.new("RGB", (8, 8), (index, 0, 0)).save(run / "race_samples" / f"{name}.png")
+        rows.append({"cpu_minutes": minutes, "fid": fid, "snapshot": f"ticks/{name}"})
+    (run / "race.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "metrics.jsonl").write_text("{}\n")
+    written = race.export(run, tmp_path / "out", "cmd", best=True)
+    assert written["tick"] == "cpu_0015.00min"
+    shipped = Generator.from_pretrained(tmp_path / "out")
+    chosen = Generator.from_pretrained(run / "ticks" / "cpu_0015.00min")
+    assert torch.equal(shipped.generate(2, seed=1), chosen.generate(2, seed=1))
+    assert PIL.Image.open(tmp_path / "out" / "samples.png").getpixel((0, 0)) == (1, 0, 0)
+    assert "15 CPU-minutes" in (tmp_path / "out" / "train_command.txt").read_text()
+
+
 def test_blur_matches_scipy_and_noise_has_its_std():
     race = load_script("photo_gan_race")
     images = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)

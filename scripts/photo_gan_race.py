@@ -205,6 +205,7 @@ class CPUBudget:
         name = f"cpu_{used / 60:07.2f}min"
         save_grid(grid, self.out / "race_samples" / f"{name}.png", scale=2)
         generator.save_pretrained(self.out / "ticks" / name)  # for ``export --best``
+        run.unwrap("D").save_pretrained(self.out / "ticks" / name / "discriminator")
         record["snapshot"] = f"ticks/{name}"
         with open(self.out / "race.jsonl", "a") as file:
             file.write(json.dumps(record) + "\n")

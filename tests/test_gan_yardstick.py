@@ -280,9 +280,10 @@ def test_export_best_ships_the_tick_with_the_lowest_fid(monkeypatch, tmp_path):
     for index, (minutes, fid) in enumerate([(0.0, 90.0), (15.0, 12.0), (30.0, 20.0)]):
         torch.manual_seed(index)  # three different generators
         entry = gan_entry("strans-tiny")
-        generator = model_classes(entry.config)[0](entry.config).eval()
+        g_class, d_class = model_classes(entry.config)
         name = f"cpu_{minutes:07.2f}min"
-        generator.save_pretrained(run / "ticks" / name)
+        g_class(entry.config).save_pretrained(run / "ticks" / name)
+        d_class(entry.discriminator).save_pretrained(run / "ticks" / name / "discriminator")
         PIL.Image.new("RGB", (8, 8), (index, 0, 0)).save(run / "race_samples" / f"{name}.png")
         rows.append({"cpu_minutes": minutes, "fid": fid, "snapshot": f"ticks/{name}"})
     (run / "race.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -292,6 +293,7 @@ def test_export_best_ships_the_tick_with_the_lowest_fid(monkeypatch, tmp_path):
     shipped = Generator.from_pretrained(tmp_path / "out")
     chosen = Generator.from_pretrained(run / "ticks" / "cpu_0015.00min")
     assert torch.equal(shipped.generate(2, seed=1), chosen.generate(2, seed=1))
+    assert (tmp_path / "out" / "discriminator" / "model.safetensors").is_file()
     assert PIL.Image.open(tmp_path / "out" / "samples.png").getpixel((0, 0)) == (1, 0, 0)
     assert "15 CPU-minutes" in (tmp_path / "out" / "train_command.txt").read_text()
 

@@ -25,7 +25,7 @@ Two searches:
 
 * :func:`search_all` scores all 96 transforms (16 for an image coded as one channel), and fits
   log-scale offsets (below) to the best 8: 104 forward passes. The default for images of at
-  most :data:`FULL_SEARCH_TILES` tiles, where they cost about twice as much as coding.
+  most :data:`FULL_SEARCH_TILES` tiles, where they cost about 1.5 times the coding itself.
 * :func:`best_transform` scores the 12 colour choices (order x invert) as the image stands and
   the 8 orientations with its colours as they are, then the best orientation with the best
   colours: 20 forward passes at most. The default for larger images.
@@ -309,7 +309,7 @@ def search_all(model, pixels: np.ndarray, one_channel: bool, scales: int | str =
     Returns ``(transform, scales choice, scores)``: the pair that costs the fewest bits per
     coded subpixel (the earlier code, so the identity, among equals), and each transform's score
     by :attr:`Transform.code` (with its fitted offsets for the refined ones). On held-out photo
-    crops, fitting offsets to the best 8 transforms scores within 0.01% of fitting them to all
+    crops, fitting offsets to the best 8 transforms scores within about 0.01% of fitting them to all
     96 at half the cost, and the search codes 0.3-0.7% fewer bits than :func:`best_transform`."""
     orders = [0] if one_channel else range(len(ORDERS))
     candidates = [Transform(k, o, i) for i in (False, True) for o in orders for k in range(8)]

@@ -26,13 +26,13 @@ from imgtx.codec.coder import (
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
 from imgtx.codec.transform import (
-    FULL_SEARCH_TILES,
     IDENTITY,
     SCALES,
     TRANSFORMS,
     Transform,
     best_scales,
     best_transform,
+    default_search,
     scale_offsets,
     search_all,
 )
@@ -116,8 +116,8 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     ``transform="auto"``: ``"full"`` tries all 96 transforms and fits scales to the best 8
     (:func:`imgtx.codec.transform.search_all`: 104 forward passes); ``"greedy"`` tries at most
     20 (:func:`imgtx.codec.transform.best_transform`) and fits scales to the one chosen;
-    ``"auto"`` is full for images of at most ``FULL_SEARCH_TILES`` tiles of the model, greedy
-    for larger ones.
+    ``"auto"``: :func:`imgtx.codec.transform.default_search` (full for images of at most
+    4 tiles of the model, greedy for larger ones).
 
     ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
     ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
@@ -151,8 +151,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     equal = not grey and bool((pixels[..., :1] == pixels[..., 1:]).all())
     searched = None
     if transform == "auto" and search == "auto":
-        tiles_here = -(-pixels.shape[0] // size) * -(-pixels.shape[1] // size)
-        search = "full" if tiles_here <= FULL_SEARCH_TILES else "greedy"
+        search = default_search(pixels.shape[0], pixels.shape[1], size)
     with one_thread():
         if transform == "auto" and search == "full":
             transform, scales, searched = search_all(model, pixels, grey or equal, scales, batch)

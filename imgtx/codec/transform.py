@@ -54,8 +54,8 @@ from imgtx.codec.coder import split_tiles
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales, nats_to_bits
 
 __all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "SCALE_GRID", "SCALES",
-           "FULL_SEARCH_TILES", "scales_index", "scale_offsets", "coded_bits", "best_transform",
-           "best_scales", "search_all"]
+           "FULL_SEARCH_TILES", "default_search", "scales_index", "scale_offsets", "coded_bits",
+           "best_transform", "best_scales", "search_all"]
 
 #: Channel orders: the coded image's channel c is the image's channel ``ORDERS[order][c]``.
 ORDERS = list(itertools.permutations(range(3)))
@@ -113,6 +113,13 @@ IDENTITY = Transform()
 #: Images of at most this many tiles get the full search (:func:`search_all`) by default.
 FULL_SEARCH_TILES = 4
 
+def default_search(height: int, width: int, tile: int) -> str:
+    """The search ``compress(search="auto")`` runs on an image of this size: ``"full"`` for at
+    most :data:`FULL_SEARCH_TILES` tiles, else ``"greedy"``."""
+    tiles = -(-height // tile) * -(-width // tile)
+    return "full" if tiles <= FULL_SEARCH_TILES else "greedy"
+
+
 #: Transforms whose log-scale offsets :func:`search_all` fits (the best-scoring without them).
 REFINE = 8
 
@@ -163,7 +170,8 @@ def _channel_bits(model, tiles, sizes, one_channel, batch, choices, outputs=None
     mask = _mask(model.config.image_size, sizes, one_channel)
     if outputs is None:
         outputs = _forward(model, tiles, batch)
-    offsets = [torch.tensor([scale_offsets(int(i)) for i in np.broadcast_to(c, len(tiles))])
+    table = torch.tensor([scale_offsets(i) for i in range(SCALES)])  # (SCALES, 3)
+    offsets = [table[torch.as_tensor(np.broadcast_to(c, len(tiles)).astype(np.int64))]
                for c in choices]  # (T, 3) each
     out, start = [], 0
     for (images, head), here in zip(outputs, mask.split(batch)):

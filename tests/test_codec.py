@@ -18,6 +18,8 @@ from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
 from imgtx.likelihood import (
     discretized_logistic_log_prob,
+    dmol_adapt,
+    dmol_nll_per_channel,
     dmol_nll_per_pixel,
     dmol_shift_log_scales,
     scale_pixels,
@@ -129,7 +131,7 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     if grey:
         image = np.asarray(PIL.Image.fromarray(image).convert("L"))
     stats: dict = {}
-    data = compress(model, image, scales=None, search="greedy", stats=stats)
+    data = compress(model, image, scales=None, search="greedy", adapt=False, stats=stats)
     assert np.array_equal(np.asarray(decompress(data, model)), image)
     assert stats["search"] == "greedy"
     scores = stats["transform_scores"]
@@ -139,7 +141,7 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     coded = {}  # the slow reference: code every candidate for real
     for code in scores:
         forced: dict = {}
-        data = compress(model, image, transform=code, scales=None, stats=forced)
+        data = compress(model, image, transform=code, scales=None, adapt=False, stats=forced)
         assert read_header(data).transform == code
         assert np.array_equal(np.asarray(decompress(data, model)), image)
         coded[code] = forced["ideal_bits"] / subpixels
@@ -212,8 +214,8 @@ def test_the_choices_field_is_written_only_when_the_encoder_changed_something():
     assert sizes[0] == 16 and sizes[61] == 17
     assert Transform.from_code(read_header(data).transform) == \
         Transform(orientation=5, order=1, invert=True)
-    # the flag set, and the choices 0 or beyond 96 transforms x 512 scales (a 3-byte varint)
-    for bad in (b"\x00", b"\x80\x80\x03"):
+    # the flag set, and the choices 0 or beyond 96 transforms x 512 scales x adapter or not
+    for bad in (b"\x00", b"\x80\x80\x06"):
         damaged = data[: sizes[61] - 1] + bad + data[sizes[61]:]
         with pytest.raises(CodecError, match="encoder choices"):
             decompress(damaged, model)
@@ -248,6 +250,66 @@ def test_auto_scales_fit_the_models_sharpness_to_the_image():
     with pytest.raises(CodecError, match="DMOL models only"):
         compress(tiny("cat"), rgb, scales=3)
     assert compress(tiny("cat"), rgb, scales="auto") == compress(tiny("cat"), rgb, scales=None)
+
+
+def test_an_adapter_keeps_the_dmol_family_exact_and_normalised():
+    generator = torch.Generator().manual_seed(0)
+    k = 4
+    head = torch.randn(5, 10 * k, generator=generator, dtype=torch.float64)
+    adapter = torch.randn(7 + k, generator=generator, dtype=torch.float64)
+    assert torch.equal(dmol_adapt(head, torch.zeros(7 + k, dtype=torch.float64)), head)
+    offsets = torch.zeros(7 + k, dtype=torch.float64)
+    offsets[3:6] = torch.tensor([-0.6, 0.2, 0.1])  # the offsets alone are the scales choice
+    assert torch.allclose(dmol_adapt(head, offsets), dmol_shift_log_scales(head, offsets[3:6]))
+    adapted = dmol_adapt(head, adapter)
+    assert not torch.allclose(adapted, head)
+    # every (r, g, b) given the ones before: each channel's 256 probabilities sum to 1
+    values = torch.arange(256)
+    for c in range(3):
+        pixels = torch.zeros(5, 256, 3, dtype=torch.long)
+        pixels[..., c] = values
+        pixels[..., :c] = 77  # fixed earlier channels
+        nats = dmol_nll_per_channel(adapted[:, None].expand(-1, 256, -1), pixels)[..., c]
+        assert torch.allclose(torch.exp(-nats).sum(-1), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="11 numbers"):
+        dmol_adapt(head, adapter[:-1])
+
+
+def test_an_adapter_is_fitted_sent_and_coded_exactly():
+    model = tiny("dmol-med")
+    image = photo(24, 24)  # 9 tiles: more than 4, so "auto" fits one
+    stats: dict = {}
+    data = compress(model, image, transform=None, scales=None, stats=stats)
+    header = read_header(data)
+    assert len(header.adapter) == 7 + model.config.num_mixtures == len(stats["adapter"])
+    assert np.array_equal(np.asarray(decompress(data, model)), image)
+    # the coded length is the adapted model's likelihood of the 9 tiles
+    tiles = torch.from_numpy(image).permute(2, 0, 1).unfold(1, 8, 8).unfold(2, 8, 8)
+    tiles = tiles.permute(1, 2, 0, 3, 4).reshape(9, 3, 8, 8)
+    with torch.no_grad():
+        outputs = dmol_adapt(model(tiles), torch.tensor(stats["adapter"]))
+        nats = float(dmol_nll_per_pixel(outputs, model.targets(tiles)).sum())
+        plain_nats = float(model.nll(tiles).sum())
+    assert stats["ideal_bits"] == pytest.approx(nats / math.log(2), rel=1e-4)
+    # the fit pays: fewer bits than without it, header included
+    plain: dict = {}
+    without = compress(model, image, transform=None, scales=None, adapt=False, stats=plain)
+    assert read_header(without).adapter == b"" and plain["adapter"] is None
+    assert nats < plain_nats and len(data) < len(without)
+    # small images (at most 4 tiles) are not fitted unless asked
+    assert read_header(compress(model, photo(16, 16))).adapter == b""
+    forced = compress(model, photo(16, 16), adapt=True)
+    assert np.array_equal(np.asarray(decompress(forced, model)), photo(16, 16))
+    # a header whose adapter has the wrong length is refused, as is an adapter for a categorical
+    start = len(data) - len(data[stats["header_bytes"]:]) - len(header.adapter) - 1
+    assert data[start] == len(header.adapter)
+    damaged = data[:start] + bytes([len(header.adapter) - 1]) + data[start + 1:]
+    with pytest.raises(CodecError, match=f"adapter of {len(header.adapter) - 1} numbers"):
+        decompress(damaged, model)
+    with pytest.raises(CodecError, match="categorical"):
+        compress(tiny("cat"), image, adapt=True)
+    with pytest.raises(CodecError, match="adapt is"):
+        compress(model, image, adapt="yes")
 
 
 # -- round trips ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from imgtx.codec.adapt import adapter_values, default_adapt, fit_adapter
 from imgtx.codec.coder import (
     RangeSink,
     RangeSource,
@@ -103,7 +104,8 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
              transform: Transform | int | str | None = "auto", scales: int | str | None = "auto",
-             search: str = "auto", stats: dict | None = None) -> bytes:
+             search: str = "auto", adapt: bool | str = "auto", stats: dict | None = None
+             ) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
     ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
@@ -117,12 +119,16 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     (:func:`imgtx.codec.transform.search_all`: 104 forward passes); ``"greedy"`` tries at most
     20 (:func:`imgtx.codec.transform.best_transform`) and fits scales to the one chosen;
     ``"auto"``: :func:`imgtx.codec.transform.default_search` (full for images of at most
-    4 tiles of the model, greedy for larger ones).
+    4 tiles of the model, greedy for larger ones). ``adapt``, DMOL models only: ``True`` fits
+    a DMOL adapter to the image and sends it in the header (:mod:`imgtx.codec.adapt`: 18 bytes
+    for the shipped photo model), kept only when it saves more bits than it takes; ``"auto"``
+    does so for images of more than 4 tiles (:func:`imgtx.codec.adapt.default_adapt`).
 
     ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
     ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
     ``transform_scores`` (bits per coded subpixel of each candidate searched, by code),
-    ``search`` (the one run, or None), ``scales`` (the choice), ``positions`` (decoder steps x
+    ``search`` (the one run, or None), ``scales`` (the choice), ``adapter`` (its numbers as
+    a list, or None), ``positions`` (decoder steps x
     tiles) and ``seconds``."""
     _check_model(model)
     pixels, grey = image_pixels(image)
@@ -144,6 +150,10 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         raise CodecError("log-scale offsets (scales) apply to DMOL models only")
     if search not in ("auto", "full", "greedy"):
         raise CodecError(f"search is 'auto', 'full' or 'greedy', got {search!r}")
+    if adapt not in ("auto", True, False):
+        raise CodecError(f"adapt is 'auto', True or False, got {adapt!r}")
+    if adapt is True and not dmol:
+        raise CodecError("an adapter refits DMOL outputs; this model is categorical")
     start = time.perf_counter()
     model = model.eval().cpu()
     size = model.config.image_size
@@ -164,15 +174,22 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
             scales, _ = best_scales(model, coded, grey or equal, batch)
         tiles, sizes = split_tiles(coded, size)
         layout = tile_layout(model.config, sizes, grey or equal)
+        adapter = b""
+        if adapt is True or (adapt == "auto" and dmol and default_adapt(*coded.shape[:2], size)):
+            adapter, before, after = fit_adapter(model, coded, grey or equal, scales, batch)
+            saved = (before - after) * int(layout.coded.sum())  # bits, estimated on a sample
+            if saved <= 8 * (len(adapter) + 1):
+                adapter = b""
         sink = RangeSink()
         truth = _to_model_order(model, tiles)
         _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch,
-                                   log_scale_offsets=scale_offsets(scales) if scales else None)
+                                   log_scale_offsets=scale_offsets(scales) if scales else None,
+                                   adapter=adapter_values(adapter) if adapter else None)
     stored = pixels[:, :, 0] if grey else pixels
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
                     pixels=pixel_crc(stored), name=name, equal=equal, transform=transform.code,
-                    scales=scales)
+                    scales=scales, adapter=adapter)
     words = sink.words()
     data = pack(header, words)
     if stats is not None:
@@ -180,6 +197,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         stats.update(bytes=len(data), header_bytes=empty, subpixels=int(layout.coded.sum()),
                      ideal_bits=ideal_bits, transform=transform.code,
                      transform_scores=searched, search=search, scales=scales,
+                     adapter=adapter_values(adapter).tolist() if adapter else None,
                      positions=_positions(model, layout, batch),
                      seconds=time.perf_counter() - start)
     return data
@@ -230,8 +248,16 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError(f"the file is damaged (it claims {header.width}x{header.height} pixels)")
     start = time.perf_counter()
     size = header.tile
-    if header.scales and model.config.likelihood != "dmol":
+    dmol = model.config.likelihood == "dmol"
+    if header.scales and not dmol:
         raise CodecError("the file is damaged (it shifts log-scales, and its model has none)")
+    adapter = None
+    if header.adapter:
+        count = 7 + model.config.num_mixtures if dmol else 0
+        if len(header.adapter) != count:
+            raise CodecError(f"the file is damaged (an adapter of {len(header.adapter)} numbers; "
+                             f"this model's has {count})")
+        adapter = adapter_values(header.adapter)
     transform = Transform.from_code(header.transform)
     height, width = transform.size(header.height, header.width)
     _, sizes = split_tiles(np.zeros((height, width, 3), np.uint8), size)
@@ -240,7 +266,8 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         with one_thread():
             values, _ = code_tiles(
                 model, layout, RangeSource(words), batch=header.batch,
-                log_scale_offsets=scale_offsets(header.scales) if header.scales else None)
+                log_scale_offsets=scale_offsets(header.scales) if header.scales else None,
+                adapter=adapter)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None
     pixels = transform.undo(join_tiles(_from_model_order(model, values), height, width))

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from imgtx.likelihood import (
     discretized_logistic_log_prob,
+    dmol_adapt,
     dmol_conditional_means,
     dmol_shift_log_scales,
     dmol_split_params,
@@ -166,11 +167,14 @@ def _categorical_pmf(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = None,
-               batch: int = 64, log_scale_offsets=None) -> tuple[torch.Tensor, float]:
+               batch: int = 64, log_scale_offsets=None, adapter: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, float]:
     """Code every tile of ``layout`` through ``coder`` (:class:`RangeSink` with the tiles'
     ``truth``, or :class:`RangeSource`), ``batch`` tiles at a time, one cached decoder per batch.
     ``log_scale_offsets``: DMOL only, ``(r, g, b)`` added to every log-scale of the model's
     outputs (:func:`imgtx.likelihood.dmol_shift_log_scales`), the encoder's per-image choice.
+    ``adapter``: DMOL only, ``(7 + K,)`` applied after them (:func:`imgtx.likelihood.dmol_adapt`,
+    :mod:`imgtx.codec.adapt`).
 
     ``truth`` and the result are model-order values ``(T, N, 3)`` (DMOL) or ``(T, N)`` long.
     Also returns the ideal code length in bits of the coded values under the float64 pmfs."""
@@ -196,6 +200,8 @@ def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = No
             outputs = decoder.outputs()  # (b, 256 | 10K)
             if log_scale_offsets is not None:
                 outputs = dmol_shift_log_scales(outputs, log_scale_offsets)
+            if adapter is not None:
+                outputs = dmol_adapt(outputs, adapter)
             step = _dmol_step if dmol else _categorical_step
             bits += step(outputs, part, part_layout, t, coder, part_truth)
             decoder.feed(part[:, t])

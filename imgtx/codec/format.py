@@ -14,11 +14,13 @@ Layout (integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group firs
     model        4 bytes  fingerprint of the model's config and weights (:func:`fingerprint`)
     build        1 byte   tag of the float build (torch version, CPU capability)
     pixels       4 bytes  CRC-32 of the image's bytes (H x W x C, row-major, uint8)
-    [choices]    varint   when flag bit 3 is set: ``transform + 96 * scales``, the encoder's
-                          choices (:mod:`imgtx.codec.transform`): the image was coded turned,
-                          mirrored, with its channels reordered or inverted (``Transform.code``)
-                          and with the DMOL log-scale offsets ``scale_offsets(scales)``; absent
-                          when both are 0
+    [choices]    varint   when flag bit 3 is set: ``transform + 96 * (scales + 512 * adapted)``,
+                          the encoder's choices (:mod:`imgtx.codec.transform`): the image was
+                          coded turned, mirrored, with its channels reordered or inverted
+                          (``Transform.code``), with the DMOL log-scale offsets
+                          ``scale_offsets(scales)`` and, when ``adapted`` is 1, a DMOL adapter
+                          (:mod:`imgtx.codec.adapt`); absent when all are 0
+    [adapter]    varint length + that many int8 codes, when ``adapted`` is 1
     [name]       varint length + UTF-8: the model's Hub id or path, when flag bit 1 is set
     payload      the range coder's 32-bit words, big-endian; trailing zero bytes of the last
                  word are dropped (the reader restores them)
@@ -74,6 +76,7 @@ class Header:
     equal: bool = False  # RGB with r = g = b everywhere: only r is coded
     transform: int = 0  # imgtx.codec.transform: the coded image is Transform.from_code(it)
     scales: int = 0  # imgtx.codec.transform.scale_offsets(scales) shift the DMOL log-scales
+    adapter: bytes = b""  # int8 codes of a DMOL adapter (imgtx.codec.adapt), or none
 
     @property
     def one_channel(self) -> bool:
@@ -138,21 +141,31 @@ class _Reader:
                 raise CodecError("the file is damaged (a header number is too long)")
 
 
-def choices_bytes(transform: int, scales: int) -> int:
-    """Header bytes the encoder's choices take (0 when both are 0)."""
-    return len(_varint(transform + TRANSFORMS * scales)) if transform or scales else 0
+def _choices(transform: int, scales: int, adapter: bytes) -> int:
+    return transform + TRANSFORMS * (scales + SCALES * bool(adapter))
+
+
+def choices_bytes(transform: int, scales: int, adapter: bytes = b"") -> int:
+    """Header bytes the encoder's choices take (0 when none was made)."""
+    if not (transform or scales or adapter):
+        return 0
+    extra = len(_varint(len(adapter))) + len(adapter) if adapter else 0
+    return len(_varint(_choices(transform, scales, adapter))) + extra
 
 
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file: ``header``, then the range coder's ``words`` (uint32)."""
     flags = (GREY if header.grey else 0) | (NAMED if header.name else 0) | \
-        (EQUAL if header.equal else 0) | (CHOSEN if header.transform or header.scales else 0)
+        (EQUAL if header.equal else 0) | \
+        (CHOSEN if header.transform or header.scales or header.adapter else 0)
     out = bytearray(MAGIC + bytes([FORMAT_VERSION << 4 | flags]))
     for number in (header.width, header.height, header.tile, header.batch):
         out += _varint(number)
     out += header.model + header.build + header.pixels.to_bytes(4, "big")
-    if choices_bytes(header.transform, header.scales):
-        out += _varint(header.transform + TRANSFORMS * header.scales)
+    if flags & CHOSEN:
+        out += _varint(_choices(header.transform, header.scales, header.adapter))
+    if header.adapter:
+        out += _varint(len(header.adapter)) + header.adapter
     if header.name:
         name = header.name.encode()
         out += _varint(len(name)) + name
@@ -178,9 +191,13 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     model, build = reader.take(4), reader.take(1)
     pixels = int.from_bytes(reader.take(4), "big")
     choices = reader.varint() if flags & CHOSEN else 0
-    if flags & CHOSEN and not 1 <= choices < TRANSFORMS * SCALES:
+    if flags & CHOSEN and not 1 <= choices < TRANSFORMS * SCALES * 2:
         raise CodecError(f"the file is damaged (encoder choices {choices} in its header)")
     scales, transform = divmod(choices, TRANSFORMS)
+    adapted, scales = divmod(scales, SCALES)
+    adapter = reader.take(reader.varint()) if adapted else b""
+    if adapted and not adapter:
+        raise CodecError("the file is damaged (an empty adapter in its header)")
     name = None
     if flags & NAMED:
         name = reader.take(reader.varint()).decode("utf-8", errors="replace")
@@ -191,5 +208,6 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     words = np.frombuffer(payload, dtype=">u4").astype(np.uint32)
     header = Header(width=width, height=height, grey=bool(flags & GREY), tile=tile, batch=batch,
                     model=model, build=build, pixels=pixels, name=name,
-                    equal=bool(flags & EQUAL), transform=transform, scales=scales)
+                    equal=bool(flags & EQUAL), transform=transform, scales=scales,
+                    adapter=adapter)
     return header, words

@@ -469,6 +469,12 @@ def test_cli_round_trip_and_json(capsys, tmp_path, saved):
         _, stdout, _ = run(capsys, "compress", "--model", str(saved["model"]), "--transform",
                            option, str(saved["image"]), str(out), "--json")
         assert json.loads(stdout)["transform"] == read_header(out.read_bytes()).transform == code_
+    for option in ("on", "off"):
+        _, stdout, _ = run(capsys, "compress", "--model", str(saved["model"]), "--adapt",
+                           option, str(saved["image"]), str(out), "--json")
+        adapted = json.loads(stdout)["adapted"]
+        assert adapted == bool(read_header(out.read_bytes()).adapter)
+        assert adapted or option == "off"  # 4 tiles of 8x8: the fit pays for its 18 bytes
 
 
 def test_cli_several_inputs_with_out_dir(capsys, tmp_path, saved):

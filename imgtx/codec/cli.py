@@ -45,6 +45,10 @@ def register(subparsers) -> None:
                    help="with --transform auto: full tries all 96 transforms and fits scales "
                         "to the best 8 (104 forward passes); greedy tries at most 20; auto "
                         "(default) is full for images of at most 4 tiles, greedy beyond")
+    p.add_argument("--adapt", choices=("auto", "on", "off"), default="auto",
+                   help="DMOL models: on fits a DMOL adapter to each image and sends it in the "
+                        "file (18 bytes; kept only where it pays, imgtx.codec.adapt); auto "
+                        "(default) does so for images of more than 4 tiles")
     p.add_argument("--no-name", action="store_true",
                    help="leave the model's name out of the file (decompress then needs --model)")
     p.add_argument("--json", action="store_true", help="one JSON line per file on stdout")
@@ -157,7 +161,8 @@ def _compress(args: argparse.Namespace) -> int:
         stats: dict = {}
         data = compress(model, image, name=None if args.no_name else args.model,
                         batch=args.batch or DEFAULT_BATCH, stats=stats,
-                        transform=transform, scales=scales, search=args.search)
+                        transform=transform, scales=scales, search=args.search,
+                        adapt={"auto": "auto", "on": True, "off": False}[args.adapt])
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]
         model_bits = stats["ideal_bits"] / stats["subpixels"]
@@ -165,7 +170,8 @@ def _compress(args: argparse.Namespace) -> int:
                "header_bytes": stats["header_bytes"], "subpixels": stats["subpixels"],
                "bits_per_dim": round(bits, 5), "model_bits_per_dim": round(model_bits, 5),
                "transform": stats["transform"], "scales": stats["scales"],
-               "search": stats["search"], "seconds": round(stats["seconds"], 3),
+               "search": stats["search"], "adapted": stats["adapter"] is not None,
+               "seconds": round(stats["seconds"], 3),
                "positions_per_second": round(stats["positions"] / stats["seconds"], 1)}
         _report(args, row, f"{source} -> {target}: {stats['bytes']:,} bytes, {bits:.4f} "
                 f"bits/dim (model {model_bits:.4f}), {stats['seconds']:.1f} s")

@@ -217,25 +217,28 @@ def dmol_shift_log_scales(params: Tensor, offsets) -> Tensor:
 
 
 def dmol_adapt(params: Tensor, adapter: Tensor) -> Tensor:
-    """Refit DMOL outputs to one image with a few numbers, ``adapter`` ``(7 + K,)``:
+    """Refit DMOL outputs to one image with a few numbers, ``adapter`` ``(4 + 4K,)``:
 
-    * ``adapter[0:3]`` ``m_c`` and ``adapter[3:6]`` ``a_c``: every raw log-scale ``s`` of channel
-      ``c`` becomes ``s * exp(m_c) + a_c`` (before the clamp at ``MIN_LOG_SCALE``), so logistics
-      that are sharp and wide can move apart or together, not only shift (``a_c`` alone is
-      :func:`dmol_shift_log_scales`);
-    * ``adapter[6]`` ``t`` and ``adapter[7:]`` ``b_k``: every mixture logit ``l_k`` becomes
-      ``l_k * exp(t) + b_k``, a temperature on the mixture weights and a prior over components.
+    * ``adapter[0:3]`` ``m_c`` and ``adapter[3:3 + 3K]`` ``a_kc`` (component-major): every raw
+      log-scale ``s_kc`` of component ``k`` and channel ``c`` becomes ``s_kc * exp(m_c) + a_kc``
+      (before the clamp at ``MIN_LOG_SCALE``), so logistics can grow sharper or wider each on
+      its own, and sharp and wide ones move apart or together (``a_kc = a_c`` for all ``k``
+      alone is :func:`dmol_shift_log_scales`);
+    * ``adapter[3 + 3K]`` ``t`` and ``adapter[4 + 3K:]`` ``b_k``: every mixture logit ``l_k``
+      becomes ``l_k * exp(t) + b_k``, a temperature on the mixture weights and a prior over
+      components.
 
     Means and coefficients are unchanged. The result is the same DMOL family, exact and
     normalised; an all-zero adapter leaves ``params`` as they are. Returns ``(..., 10K)``."""
     k = params.shape[-1] // PARAMS_PER_MIXTURE
-    if adapter.shape != (7 + k,):
-        raise ValueError(f"a DMOL adapter of {k} mixtures has {7 + k} numbers, "
+    if adapter.shape != (4 + 4 * k,):
+        raise ValueError(f"a DMOL adapter of {k} mixtures has {4 + 4 * k} numbers, "
                          f"got shape {tuple(adapter.shape)}")
     adapter = adapter.to(params.dtype)
+    scale, offset, temperature, bias = adapter.split([3, 3 * k, 1, k])
     logits, means, log_scales, coeffs = params.split([k, 3 * k, 3 * k, 3 * k], dim=-1)
-    log_scales = (log_scales.unflatten(-1, (k, 3)) * adapter[0:3].exp() + adapter[3:6]).flatten(-2)
-    logits = logits * adapter[6].exp() + adapter[7:]
+    log_scales = (log_scales.unflatten(-1, (k, 3)) * scale.exp()).flatten(-2) + offset
+    logits = logits * temperature.exp() + bias
     return torch.cat([logits, means, log_scales, coeffs], dim=-1)
 
 

@@ -256,11 +256,12 @@ def test_an_adapter_keeps_the_dmol_family_exact_and_normalised():
     generator = torch.Generator().manual_seed(0)
     k = 4
     head = torch.randn(5, 10 * k, generator=generator, dtype=torch.float64)
-    adapter = torch.randn(7 + k, generator=generator, dtype=torch.float64)
-    assert torch.equal(dmol_adapt(head, torch.zeros(7 + k, dtype=torch.float64)), head)
-    offsets = torch.zeros(7 + k, dtype=torch.float64)
-    offsets[3:6] = torch.tensor([-0.6, 0.2, 0.1])  # the offsets alone are the scales choice
-    assert torch.allclose(dmol_adapt(head, offsets), dmol_shift_log_scales(head, offsets[3:6]))
+    adapter = torch.randn(4 + 4 * k, generator=generator, dtype=torch.float64)
+    assert torch.equal(dmol_adapt(head, torch.zeros(4 + 4 * k, dtype=torch.float64)), head)
+    offsets = torch.zeros(4 + 4 * k, dtype=torch.float64)
+    shift = torch.tensor([-0.6, 0.2, 0.1], dtype=torch.float64)
+    offsets[3 : 3 + 3 * k] = shift.repeat(k)  # one offset per channel: the scales choice
+    assert torch.allclose(dmol_adapt(head, offsets), dmol_shift_log_scales(head, shift))
     adapted = dmol_adapt(head, adapter)
     assert not torch.allclose(adapted, head)
     # every (r, g, b) given the ones before: each channel's 256 probabilities sum to 1
@@ -271,7 +272,7 @@ def test_an_adapter_keeps_the_dmol_family_exact_and_normalised():
         pixels[..., :c] = 77  # fixed earlier channels
         nats = dmol_nll_per_channel(adapted[:, None].expand(-1, 256, -1), pixels)[..., c]
         assert torch.allclose(torch.exp(-nats).sum(-1), torch.ones(5, dtype=torch.float64))
-    with pytest.raises(ValueError, match="11 numbers"):
+    with pytest.raises(ValueError, match="20 numbers"):
         dmol_adapt(head, adapter[:-1])
 
 
@@ -281,7 +282,7 @@ def test_an_adapter_is_fitted_sent_and_coded_exactly():
     stats: dict = {}
     data = compress(model, image, transform=None, scales=None, stats=stats)
     header = read_header(data)
-    assert len(header.adapter) == 7 + model.config.num_mixtures == len(stats["adapter"])
+    assert len(header.adapter) == 4 + 4 * model.config.num_mixtures == len(stats["adapter"])
     assert np.array_equal(np.asarray(decompress(data, model)), image)
     # the coded length is the adapted model's likelihood of the 9 tiles
     tiles = torch.from_numpy(image).permute(2, 0, 1).unfold(1, 8, 8).unfold(2, 8, 8)
@@ -474,7 +475,7 @@ def test_cli_round_trip_and_json(capsys, tmp_path, saved):
                            option, str(saved["image"]), str(out), "--json")
         adapted = json.loads(stdout)["adapted"]
         assert adapted == bool(read_header(out.read_bytes()).adapter)
-        assert adapted or option == "off"  # 4 tiles of 8x8: the fit pays for its 18 bytes
+        assert adapted or option == "off"  # 4 tiles of 8x8: the fit pays for its 45 bytes
 
 
 def test_cli_several_inputs_with_out_dir(capsys, tmp_path, saved):

@@ -120,7 +120,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     20 (:func:`imgtx.codec.transform.best_transform`) and fits scales to the one chosen;
     ``"auto"``: :func:`imgtx.codec.transform.default_search` (full for images of at most
     4 tiles of the model, greedy for larger ones). ``adapt``, DMOL models only: ``True`` fits
-    a DMOL adapter to the image and sends it in the header (:mod:`imgtx.codec.adapt`: 18 bytes
+    a DMOL adapter to the image and sends it in the header (:mod:`imgtx.codec.adapt`: 45 bytes
     for the shipped photo model), kept only when it saves more bits than it takes; ``"auto"``
     does so for images of more than 4 tiles (:func:`imgtx.codec.adapt.default_adapt`).
 
@@ -253,7 +253,7 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError("the file is damaged (it shifts log-scales, and its model has none)")
     adapter = None
     if header.adapter:
-        count = 7 + model.config.num_mixtures if dmol else 0
+        count = 4 + 4 * model.config.num_mixtures if dmol else 0
         if len(header.adapter) != count:
             raise CodecError(f"the file is damaged (an adapter of {len(header.adapter)} numbers; "
                              f"this model's has {count})")

@@ -5,8 +5,9 @@ statistics of its own: a sky is smoother, a lawn noisier, and the mixture weight
 sure of on its training crops can be overconfident on another camera's photo. Classical codecs
 adapt to the image they code (JPEG XL learns its context tree per image; CALIC and LOCO-I adapt
 their error models as they go). Here the encoder fits a small change of the model's DMOL outputs
-to the image, :func:`imgtx.likelihood.dmol_adapt` (``7 + K`` numbers: a scale and offset of the
-log-scales per channel, a temperature and a bias per component on the mixture logits), and
+to the image, :func:`imgtx.likelihood.dmol_adapt` (``4 + 4K`` numbers: a scale of the log-scales
+per channel and an offset per component and channel, a temperature and a bias per component on
+the mixture logits), and
 writes it to the header as int8 codes of step :data:`STEP`. Both sides apply the same decoded
 numbers to every position's outputs, so the coded pmfs are still one exact, normalised DMOL
 distribution each, computed the same way by the encoder and the decoder.
@@ -14,7 +15,7 @@ distribution each, computed the same way by the encoder and the decoder.
 The fit runs on the head outputs of one teacher-forced forward pass over at most ``max_tiles``
 evenly spaced tiles (the transform search's sample), by L-BFGS on the code length in float64,
 each number kept inside the codes' range by a scaled tanh. It pays for its header bytes
-(``7 + K + 1``: 18 for the shipped photo model) on images of more than a few tiles; below
+(``4 + 4K + 1``: 45 for the shipped photo model) on images of more than a few tiles; below
 :data:`imgtx.codec.transform.FULL_SEARCH_TILES` tiles ``compress(adapt="auto")`` does not try.
 """
 
@@ -53,7 +54,7 @@ def default_adapt(height: int, width: int, tile: int) -> bool:
 
 
 def adapter_values(codes: bytes) -> torch.Tensor:
-    """The adapter ``(7 + K,)`` float64 of its int8 ``codes`` as the header stores them."""
+    """The adapter ``(4 + 4K,)`` float64 of its int8 ``codes`` as the header stores them."""
     return torch.from_numpy(np.frombuffer(codes, dtype=np.int8).astype(np.float64) * STEP)
 
 
@@ -73,7 +74,7 @@ def fit_adapter(model, pixels: np.ndarray, one_channel: bool, scales: int = 0, b
         heads.append(dmol_shift_log_scales(head, scale_offsets(scales)) if scales else head)
         targets.append(model.targets(images))
     head, target = torch.cat(heads), torch.cat(targets)
-    count = head.shape[-1] // PARAMS_PER_MIXTURE + 7
+    count = 4 + 4 * (head.shape[-1] // PARAMS_PER_MIXTURE)
     subpixels = float(mask.sum())
 
     def bits(adapter: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                         "(default) is full for images of at most 4 tiles, greedy beyond")
     p.add_argument("--adapt", choices=("auto", "on", "off"), default="auto",
                    help="DMOL models: on fits a DMOL adapter to each image and sends it in the "
-                        "file (18 bytes; kept only where it pays, imgtx.codec.adapt); auto "
+                        "file (45 bytes; kept only where it pays, imgtx.codec.adapt); auto "
                         "(default) does so for images of more than 4 tiles")
     p.add_argument("--no-name", action="store_true",
                    help="leave the model's name out of the file (decompress then needs --model)")

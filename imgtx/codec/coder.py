@@ -173,7 +173,7 @@ def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = No
     ``truth``, or :class:`RangeSource`), ``batch`` tiles at a time, one cached decoder per batch.
     ``log_scale_offsets``: DMOL only, ``(r, g, b)`` added to every log-scale of the model's
     outputs (:func:`imgtx.likelihood.dmol_shift_log_scales`), the encoder's per-image choice.
-    ``adapter``: DMOL only, ``(7 + K,)`` applied after them (:func:`imgtx.likelihood.dmol_adapt`,
+    ``adapter``: DMOL only, ``(4 + 4K,)`` applied after them (:func:`imgtx.likelihood.dmol_adapt`,
     :mod:`imgtx.codec.adapt`).
 
     ``truth`` and the result are model-order values ``(T, N, 3)`` (DMOL) or ``(T, N)`` long.

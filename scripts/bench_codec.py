@@ -229,7 +229,8 @@ def bench_set(model, name: str, items, args) -> dict:
         header_bytes=sum(s["header_bytes"] for s in stats),
         ideal_bits_per_dim=round(sum(s["ideal_bits"] for s in stats) / subpixels, 4),
         encode_positions_per_s=round(positions / sum(s["seconds"] for s in stats), 1),
-        decode_positions_per_s=round(positions / sum(s["seconds"] for s in decode_stats), 1))
+        decode_positions_per_s=round(positions / sum(s["seconds"] for s in decode_stats), 1),
+        adapted=sum(s["adapter"] is not None for s in stats))  # images sent with an adapter
     row["codecs"]["imgtx"] = result
     per_channel = model_bits(model, images)  # as given
     if per_channel is not None:

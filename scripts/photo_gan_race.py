@@ -379,10 +379,14 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
     return written
 
 
-def export(run: Path, target: Path, command: str, best: bool = False) -> dict[str, str]:
+def export(run: Path, target: Path, command: str, best: bool = False, select_on: str = "val",
+           samples: int = 1024) -> dict[str, str]:
     """Copy ``run/final`` to ``target`` with the race log, the last grid and 64 val crops; with
     ``best``, the EMA generator of the tick with the lowest FID (``ticks/``) and its grid
-    instead (a choice made on val: its FID is no longer an unbiased figure for val)."""
+    instead. ``select_on="val"`` takes the FIDs the ticks logged against val (a choice made on
+    val: its FID is no longer an unbiased figure for val); ``"train"`` measures every tick's
+    generator against ``samples`` train crops instead (``selection.json``), so that val is not
+    used to choose and the chosen tick's val FID stays a fair figure."""
     import shutil
 
     from imgtx.gan.evaluate import real_images
@@ -394,18 +398,33 @@ def export(run: Path, target: Path, command: str, best: bool = False) -> dict[st
         ticks = [t for t in ticks if (run / t.get("snapshot", "-")).is_dir()]
         if not ticks:
             raise UserError(f"{run} has no tick snapshots (ticks/): run it with this script")
-        chosen = min(ticks, key=lambda t: t["fid"])
+        if select_on == "train":
+            from imgtx.gan.base import Generator
+
+            for tick in ticks:
+                generator = Generator.from_pretrained(run / tick["snapshot"])
+                tick["train_fid"] = evaluate_generator(generator, DATA, "train", samples,
+                                                       FEATURES)["fid"]
+            chosen = min(ticks, key=lambda t: t["train_fid"])
+        elif select_on == "val":
+            chosen = min(ticks, key=lambda t: t["fid"])
+        else:
+            raise UserError(f"select on 'val' or 'train', got {select_on!r}")
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(run / chosen["snapshot"], target)
         shutil.copy(run / "metrics.jsonl", target / "training_curve.jsonl")
         grid = run / "race_samples" / (Path(chosen["snapshot"]).name + ".png")
-        command += f"  # then export --best: the tick at {chosen['cpu_minutes']:.0f} CPU-minutes"
+        command += (f"  # then export --best --select-on {select_on}: the tick at "
+                    f"{chosen['cpu_minutes']:.0f} CPU-minutes")
     else:
         export_run(run / "final", target)
         grid = sorted((run / "race_samples").glob("*.png"))[-1]
     shutil.copy(run / "race.jsonl", target / "race.jsonl")
     shutil.copy(grid, target / "samples.png")
     save_grid(real_images(DATA, "val", 32, 64), target / "val_crops.png")
+    if best:
+        (target / "selection.json").write_text(json.dumps(
+            {"select_on": select_on, "chosen": chosen, "ticks": ticks}, indent=1) + "\n")
     (target / "train_command.txt").write_text(command + "\n")
     return {"export": str(target), "tick": str(grid.stem) if best else "final"}
 
@@ -423,7 +442,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="run folder (recipes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--best", action="store_true",
-                        help="export: the tick with the lowest val FID instead of the end")
+                        help="export: the tick with the lowest FID instead of the end")
+    parser.add_argument("--select-on", choices=("val", "train"), default="val",
+                        help="export --best: the FIDs logged against val (optimistic for val), "
+                             "or each tick measured against train crops (val left unseen)")
     args = parser.parse_args()
     if not (Path(DATA) / "val").is_dir():
         raise SystemExit(f"{DATA}/val is missing: run scripts/fetch_photo_corpus.sh, or "
@@ -441,7 +463,8 @@ def main() -> None:
         recipe = run.name if run.name in RECIPES else "<recipe>"
         command = (f"python scripts/photo_gan_race.py {recipe} --cpu-minutes "
                    f"{last['cpu_minutes']:.0f} --seed {seed} --out {run}")
-        print(json.dumps(export(run, args.out, command, args.best)))
+        print(json.dumps(export(run, args.out, command, args.best, args.select_on,
+                                args.fid_samples)))
         return
     if args.what == "plot":
         print(json.dumps(plot(args.runs or [], args.out or Path("docs"))))

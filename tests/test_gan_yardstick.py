@@ -268,6 +268,7 @@ def test_race_plot_draws_every_run_in_its_own_colour(monkeypatch, tmp_path):
 
 def test_export_best_ships_the_tick_with_the_lowest_fid(monkeypatch, tmp_path):
     import imgtx.gan.evaluate
+    from imgtx.errors import UserError
     from imgtx.gan.base import Generator
     from imgtx.gan.configs import gan_entry, model_classes
 
@@ -296,6 +297,25 @@ def test_export_best_ships_the_tick_with_the_lowest_fid(monkeypatch, tmp_path):
     assert (tmp_path / "out" / "discriminator" / "model.safetensors").is_file()
     assert PIL.Image.open(tmp_path / "out" / "samples.png").getpixel((0, 0)) == (1, 0, 0)
     assert "15 CPU-minutes" in (tmp_path / "out" / "train_command.txt").read_text()
+    # chosen on train crops instead: val's FIDs are not read
+    train_fids = {"cpu_0000.00min": 80.0, "cpu_0015.00min": 30.0, "cpu_0030.00min": 25.0}
+    seen = []
+
+    def measured(generator, data, split, *args, **kwargs):
+        assert split == "train"
+        seen.append(generator)
+        name = next(n for n in train_fids if torch.equal(
+            generator.generate(2, seed=1),
+            Generator.from_pretrained(run / "ticks" / n).generate(2, seed=1)))
+        return {"fid": train_fids[name]}
+
+    monkeypatch.setattr(race, "evaluate_generator", measured)
+    written = race.export(run, tmp_path / "out2", "cmd", best=True, select_on="train")
+    assert written["tick"] == "cpu_0030.00min" and len(seen) == 3
+    selection = json.loads((tmp_path / "out2" / "selection.json").read_text())
+    assert selection["chosen"]["train_fid"] == 25.0 and selection["chosen"]["fid"] == 20.0
+    with pytest.raises(UserError, match="select on"):
+        race.export(run, tmp_path / "out3", "cmd", best=True, select_on="test")
 
 
 def test_blur_matches_scipy_and_noise_has_its_std():

@@ -5,7 +5,7 @@
     python scripts/photo_gan_race.py yardstick              # the floor and extractor checks
     python scripts/photo_gan_race.py plot --runs runs/race/paper runs/race/toolkit --out docs
     python scripts/photo_gan_race.py export --runs runs/race/toolkit \
-        --out checkpoints/strans-corpus32 [--best]
+        --out checkpoints/strans-corpus32 [--best [--select-on train]]
     python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
 
 Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it
@@ -26,7 +26,9 @@ val crops at the same scale to ``OUT/photo_gan_race_val.png``.
 discriminator, the race log (``race.jsonl``), the last sample grid, 64 real ``val`` crops
 (``val_crops.png``, one pixel per pixel, for side-by-side views offline) and the command. Every
 tick also saves its EMA generator in ``OUT/ticks/``; ``export --best`` ships the tick with the
-lowest val FID (checkpoint selection, as StyleGAN's reported snapshots: say so beside its FID).
+lowest val FID (checkpoint selection, as StyleGAN's reported snapshots: say so beside its FID);
+with ``--select-on train`` each tick's generator is measured against ``train`` crops instead and
+the lowest ships, so val plays no part in the choice (``selection.json``).
 
 ``yardstick`` prints the floor and the feature-extractor checks of docs/gan.md: FID of val crops
 against blurred and noised copies of themselves, and FID between crop sets of one photo against

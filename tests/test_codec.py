@@ -264,6 +264,15 @@ def test_an_adapter_keeps_the_dmol_family_exact_and_normalised():
     assert torch.allclose(dmol_adapt(head, offsets), dmol_shift_log_scales(head, shift))
     adapted = dmol_adapt(head, adapter)
     assert not torch.allclose(adapted, head)
+    # element by element, the slow way: logits l_k e^t + b_k, log-scales s_kc e^(m_c) + a_kc
+    expected = head.clone()
+    for k_ in range(k):
+        expected[:, k_] = head[:, k_] * math.exp(adapter[3 + 3 * k]) + adapter[4 + 3 * k + k_]
+        for c in range(3):
+            column = 4 * k + 3 * k_ + c
+            expected[:, column] = (head[:, column] * math.exp(adapter[c])
+                                   + adapter[3 + 3 * k_ + c])
+    assert torch.allclose(adapted, expected)
     # every (r, g, b) given the ones before: each channel's 256 probabilities sum to 1
     values = torch.arange(256)
     for c in range(3):

@@ -7,6 +7,7 @@
     python scripts/photo_gan_race.py export --runs runs/race/toolkit \
         --out checkpoints/strans-corpus32 [--best [--select-on train]]
     python scripts/photo_gan_race.py paper --cpu-minutes 0.33 --out /tmp/race  # a smoke run
+    python scripts/photo_gan_race.py toolkit6 --cpu-minutes 240 --out runs/race/toolkit6 --extend
 
 Each run trains one recipe of :data:`RECIPES` on ``runs/photo_corpus`` (``train`` split; build it
 with ``scripts/fetch_photo_corpus.sh``) in one process on one thread, until its **process CPU
@@ -16,7 +17,9 @@ change how much training a budget buys; the CPU time of the FID ticks is not cou
 ``val`` (``--fid-samples`` samples and val crops, ``imgtx-small`` features) beside the floor
 (as many ``train`` crops against the same val crops): one JSON line per tick in
 ``OUT/race.jsonl``, a sample grid per tick in ``OUT/race_samples/``, and a final JSON line on
-stdout. ``OUT/final`` is the EMA generator (``imgtx gan eval --model OUT/final``).
+stdout. ``OUT/final`` is the EMA generator (``imgtx gan eval --model OUT/final``). ``--extend``
+continues a finished run from its checkpoint (weights, optimisers, EMA, data order) up to a larger
+total budget; its CPU-minutes count on from the run's last tick.
 
 ``plot`` draws FID against CPU-minutes of the runs into ``OUT/photo_gan_race.png`` (floor
 dashed), copies each run's last sample grid to ``OUT/photo_gan_race_<run>.png`` and writes 64
@@ -182,12 +185,14 @@ class CPUBudget:
     measures the EMA generator every ``tick_s`` of them (their own CPU time not counted)."""
 
     def __init__(self, step, budget_s: float, tick_s: float, out: Path, fid_samples: int,
-                 seed: int, reference: dict[str, float]):
+                 seed: int, reference: dict[str, float], spent_s: float = 0.0):
         self.step, self.budget_s, self.tick_s = step, budget_s, tick_s
         self.out, self.fid_samples, self.seed, self.reference = out, fid_samples, seed, reference
         self.start: float | None = None
+        self.spent_s = spent_s  # CPU-seconds of training before this process (``--extend``)
         self.not_training = 0.0  # CPU-seconds of ticks
-        self.next_tick = 0.0
+        # an extended run's last tick was taken where it stopped: the next is one tick later
+        self.next_tick = spent_s + tick_s if spent_s else 0.0
         self.stopped_at: float | None = None  # CPU-seconds of training when the budget ran out
         self.run = None
 
@@ -195,7 +200,7 @@ class CPUBudget:
         """CPU-seconds spent training so far."""
         if self.stopped_at is not None:
             return self.stopped_at
-        return time.process_time() - self.start - self.not_training
+        return self.spent_s + time.process_time() - self.start - self.not_training
 
     def tick(self, run) -> dict[str, Any]:
         """Measure the EMA G against val; append to race.jsonl and draw a grid."""
@@ -238,18 +243,33 @@ class CPUBudget:
 
 
 def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: float,
-         fid_samples: int) -> dict[str, Any]:
-    """Train ``recipe`` for ``cpu_minutes`` of process CPU time; returns the final figures."""
+         fid_samples: int, extend: bool = False) -> dict[str, Any]:
+    """Train ``recipe`` for ``cpu_minutes`` of process CPU time; returns the final figures.
+    ``extend`` resumes the finished run in ``out`` and trains on until ``cpu_minutes`` in all."""
     from imgtx.gan.train import train_named
 
     torch.set_num_threads(1)
-    if (out / "race.jsonl").exists():
-        raise SystemExit(f"{out} already holds a race run; give a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    reference = floor(fid_samples, seed)
+    spent_s = 0.0
+    if extend:
+        if not (out / "checkpoint").is_dir() or not (out / "race.jsonl").exists():
+            raise SystemExit(f"--extend: {out} holds no finished race run with a checkpoint/")
+        last = json.loads((out / "race.jsonl").read_text().splitlines()[-1])
+        saved = json.loads((out / "settings.json").read_text())["train"]
+        if saved["seed"] != seed:
+            raise SystemExit(f"--extend: {out} ran with --seed {saved['seed']}, not {seed}")
+        spent_s = last["cpu_minutes"] * 60
+        if spent_s >= cpu_minutes * 60:
+            raise SystemExit(f"--extend: {out} already trained {last['cpu_minutes']:.1f} "
+                             f"CPU-minutes; give a larger --cpu-minutes")
+        reference = {k: last[k] for k in last if k.startswith("floor_")}
+    else:
+        if (out / "race.jsonl").exists():
+            raise SystemExit(f"{out} already holds a race run; give a new --out (or --extend)")
+        out.mkdir(parents=True, exist_ok=True)
+        reference = floor(fid_samples, seed)
     entry = RECIPES[recipe]
     budget = CPUBudget(None, cpu_minutes * 60, tick_minutes * 60, out, fid_samples, seed,
-                       reference)
+                       reference, spent_s)
 
     def wrap(step):
         budget.step = step
@@ -260,7 +280,7 @@ def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: fl
                         **{**entry["settings"], "data": DATA, "out": str(out), "seed": seed,
                            "threads": 1, "max_steps": 10**9, "fid_every": 0,
                            "eval_every": 50, "checkpoint_every": 0, "num_samples": 64,
-                           "cpu": True})
+                           "cpu": True, "resume": extend})
     record = budget.tick(budget.run)  # the EMA G as exported to final/
     return {"recipe": recipe, "seed": seed, "cpu_minutes_budget": cpu_minutes, **record,
             "fid_samples": fid_samples, "final": str(final)}
@@ -443,6 +463,8 @@ def main() -> None:
                         help="samples (and val / train crops) per tick")
     parser.add_argument("--out", type=Path, help="run folder (recipes)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extend", action="store_true",
+                        help="continue the finished run in --out up to --cpu-minutes in all")
     parser.add_argument("--best", action="store_true",
                         help="export: the tick with the lowest FID instead of the end")
     parser.add_argument("--select-on", choices=("val", "train"), default="val",
@@ -474,7 +496,7 @@ def main() -> None:
     if args.out is None:
         raise SystemExit("give --out DIR for the run")
     print(json.dumps(race(args.what, args.cpu_minutes, args.out, args.seed, args.tick_minutes,
-                          args.fid_samples)))
+                          args.fid_samples, args.extend)))
 
 
 if __name__ == "__main__":

@@ -242,6 +242,42 @@ def test_cpu_budget_counts_process_cpu_time_not_waiting(monkeypatch):
     assert 0.1 - 1e-9 <= budget.used() <= 0.12 + 1e-9
 
 
+def test_extended_budget_counts_on_from_the_run_it_continues(monkeypatch, tmp_path):
+    """``--extend``: a run that stopped at 1.0 CPU-second ticks next at 1.0 + tick, not at once,
+    and stops at the new total budget, not after a whole new one."""
+    race = load_script("photo_gan_race")
+    clock = [50.0]
+    monkeypatch.setattr(race.time, "process_time", lambda: clock[0])
+
+    def busy(run, batch):
+        clock[0] += 0.1
+        return {}
+
+    budget = race.CPUBudget(busy, budget_s=2.0, tick_s=0.5, out=Path("."), fid_samples=2,
+                            seed=0, reference={}, spent_s=1.0)
+    ticks = []
+    budget.tick = lambda run: ticks.append(round(budget.used(), 6))
+    run = SimpleNamespace(state=SimpleNamespace(step=0), settings=SimpleNamespace(max_steps=10**9))
+    while run.state.step < run.settings.max_steps:
+        budget(run, run.state.step)
+        run.state.step += 1
+    assert run.state.step == 10  # 1.0 more CPU-second at 0.1 a step
+    assert ticks == [1.5]  # not 1.0 (the run's own last tick) and not 0
+    assert budget.used() == pytest.approx(2.0)
+    # the refusals of race(extend=True), before anything trains
+    with pytest.raises(SystemExit, match="no finished race run"):
+        race.race("toolkit6", 2.0, tmp_path, 0, 1.0, 2, extend=True)
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "race.jsonl").write_text(json.dumps({"cpu_minutes": 3.0, "floor_fid": 0.5}) + "\n")
+    (tmp_path / "settings.json").write_text(json.dumps({"train": {"seed": 1}}))
+    with pytest.raises(SystemExit, match="--seed 1"):
+        race.race("toolkit6", 5.0, tmp_path, 0, 1.0, 2, extend=True)
+    with pytest.raises(SystemExit, match="already trained 3.0"):
+        race.race("toolkit6", 2.0, tmp_path, 1, 1.0, 2, extend=True)
+    with pytest.raises(SystemExit, match="--extend"):  # a fresh run will not overwrite it
+        race.race("toolkit6", 2.0, tmp_path, 1, 1.0, 2)
+
+
 def test_race_plot_draws_every_run_in_its_own_colour(monkeypatch, tmp_path):
     import imgtx.gan.evaluate
     from imgtx.errors import UserError

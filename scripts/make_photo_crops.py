@@ -12,7 +12,10 @@ Crops of every photo (positions from ``numpy.random.default_rng(seed + photo ind
   (texture, as ``builtin:photos32``'s test patches);
 * **scene**: ``--scene`` squares whose side is the photo's shorter side times 1, 1/2, 1/4 or 1/8
   (a quarter of the crops each; never below ``size``), area-averaged down to ``size x size``
-  with Pillow's ``BOX`` filter: whole-scene statistics, like downsampled ImageNet 32x32.
+  with Pillow's ``BOX`` filter: whole-scene statistics, like downsampled ImageNet 32x32;
+* **zoom** (``--zoom``, none by default): squares of ``size`` times 2 to 8 (drawn uniformly), box-
+  filtered to ``size x size``: the scales between the two, those of a large photo shown or saved
+  at a few hundred pixels (the codec benchmark's 512x320 photo is a 5x reduction).
 
 **val** (for GAN evaluation against the training distribution): ``--val-native`` and
 ``--val-scene`` fresh crops of every *training* photo, of the same two forms (by default half as
@@ -42,6 +45,7 @@ import PIL.Image
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 SCENE_FRACTIONS = (1.0, 0.5, 0.25, 0.125)  # scene crop side / the photo's shorter side
+ZOOMS = (2, 3, 4, 5, 6, 7, 8)  # zoom crop side / size
 
 PIL.Image.MAX_IMAGE_PIXELS = None  # wallpapers reach 5120x2880; these are trusted local files
 
@@ -100,6 +104,19 @@ def scene_windows(width: int, height: int, count: int, size: int,
         x = int(rng.integers(0, width - side + 1))
         y = int(rng.integers(0, height - side + 1))
         windows.append((x, y, side))
+    return windows
+
+
+def zoom_windows(width: int, height: int, count: int, size: int,
+                 rng: np.random.Generator) -> list[Window]:
+    """``count`` squares of side ``size`` times a zoom of :data:`ZOOMS`, uniformly placed
+    (zooms larger than the photo are skipped)."""
+    windows = []
+    for zoom in rng.choice(ZOOMS, count):
+        side = int(zoom) * size
+        if side <= min(width, height):
+            windows.append((int(rng.integers(0, width - side + 1)),
+                            int(rng.integers(0, height - side + 1)), side))
     return windows
 
 
@@ -186,10 +203,10 @@ def write_val(photos: list[Path], out: Path, args: argparse.Namespace) -> dict:
 def write_split(photos: list[Path], split: str, out: Path, args: argparse.Namespace,
                 first_index: int) -> dict:
     """Write the crops of ``photos`` into ``out/split`` (and the held-out form folders)."""
-    counts = {"native": 0, "scene": 0}
+    counts = {"native": 0, "scene": 0, **({"zoom": 0} if args.zoom else {})}
     folders = [out / split]
     if split == "test":
-        folders += [out / "heldout-native" / "test", out / "heldout-scene" / "test"]
+        folders += [out / f"heldout-{form}" / "test" for form in counts]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     for index, path in enumerate(photos, start=first_index):
@@ -199,6 +216,9 @@ def write_split(photos: list[Path], split: str, out: Path, args: argparse.Namesp
         stem = path.stem.replace(" ", "_")
         forms = {"native": native_crops(photo, args.native, args.size, rng),
                  "scene": scene_crops(photo, args.scene, args.size, rng)}
+        if args.zoom:  # drawn after the others, so that they are the same with or without
+            forms["zoom"] = cut(photo, zoom_windows(*photo.size, args.zoom, args.size, rng),
+                                args.size)
         for form, crops in forms.items():
             for i, crop in enumerate(crops):
                 name = f"{stem}-{form}-{i:04d}.png"
@@ -242,7 +262,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="crop side in pixels")
     parser.add_argument("--native", type=int, default=512, help="native crops per photo")
     parser.add_argument("--scene", type=int, default=256, help="scene crops per photo")
+    parser.add_argument("--zoom", type=int, default=0,
+                        help="zoom crops per photo (2x to 8x reductions; default none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-val", action="store_true", help="write no OUT/val")
     parser.add_argument("--val-native", type=int, default=None,
                         help="val native crops per training photo (default: half of --native)")
     parser.add_argument("--val-scene", type=int, default=None,
@@ -259,11 +282,14 @@ def main() -> None:
     train, test = split_photos(photos, args.test)
     manifest = {"size": args.size, "seed": args.seed, "native_per_photo": args.native,
                 "scene_per_photo": args.scene, "scene_fractions": list(SCENE_FRACTIONS),
+                **({"zoom_per_photo": args.zoom, "zooms": list(ZOOMS)} if args.zoom else {}),
                 "train_photos": [p.name for p in train], "test_photos": [p.name for p in test]}
     manifest["train"] = write_split(train, "train", args.out, args, 0)
     manifest["test"] = write_split(test, "test", args.out, args, len(train))
-    manifest.update(val_native_per_photo=args.val_native, val_scene_per_photo=args.val_scene)
-    manifest["val"] = write_val(train, args.out, args)
+    if not args.no_val:
+        manifest.update(val_native_per_photo=args.val_native,
+                        val_scene_per_photo=args.val_scene)
+        manifest["val"] = write_val(train, args.out, args)
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest))
 

@@ -72,3 +72,42 @@ def test_the_corpus_loads_as_an_image_folder(tmp_path):
 
     assert len(load_images(str(tmp_path / "corpus"), split="train", image_size=32)) == 7
     assert len(load_images(str(tmp_path / "corpus"), split="test", image_size=32)) == 7
+
+
+def test_zoom_crops_are_box_means_and_leave_the_other_forms_unchanged(tmp_path):
+    """``--zoom``: squares of 32 x 2..8 pixels averaged down to 32x32 (for an integer factor
+    Pillow's BOX filter is the block mean, up to its fixed-point rounding); native and scene
+    crops are the same files with or without them."""
+    import importlib.util
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        pixels = rng.integers(0, 256, (300 + 20 * i, 280, 3), dtype=np.uint8)
+        PIL.Image.fromarray(pixels).save(tmp_path / "photos" / f"photo{i}.png")
+    common = ("--photos", str(tmp_path / "photos"), "--native", "3", "--scene", "2", "--test",
+              "photo1.png", "--no-val")
+    plain = run(*common, "--out", str(tmp_path / "plain"))
+    zoomed = run(*common, "--out", str(tmp_path / "zoomed"), "--zoom", "40")
+    assert "val" not in plain and not (tmp_path / "plain" / "val").exists()
+    assert zoomed["train"] == {**plain["train"], "zoom": 40}
+    assert zoomed["zooms"] == [2, 3, 4, 5, 6, 7, 8]
+    for split in ("train", "test"):
+        for path in (tmp_path / "plain" / split).glob("*.png"):
+            assert path.read_bytes() == (tmp_path / "zoomed" / split / path.name).read_bytes()
+    assert len(list((tmp_path / "zoomed" / "heldout-zoom" / "test").glob("*.png"))) == 40
+
+    spec = importlib.util.spec_from_file_location("make_photo_crops", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    photo = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    windows = module.zoom_windows(280, 300, 60, 32, np.random.default_rng(0))
+    sides = {side for _, _, side in windows}
+    assert sides <= {32 * z for z in range(2, 9)} and len(sides) >= 5 and len(windows) == 60
+    small = module.zoom_windows(100, 100, 50, 32, np.random.default_rng(0))
+    assert {side for _, _, side in small} == {64, 96} and len(small) < 50  # 128+ do not fit
+    crops = module.cut(PIL.Image.fromarray(photo), windows, 32)
+    for (x, y, side), crop in zip(windows, crops):
+        z = side // 32
+        block = photo[y : y + side, x : x + side].reshape(32, z, 32, z, 3).astype(np.float64)
+        assert np.abs(np.asarray(crop) - block.mean(axis=(1, 3))).max() <= 1.0  # fixed point

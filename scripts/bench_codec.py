@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from imgtx.codec import compress, decompress
 from imgtx.codec.format import choices_bytes
-from imgtx.codec.transform import Transform, scale_offsets, search_all
+from imgtx.codec.transform import Transform, orient_tiles, scale_offsets, search_all
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales
 from imgtx.model import ImageTransformer
 
@@ -230,7 +230,8 @@ def bench_set(model, name: str, items, args) -> dict:
         ideal_bits_per_dim=round(sum(s["ideal_bits"] for s in stats) / subpixels, 4),
         encode_positions_per_s=round(positions / sum(s["seconds"] for s in stats), 1),
         decode_positions_per_s=round(positions / sum(s["seconds"] for s in decode_stats), 1),
-        adapted=sum(s["adapter"] is not None for s in stats))  # images sent with an adapter
+        adapted=sum(s["adapter"] is not None for s in stats),  # images sent with an adapter
+        oriented_tiles=sum(sum(map(bool, s["orientations"] or ())) for s in stats))
     row["codecs"]["imgtx"] = result
     per_channel = model_bits(model, images)  # as given
     if per_channel is not None:
@@ -241,8 +242,10 @@ def bench_set(model, name: str, items, args) -> dict:
         # images whose three channels are equal (the codec codes those as grey).
         row["transforms"] = [s["transform"] for s in stats]
         row["scales"] = [s["scales"] for s in stats]
-        per_channel = model_bits(model, [Transform.from_code(s["transform"]).apply(i)
-                                         for i, s in zip(images, stats)], row["scales"])
+        coded = [Transform.from_code(s["transform"]).apply(i) for i, s in zip(images, stats)]
+        coded = [orient_tiles(i, model.config.image_size, s["orientations"])
+                 if s["orientations"] else i for i, s in zip(coded, stats)]
+        per_channel = model_bits(model, coded, row["scales"])
         row["model_bits_per_channel"] = [round(float(v), 4) for v in
                                          per_channel.sum(0) / (subpixels / 3)]
         coded_bits = float(np.where(equal, per_channel[:, 0], per_channel.sum(1)).sum())

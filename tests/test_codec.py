@@ -13,7 +13,15 @@ import torch
 
 from imgtx.cli import main
 from imgtx.codec import CodecError, compress, decompress, read_header
-from imgtx.codec.transform import SCALE_GRID, TRANSFORMS, Transform, scale_offsets
+from imgtx.codec.transform import (
+    SCALE_GRID,
+    TRANSFORMS,
+    Transform,
+    coded_bits,
+    orient_tiles,
+    scale_offsets,
+    tile_orientations,
+)
 from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
 from imgtx.likelihood import (
@@ -131,7 +139,8 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     if grey:
         image = np.asarray(PIL.Image.fromarray(image).convert("L"))
     stats: dict = {}
-    data = compress(model, image, scales=None, search="greedy", adapt=False, stats=stats)
+    data = compress(model, image, scales=None, search="greedy", adapt=False, orient=False,
+                    stats=stats)
     assert np.array_equal(np.asarray(decompress(data, model)), image)
     assert stats["search"] == "greedy"
     scores = stats["transform_scores"]
@@ -141,7 +150,8 @@ def test_auto_transform_codes_the_cheapest_candidate(kind, grey):
     coded = {}  # the slow reference: code every candidate for real
     for code in scores:
         forced: dict = {}
-        data = compress(model, image, transform=code, scales=None, adapt=False, stats=forced)
+        data = compress(model, image, transform=code, scales=None, adapt=False, orient=False,
+                        stats=forced)
         assert read_header(data).transform == code
         assert np.array_equal(np.asarray(decompress(data, model)), image)
         coded[code] = forced["ideal_bits"] / subpixels
@@ -214,8 +224,9 @@ def test_the_choices_field_is_written_only_when_the_encoder_changed_something():
     assert sizes[0] == 16 and sizes[61] == 17
     assert Transform.from_code(read_header(data).transform) == \
         Transform(orientation=5, order=1, invert=True)
-    # the flag set, and the choices 0 or beyond 96 transforms x 512 scales x adapter or not
-    for bad in (b"\x00", b"\x80\x80\x06"):
+    # the flag set, and the choices 0 or beyond 96 transforms x 512 scales x adapter or not x
+    # oriented or not
+    for bad in (b"\x00", b"\x80\x80\x0c"):
         damaged = data[: sizes[61] - 1] + bad + data[sizes[61]:]
         with pytest.raises(CodecError, match="encoder choices"):
             decompress(damaged, model)
@@ -289,7 +300,7 @@ def test_an_adapter_is_fitted_sent_and_coded_exactly():
     model = tiny("dmol-med")
     image = photo(24, 24)  # 9 tiles: more than 4, so "auto" fits one
     stats: dict = {}
-    data = compress(model, image, transform=None, scales=None, stats=stats)
+    data = compress(model, image, transform=None, scales=None, orient=False, stats=stats)
     header = read_header(data)
     assert len(header.adapter) == 4 + 4 * model.config.num_mixtures == len(stats["adapter"])
     assert np.array_equal(np.asarray(decompress(data, model)), image)
@@ -303,7 +314,8 @@ def test_an_adapter_is_fitted_sent_and_coded_exactly():
     assert stats["ideal_bits"] == pytest.approx(nats / math.log(2), rel=1e-4)
     # the fit pays: fewer bits than without it, header included
     plain: dict = {}
-    without = compress(model, image, transform=None, scales=None, adapt=False, stats=plain)
+    without = compress(model, image, transform=None, scales=None, adapt=False, orient=False,
+                       stats=plain)
     assert read_header(without).adapter == b"" and plain["adapter"] is None
     assert nats < plain_nats and len(data) < len(without)
     # small images (at most 4 tiles) are not fitted unless asked
@@ -320,6 +332,57 @@ def test_an_adapter_is_fitted_sent_and_coded_exactly():
         compress(tiny("cat"), image, adapt=True)
     with pytest.raises(CodecError, match="adapt is"):
         compress(model, image, adapt="yes")
+
+
+def test_each_tile_is_turned_the_way_it_codes_best_and_restored():
+    model = tiny("dmol-med")
+    image = photo(24, 20)  # 3 x 3 tiles of 8; the right column is cut to 4 pixels
+    # placing and undoing: a square tile turns in place, an edge tile cannot turn
+    turns = np.array([1, 5, 0, 7, 2, 0, 3, 4, 0], dtype=np.uint8)
+    turned = orient_tiles(image, 8, turns)
+    assert np.array_equal(turned[:8, :8], np.rot90(image[:8, :8]))
+    assert np.array_equal(turned[:, 16:], image[:, 16:])
+    assert np.array_equal(orient_tiles(turned, 8, turns, undo=True), image)
+    with pytest.raises(ValueError, match="edge"):
+        orient_tiles(image, 8, [0, 0, 1])
+    # the slow reference: every full tile alone, under each of its 8 orientations
+    chosen, saved = tile_orientations(model, image, False)
+    expected, gain = [], 0.0
+    for index in range(9):
+        row, col = divmod(index, 3)
+        if col == 2:
+            expected.append(0)
+            continue
+        tile = image[8 * row : 8 * row + 8, 8 * col : 8 * col + 8]
+        bits = [float(coded_bits(model, Transform(orientation=k).apply(tile)[None], [(8, 8)],
+                                 False)[0]) for k in range(8)]
+        expected.append(int(np.argmin(bits)))
+        gain += bits[0] - min(bits)
+    assert chosen.tolist() == expected and any(expected)
+    assert saved == pytest.approx(gain, rel=1e-5)
+    # sent, coded and restored; the coded length is the model's on the turned tiles
+    stats: dict = {}
+    data = compress(model, image, transform=None, scales=None, adapt=False, orient=True,
+                    stats=stats)
+    assert list(read_header(data).orientations) == expected == stats["orientations"]
+    assert np.array_equal(np.asarray(decompress(data, model)), image)
+    plain: dict = {}
+    compress(model, image, transform=None, scales=None, adapt=False, orient=False, stats=plain)
+    assert plain["orientations"] is None
+    assert stats["ideal_bits"] == pytest.approx(plain["ideal_bits"] - gain, rel=1e-4)
+    # "auto" turns tiles of images of more than 4 tiles only
+    assert read_header(compress(model, image, adapt=False)).orientations != b""
+    assert read_header(compress(model, photo(16, 16))).orientations == b""
+    # a header whose orientations do not fit the image is refused
+    header = read_header(data)
+    start = stats["header_bytes"] - 1 - 5  # the count, then 5 bytes of 9 orientations
+    assert data[start] == 9 and len(header.orientations) == 9
+    for count, message in ((8, "orientations for 8 tiles"), (0, "orientations in its header")):
+        damaged = data[:start] + bytes([count]) + data[start + 1:]
+        with pytest.raises(CodecError, match=message):
+            decompress(damaged, model)
+    with pytest.raises(CodecError, match="orient is"):
+        compress(model, image, orient="yes")
 
 
 # -- round trips ----------------------------------------------------------------------------------

@@ -33,9 +33,12 @@ from imgtx.codec.transform import (
     Transform,
     best_scales,
     best_transform,
+    default_orient,
     default_search,
+    orient_tiles,
     scale_offsets,
     search_all,
+    tile_orientations,
 )
 from imgtx.incremental import one_thread
 
@@ -104,8 +107,8 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
              transform: Transform | int | str | None = "auto", scales: int | str | None = "auto",
-             search: str = "auto", adapt: bool | str = "auto", stats: dict | None = None
-             ) -> bytes:
+             search: str = "auto", adapt: bool | str = "auto", orient: bool | str = "auto",
+             stats: dict | None = None) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
     ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
@@ -123,13 +126,18 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     a DMOL adapter to the image and sends it in the header (:mod:`imgtx.codec.adapt`: 45 bytes
     for the shipped photo model), kept only when it saves more bits than it takes; ``"auto"``
     does so for images of more than 4 tiles (:func:`imgtx.codec.adapt.default_adapt`).
+    ``orient``: ``True`` turns or mirrors each full tile once more, whichever of the 8
+    orientations the model codes in the fewest bits (:func:`imgtx.codec.transform.
+    tile_orientations`: one forward pass per orientation over every tile; 4 bits a tile in the
+    header), kept only when it saves more than it takes; ``"auto"`` does so for images of more
+    than 4 tiles (:func:`imgtx.codec.transform.default_orient`).
 
     ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
     ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
     ``transform_scores`` (bits per coded subpixel of each candidate searched, by code),
     ``search`` (the one run, or None), ``scales`` (the choice), ``adapter`` (its numbers as
-    a list, or None), ``positions`` (decoder steps x
-    tiles) and ``seconds``."""
+    a list, or None), ``orientations`` (each tile's, as a list, or None), ``positions``
+    (decoder steps x tiles) and ``seconds``."""
     _check_model(model)
     pixels, grey = image_pixels(image)
     if transform is None:
@@ -154,6 +162,8 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         raise CodecError(f"adapt is 'auto', True or False, got {adapt!r}")
     if adapt is True and not dmol:
         raise CodecError("an adapter refits DMOL outputs; this model is categorical")
+    if orient not in ("auto", True, False):
+        raise CodecError(f"orient is 'auto', True or False, got {orient!r}")
     start = time.perf_counter()
     model = model.eval().cpu()
     size = model.config.image_size
@@ -172,6 +182,12 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         coded = transform.apply(pixels)
         if scales == "auto":
             scales, _ = best_scales(model, coded, grey or equal, batch)
+        orientations = b""
+        if orient is True or (orient == "auto" and default_orient(*coded.shape[:2], size)):
+            chosen, saved = tile_orientations(model, coded, grey or equal, batch, scales)
+            if chosen.any() and saved > 8 * (len(chosen) // 2 + 3):  # its header bytes
+                coded = orient_tiles(coded, size, chosen)
+                orientations = chosen.tobytes()
         tiles, sizes = split_tiles(coded, size)
         layout = tile_layout(model.config, sizes, grey or equal)
         adapter = b""
@@ -189,7 +205,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
                     pixels=pixel_crc(stored), name=name, equal=equal, transform=transform.code,
-                    scales=scales, adapter=adapter)
+                    scales=scales, adapter=adapter, orientations=orientations)
     words = sink.words()
     data = pack(header, words)
     if stats is not None:
@@ -198,6 +214,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
                      ideal_bits=ideal_bits, transform=transform.code,
                      transform_scores=searched, search=search, scales=scales,
                      adapter=adapter_values(adapter).tolist() if adapter else None,
+                     orientations=list(orientations) or None,
                      positions=_positions(model, layout, batch),
                      seconds=time.perf_counter() - start)
     return data
@@ -262,6 +279,10 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
     height, width = transform.size(header.height, header.width)
     _, sizes = split_tiles(np.zeros((height, width, 3), np.uint8), size)
     layout = tile_layout(model.config, sizes, header.one_channel)
+    if header.orientations and (len(header.orientations) != len(sizes) or any(
+            o and (h, w) != (size, size) for o, (h, w) in zip(header.orientations, sizes))):
+        raise CodecError(f"the file is damaged (orientations for {len(header.orientations)} "
+                         f"tiles; the image has {len(sizes)}, or an edge tile is turned)")
     try:
         with one_thread():
             values, _ = code_tiles(
@@ -270,7 +291,10 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
                 adapter=adapter)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None
-    pixels = transform.undo(join_tiles(_from_model_order(model, values), height, width))
+    pixels = join_tiles(_from_model_order(model, values), height, width)
+    if header.orientations:
+        pixels = orient_tiles(pixels, size, header.orientations, undo=True)
+    pixels = transform.undo(pixels)
     stored = pixels[:, :, 0] if header.grey else pixels
     if pixel_crc(stored) != header.pixels:
         other = "" if header.build == build_tag() else (

@@ -49,6 +49,10 @@ def register(subparsers) -> None:
                    help="DMOL models: on fits a DMOL adapter to each image and sends it in the "
                         "file (45 bytes; kept only where it pays, imgtx.codec.adapt); auto "
                         "(default) does so for images of more than 4 tiles")
+    p.add_argument("--orient", choices=("auto", "on", "off"), default="auto",
+                   help="on turns or mirrors each tile the way the model codes it best (8 "
+                        "forward passes over every tile; 4 bits a tile, kept only where it "
+                        "pays); auto (default) does so for images of more than 4 tiles")
     p.add_argument("--no-name", action="store_true",
                    help="leave the model's name out of the file (decompress then needs --model)")
     p.add_argument("--json", action="store_true", help="one JSON line per file on stdout")
@@ -162,7 +166,8 @@ def _compress(args: argparse.Namespace) -> int:
         data = compress(model, image, name=None if args.no_name else args.model,
                         batch=args.batch or DEFAULT_BATCH, stats=stats,
                         transform=transform, scales=scales, search=args.search,
-                        adapt={"auto": "auto", "on": True, "off": False}[args.adapt])
+                        adapt={"auto": "auto", "on": True, "off": False}[args.adapt],
+                        orient={"auto": "auto", "on": True, "off": False}[args.orient])
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]
         model_bits = stats["ideal_bits"] / stats["subpixels"]
@@ -171,6 +176,7 @@ def _compress(args: argparse.Namespace) -> int:
                "bits_per_dim": round(bits, 5), "model_bits_per_dim": round(model_bits, 5),
                "transform": stats["transform"], "scales": stats["scales"],
                "search": stats["search"], "adapted": stats["adapter"] is not None,
+               "oriented_tiles": sum(bool(o) for o in stats["orientations"] or ()),
                "seconds": round(stats["seconds"], 3),
                "positions_per_second": round(stats["positions"] / stats["seconds"], 1)}
         _report(args, row, f"{source} -> {target}: {stats['bytes']:,} bytes, {bits:.4f} "

@@ -14,13 +14,17 @@ Layout (integers big-endian; ``varint`` is LEB128, 7 bits a byte, low group firs
     model        4 bytes  fingerprint of the model's config and weights (:func:`fingerprint`)
     build        1 byte   tag of the float build (torch version, CPU capability)
     pixels       4 bytes  CRC-32 of the image's bytes (H x W x C, row-major, uint8)
-    [choices]    varint   when flag bit 3 is set: ``transform + 96 * (scales + 512 * adapted)``,
-                          the encoder's choices (:mod:`imgtx.codec.transform`): the image was
+    [choices]    varint   when flag bit 3 is set:
+                          ``transform + 96 * (scales + 512 * (adapted + 2 * oriented))``, the
+                          encoder's choices (:mod:`imgtx.codec.transform`): the image was
                           coded turned, mirrored, with its channels reordered or inverted
                           (``Transform.code``), with the DMOL log-scale offsets
-                          ``scale_offsets(scales)`` and, when ``adapted`` is 1, a DMOL adapter
-                          (:mod:`imgtx.codec.adapt`); absent when all are 0
+                          ``scale_offsets(scales)``, when ``adapted`` is 1 with a DMOL adapter
+                          (:mod:`imgtx.codec.adapt`) and, when ``oriented`` is 1, with each
+                          tile turned once more; absent when all are 0
     [adapter]    varint length + that many int8 codes, when ``adapted`` is 1
+    [orient]     varint count of tiles + one 4-bit orientation (0-7) per tile, two a byte
+                 (first in the high half), when ``oriented`` is 1
     [name]       varint length + UTF-8: the model's Hub id or path, when flag bit 1 is set
     payload      the range coder's 32-bit words, big-endian; trailing zero bytes of the last
                  word are dropped (the reader restores them)
@@ -77,6 +81,7 @@ class Header:
     transform: int = 0  # imgtx.codec.transform: the coded image is Transform.from_code(it)
     scales: int = 0  # imgtx.codec.transform.scale_offsets(scales) shift the DMOL log-scales
     adapter: bytes = b""  # int8 codes of a DMOL adapter (imgtx.codec.adapt), or none
+    orientations: bytes = b""  # each tile's extra orientation 0-7 (one byte each), or none
 
     @property
     def one_channel(self) -> bool:
@@ -141,31 +146,46 @@ class _Reader:
                 raise CodecError("the file is damaged (a header number is too long)")
 
 
-def _choices(transform: int, scales: int, adapter: bytes) -> int:
-    return transform + TRANSFORMS * (scales + SCALES * bool(adapter))
+def _choices(transform: int, scales: int, adapter: bytes, orientations: bytes) -> int:
+    return transform + TRANSFORMS * (scales + SCALES * (bool(adapter) + 2 * bool(orientations)))
 
 
-def choices_bytes(transform: int, scales: int, adapter: bytes = b"") -> int:
+def _nibbles(values: bytes) -> bytes:
+    """Two values 0-15 a byte, the first in the high half (an odd count ends in a zero half)."""
+    padded = bytes(values) + b"\0" * (len(values) % 2)
+    return bytes(padded[i] << 4 | padded[i + 1] for i in range(0, len(padded), 2))
+
+
+def choices_bytes(transform: int, scales: int, adapter: bytes = b"",
+                  orientations: bytes = b"") -> int:
     """Header bytes the encoder's choices take (0 when none was made)."""
-    if not (transform or scales or adapter):
+    if not (transform or scales or adapter or orientations):
         return 0
     extra = len(_varint(len(adapter))) + len(adapter) if adapter else 0
-    return len(_varint(_choices(transform, scales, adapter))) + extra
+    if orientations:
+        extra += len(_varint(len(orientations))) + len(_nibbles(orientations))
+    return len(_varint(_choices(transform, scales, adapter, orientations))) + extra
 
 
 def pack(header: Header, words: np.ndarray) -> bytes:
     """The file: ``header``, then the range coder's ``words`` (uint32)."""
     flags = (GREY if header.grey else 0) | (NAMED if header.name else 0) | \
         (EQUAL if header.equal else 0) | \
-        (CHOSEN if header.transform or header.scales or header.adapter else 0)
+        (CHOSEN if header.transform or header.scales or header.adapter or
+         header.orientations else 0)
     out = bytearray(MAGIC + bytes([FORMAT_VERSION << 4 | flags]))
     for number in (header.width, header.height, header.tile, header.batch):
         out += _varint(number)
     out += header.model + header.build + header.pixels.to_bytes(4, "big")
     if flags & CHOSEN:
-        out += _varint(_choices(header.transform, header.scales, header.adapter))
+        out += _varint(_choices(header.transform, header.scales, header.adapter,
+                                header.orientations))
     if header.adapter:
         out += _varint(len(header.adapter)) + header.adapter
+    if header.orientations:
+        if max(header.orientations) > 7:
+            raise ValueError("a tile orientation is 0 to 7")
+        out += _varint(len(header.orientations)) + _nibbles(header.orientations)
     if header.name:
         name = header.name.encode()
         out += _varint(len(name)) + name
@@ -191,13 +211,21 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     model, build = reader.take(4), reader.take(1)
     pixels = int.from_bytes(reader.take(4), "big")
     choices = reader.varint() if flags & CHOSEN else 0
-    if flags & CHOSEN and not 1 <= choices < TRANSFORMS * SCALES * 2:
+    if flags & CHOSEN and not 1 <= choices < TRANSFORMS * SCALES * 4:
         raise CodecError(f"the file is damaged (encoder choices {choices} in its header)")
     scales, transform = divmod(choices, TRANSFORMS)
-    adapted, scales = divmod(scales, SCALES)
+    extras, scales = divmod(scales, SCALES)
+    oriented, adapted = divmod(extras, 2)
     adapter = reader.take(reader.varint()) if adapted else b""
     if adapted and not adapter:
         raise CodecError("the file is damaged (an empty adapter in its header)")
+    orientations = b""
+    if oriented:
+        count = reader.varint()
+        packed = reader.take((count + 1) // 2)
+        orientations = bytes(half for byte in packed for half in (byte >> 4, byte & 15))[:count]
+        if not orientations or max(orientations) > 7:
+            raise CodecError("the file is damaged (tile orientations in its header)")
     name = None
     if flags & NAMED:
         name = reader.take(reader.varint()).decode("utf-8", errors="replace")
@@ -209,5 +237,5 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     header = Header(width=width, height=height, grey=bool(flags & GREY), tile=tile, batch=batch,
                     model=model, build=build, pixels=pixels, name=name,
                     equal=bool(flags & EQUAL), transform=transform, scales=scales,
-                    adapter=adapter)
+                    adapter=adapter, orientations=orientations)
     return header, words

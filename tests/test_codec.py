@@ -370,8 +370,12 @@ def test_each_tile_is_turned_the_way_it_codes_best_and_restored():
     compress(model, image, transform=None, scales=None, adapt=False, orient=False, stats=plain)
     assert plain["orientations"] is None
     assert stats["ideal_bits"] == pytest.approx(plain["ideal_bits"] - gain, rel=1e-4)
-    # "auto" turns tiles of images of more than 4 tiles only
-    assert read_header(compress(model, image, adapt=False)).orientations != b""
+    # "auto" turns tiles of images of more than 4 tiles only; their search then leaves the
+    # image's own turns out (12 colour choices, no orientation)
+    auto: dict = {}
+    assert read_header(compress(model, image, adapt=False, stats=auto)).orientations != b""
+    assert len(auto["transform_scores"]) == 12
+    assert all(code % 8 == 0 for code in auto["transform_scores"])
     assert read_header(compress(model, photo(16, 16))).orientations == b""
     # a header whose orientations do not fit the image is refused
     header = read_header(data)

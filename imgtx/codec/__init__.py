@@ -176,7 +176,12 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         if transform == "auto" and search == "full":
             transform, scales, searched = search_all(model, pixels, grey or equal, scales, batch)
         elif transform == "auto":
-            transform, searched = best_transform(model, pixels, grey or equal, batch)
+            # tiles turned one by one afterwards: the image's own turn is left out of the search
+            turns = not (orient is True or (orient == "auto" and default_orient(
+                *pixels.shape[:2], size)))
+            # (then the colours alone, a property of the whole image, on 8 tiles instead of 16)
+            transform, searched = best_transform(model, pixels, grey or equal, batch,
+                                                 max_tiles=16 if turns else 8, turns=turns)
         else:
             search = None
         coded = transform.apply(pixels)

@@ -251,19 +251,21 @@ def _score(model, pixels: np.ndarray, transforms: list[Transform], one_channel: 
 
 
 def best_transform(model, pixels: np.ndarray, one_channel: bool, batch: int = 64,
-                   max_tiles: int = 16) -> tuple[Transform, dict[int, float]]:
+                   max_tiles: int = 16, turns: bool = True) -> tuple[Transform, dict[int, float]]:
     """The transform whose coded values cost the model the fewest bits per subpixel among the
     candidates searched (the module docstring), and every candidate's score by
     :attr:`Transform.code`. Ties go to the earlier candidate, so the identity wins them. An image
-    whose channels are equal (coded as one channel) only tries orientations and inversion."""
+    whose channels are equal (coded as one channel) only tries orientations and inversion.
+    ``turns=False`` tries the colour choices alone (for an image whose tiles are each turned
+    afterwards, :func:`tile_orientations`)."""
     orders = [0] if one_channel else range(len(ORDERS))
     colours = [Transform(order=o, invert=i) for i in (False, True) for o in orders]
-    turns = [Transform(orientation=k) for k in range(1, 8)]
-    candidates = colours + turns
+    turned = [Transform(orientation=k) for k in range(1, 8)] if turns else []
+    candidates = colours + turned
     scores = dict(zip([t.code for t in candidates],
                       _score(model, pixels, candidates, one_channel, batch, max_tiles)))
     colour = min(colours, key=lambda t: scores[t.code])
-    turn = min([IDENTITY, *turns], key=lambda t: scores[t.code])
+    turn = min([IDENTITY, *turned], key=lambda t: scores[t.code])
     both = Transform(orientation=turn.orientation, order=colour.order, invert=colour.invert)
     if both.code not in scores:
         scores[both.code] = _score(model, pixels, [both], one_channel, batch, max_tiles)[0]

@@ -452,6 +452,20 @@ def test_thread_count_does_not_change_the_file_or_its_decoding():
     assert np.array_equal(np.asarray(restored), image)
 
 
+def test_progress_bars_show_the_phases_and_change_nothing(capfd):
+    model = tiny("dmol-med")
+    image = photo(24, 20)  # 9 tiles: every phase of a large image runs
+    quiet = compress(model, image)
+    capfd.readouterr()
+    shown = compress(model, image, progress=True)
+    shown_err = capfd.readouterr().err
+    restored = decompress(shown, model, progress=True)
+    restored_err = capfd.readouterr().err
+    assert shown == quiet and np.array_equal(np.asarray(restored), image)
+    assert "code" in shown_err and "pos" in shown_err
+    assert "decode" in restored_err and f"/{9 * 64} " in restored_err  # its total: positions
+
+
 def test_a_file_records_its_batch_layout_and_decodes_with_it():
     model = tiny("cat")
     image = photo(20, 20)  # 9 tiles

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import PIL.Image
 import torch
+from tqdm.auto import tqdm
 
 from imgtx.codec.adapt import adapter_values, default_adapt, fit_adapter
 from imgtx.codec.coder import (
@@ -108,7 +109,7 @@ def _from_model_order(model, values: torch.Tensor) -> np.ndarray:
 def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATCH,
              transform: Transform | int | str | None = "auto", scales: int | str | None = "auto",
              search: str = "auto", adapt: bool | str = "auto", orient: bool | str = "auto",
-             stats: dict | None = None) -> bytes:
+             stats: dict | None = None, progress: bool = False) -> bytes:
     """The .itx file of ``image`` (see :func:`image_pixels`) under ``model``.
 
     ``name``: the model's Hub id or path, stored so that :func:`decompress` can load it itself.
@@ -130,7 +131,8 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     orientations the model codes in the fewest bits (:func:`imgtx.codec.transform.
     tile_orientations`: one forward pass per orientation over every tile; 4 bits a tile in the
     header), kept only when it saves more than it takes; ``"auto"`` does so for images of more
-    than 4 tiles (:func:`imgtx.codec.transform.default_orient`).
+    than 4 tiles (:func:`imgtx.codec.transform.default_orient`). ``progress``: a progress bar
+    on stderr, its label the phase (search, turns, adapter, code), its count coded positions.
 
     ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
     ``ideal_bits`` (the model's code length of the coded values), ``transform`` (its code),
@@ -172,7 +174,10 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     searched = None
     if transform == "auto" and search == "auto":
         search = default_search(pixels.shape[0], pixels.shape[1], size)
-    with one_thread():
+    tiles = -(-pixels.shape[0] // size) * -(-pixels.shape[1] // size)  # either way up
+    bar = tqdm(total=tiles * model.config.sequence_length, desc="search", unit="pos",
+               disable=not progress, leave=False)  # the total is exact once the layout is
+    with one_thread(), bar:
         if transform == "auto" and search == "full":
             transform, scales, searched = search_all(model, pixels, grey or equal, scales, batch)
         elif transform == "auto":
@@ -188,6 +193,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         if scales == "auto":
             scales, _ = best_scales(model, coded, grey or equal, batch)
         orientations = b""
+        bar.set_description("turns")
         if orient is True or (orient == "auto" and default_orient(*coded.shape[:2], size)):
             chosen, saved = tile_orientations(model, coded, grey or equal, batch, scales)
             if chosen.any() and saved > 8 * (len(chosen) // 2 + 3):  # its header bytes
@@ -196,6 +202,7 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
         tiles, sizes = split_tiles(coded, size)
         layout = tile_layout(model.config, sizes, grey or equal)
         adapter = b""
+        bar.set_description("adapter")
         if adapt is True or (adapt == "auto" and dmol and default_adapt(*coded.shape[:2], size)):
             adapter, before, after = fit_adapter(model, coded, grey or equal, scales, batch)
             saved = (before - after) * int(layout.coded.sum())  # bits, estimated on a sample
@@ -203,9 +210,11 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
                 adapter = b""
         sink = RangeSink()
         truth = _to_model_order(model, tiles)
+        bar.set_description("code")
+        bar.total = _positions(model, layout, batch)
         _, ideal_bits = code_tiles(model, layout, sink, truth, batch=batch,
                                    log_scale_offsets=scale_offsets(scales) if scales else None,
-                                   adapter=adapter_values(adapter) if adapter else None)
+                                   adapter=adapter_values(adapter) if adapter else None, bar=bar)
     stored = pixels[:, :, 0] if grey else pixels
     header = Header(width=pixels.shape[1], height=pixels.shape[0], grey=grey, tile=size,
                     batch=batch, model=fingerprint(model), build=build_tag(),
@@ -248,12 +257,14 @@ def load_model(name: str, device: str = "cpu"):
     return ImageTransformer.from_pretrained(name, device=device)
 
 
-def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Image.Image:
+def decompress(data: bytes, model=None, *, stats: dict | None = None,
+               progress: bool = False) -> PIL.Image.Image:
     """The image of an .itx file, as a PIL image (mode RGB, or L for greyscale).
 
     ``model``: the model it was made with (loaded from the name in the header when None).
     Raises :class:`CodecError` for a damaged file, another model, or pixels whose CRC-32 does
-    not match (never returns a wrong image)."""
+    not match (never returns a wrong image). ``progress``: a progress bar on stderr (decoded
+    positions)."""
     header, words = unpack(data)
     if model is None:
         if not header.name:
@@ -289,11 +300,12 @@ def decompress(data: bytes, model=None, *, stats: dict | None = None) -> PIL.Ima
         raise CodecError(f"the file is damaged (orientations for {len(header.orientations)} "
                          f"tiles; the image has {len(sizes)}, or an edge tile is turned)")
     try:
-        with one_thread():
+        with one_thread(), tqdm(total=_positions(model, layout, header.batch), desc="decode",
+                                unit="pos", disable=not progress, leave=False) as bar:
             values, _ = code_tiles(
                 model, layout, RangeSource(words), batch=header.batch,
                 log_scale_offsets=scale_offsets(header.scales) if header.scales else None,
-                adapter=adapter)
+                adapter=adapter, bar=bar)
     except (ValueError, RuntimeError, AssertionError) as error:  # a stream that ends early
         raise CodecError(f"the coded pixels are damaged ({error})") from None
     pixels = join_tiles(_from_model_order(model, values), height, width)

@@ -167,7 +167,8 @@ def _compress(args: argparse.Namespace) -> int:
                         batch=args.batch or DEFAULT_BATCH, stats=stats,
                         transform=transform, scales=scales, search=args.search,
                         adapt={"auto": "auto", "on": True, "off": False}[args.adapt],
-                        orient={"auto": "auto", "on": True, "off": False}[args.orient])
+                        orient={"auto": "auto", "on": True, "off": False}[args.orient],
+                        progress=sys.stderr.isatty())
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]
         model_bits = stats["ideal_bits"] / stats["subpixels"]
@@ -205,7 +206,7 @@ def _decompress(args: argparse.Namespace) -> int:
             if name and name not in loaded:
                 loaded[name] = load_model(name)
             file_model = loaded.get(name)
-        image = decompress(data, file_model, stats=stats)
+        image = decompress(data, file_model, stats=stats, progress=sys.stderr.isatty())
         options = _lossless(target)
         _write(target, lambda path, image=image, options=options: image.save(path, **options))
         row = {"input": str(source), "output": str(target), "bytes": len(data),

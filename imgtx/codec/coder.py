@@ -167,14 +167,14 @@ def _categorical_pmf(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = None,
-               batch: int = 64, log_scale_offsets=None, adapter: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, float]:
+               batch: int = 64, log_scale_offsets=None, adapter: torch.Tensor | None = None,
+               bar=None) -> tuple[torch.Tensor, float]:
     """Code every tile of ``layout`` through ``coder`` (:class:`RangeSink` with the tiles'
     ``truth``, or :class:`RangeSource`), ``batch`` tiles at a time, one cached decoder per batch.
     ``log_scale_offsets``: DMOL only, ``(r, g, b)`` added to every log-scale of the model's
     outputs (:func:`imgtx.likelihood.dmol_shift_log_scales`), the encoder's per-image choice.
     ``adapter``: DMOL only, ``(4 + 4K,)`` applied after them (:func:`imgtx.likelihood.dmol_adapt`,
-    :mod:`imgtx.codec.adapt`).
+    :mod:`imgtx.codec.adapt`). ``bar``: a tqdm bar advanced by each step's tiles (positions).
 
     ``truth`` and the result are model-order values ``(T, N, 3)`` (DMOL) or ``(T, N)`` long.
     Also returns the ideal code length in bits of the coded values under the float64 pmfs."""
@@ -205,6 +205,8 @@ def code_tiles(model, layout: TileLayout, coder, truth: torch.Tensor | None = No
             step = _dmol_step if dmol else _categorical_step
             bits += step(outputs, part, part_layout, t, coder, part_truth)
             decoder.feed(part[:, t])
+            if bar is not None:
+                bar.update(coded.shape[0])
         # Positions after the last coded one copy their sources (edge padding).
         for t in range(steps, n):
             _copy(part, part_layout, t)

@@ -174,19 +174,19 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     searched = None
     if transform == "auto" and search == "auto":
         search = default_search(pixels.shape[0], pixels.shape[1], size)
-    tiles = -(-pixels.shape[0] // size) * -(-pixels.shape[1] // size)  # either way up
-    bar = tqdm(total=tiles * model.config.sequence_length, desc="search", unit="pos",
+    count = -(-pixels.shape[0] // size) * -(-pixels.shape[1] // size)  # tiles, either way up
+    orienting = orient is True or (orient == "auto" and default_orient(*pixels.shape[:2], size))
+    bar = tqdm(total=count * model.config.sequence_length, desc="search", unit="pos",
                disable=not progress, leave=False)  # the total is exact once the layout is
     with one_thread(), bar:
         if transform == "auto" and search == "full":
             transform, scales, searched = search_all(model, pixels, grey or equal, scales, batch)
         elif transform == "auto":
-            # tiles turned one by one afterwards: the image's own turn is left out of the search
-            turns = not (orient is True or (orient == "auto" and default_orient(
-                *pixels.shape[:2], size)))
-            # (then the colours alone, a property of the whole image, on 8 tiles instead of 16)
+            # Tiles turned one by one afterwards: the image's own turns are left out of the
+            # search, and its colours, a property of the whole image, are scored on 8 tiles.
             transform, searched = best_transform(model, pixels, grey or equal, batch,
-                                                 max_tiles=16 if turns else 8, turns=turns)
+                                                 max_tiles=8 if orienting else 16,
+                                                 turns=not orienting)
         else:
             search = None
         coded = transform.apply(pixels)
@@ -194,9 +194,9 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
             scales, _ = best_scales(model, coded, grey or equal, batch)
         orientations = b""
         bar.set_description("turns")
-        if orient is True or (orient == "auto" and default_orient(*coded.shape[:2], size)):
+        if orienting:
             chosen, saved = tile_orientations(model, coded, grey or equal, batch, scales)
-            if chosen.any() and saved > 8 * (len(chosen) // 2 + 3):  # its header bytes
+            if chosen.any() and saved > 8 * ((len(chosen) + 1) // 2 + 3):  # its header bytes
                 coded = orient_tiles(coded, size, chosen)
                 orientations = chosen.tobytes()
         tiles, sizes = split_tiles(coded, size)

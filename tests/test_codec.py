@@ -566,6 +566,17 @@ def test_cli_round_trip_and_json(capsys, tmp_path, saved):
         adapted = json.loads(stdout)["adapted"]
         assert adapted == bool(read_header(out.read_bytes()).adapter)
         assert adapted or option == "off"  # 4 tiles of 8x8: the fit pays for its 45 bytes
+    large = tmp_path / "large.png"  # 9 full tiles of 8x8
+    PIL.Image.fromarray(photo(24, 24)).save(large)
+    for option in ("on", "off"):
+        _, stdout, _ = run(capsys, "compress", "--model", str(saved["model"]), "--orient",
+                           option, str(large), str(out), "--json")
+        turned = read_header(out.read_bytes()).orientations
+        assert json.loads(stdout)["oriented_tiles"] == sum(map(bool, turned))
+        assert bool(turned) == (option == "on")
+        run(capsys, "decompress", str(out), str(tmp_path / "back.png"))
+        assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "back.png")),
+                              np.asarray(PIL.Image.open(large)))
 
 
 def test_cli_several_inputs_with_out_dir(capsys, tmp_path, saved):

@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from imgtx.codec import compress, decompress
 from imgtx.codec.format import choices_bytes
-from imgtx.codec.transform import Transform, orient_tiles, scale_offsets, search_all
+from imgtx.codec.orient import orient_tiles
+from imgtx.codec.transform import Transform, scale_offsets, search_all
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales
 from imgtx.model import ImageTransformer
 

@@ -13,15 +13,8 @@ import torch
 
 from imgtx.cli import main
 from imgtx.codec import CodecError, compress, decompress, read_header
-from imgtx.codec.transform import (
-    SCALE_GRID,
-    TRANSFORMS,
-    Transform,
-    coded_bits,
-    orient_tiles,
-    scale_offsets,
-    tile_orientations,
-)
+from imgtx.codec.orient import orient_tiles, tile_orientations
+from imgtx.codec.transform import SCALE_GRID, TRANSFORMS, Transform, coded_bits, scale_offsets
 from imgtx.configs import get_config
 from imgtx.data.builtin import photo_patches
 from imgtx.likelihood import (

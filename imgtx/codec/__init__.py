@@ -24,9 +24,11 @@ from imgtx.codec.coder import (
     code_tiles,
     join_tiles,
     split_tiles,
+    tile_count,
     tile_layout,
 )
 from imgtx.codec.format import CodecError, Header, build_tag, fingerprint, pack, pixel_crc, unpack
+from imgtx.codec.orient import default_orient, orient_tiles, tile_orientations
 from imgtx.codec.transform import (
     IDENTITY,
     SCALES,
@@ -34,12 +36,9 @@ from imgtx.codec.transform import (
     Transform,
     best_scales,
     best_transform,
-    default_orient,
     default_search,
-    orient_tiles,
     scale_offsets,
     search_all,
-    tile_orientations,
 )
 from imgtx.incremental import one_thread
 
@@ -128,10 +127,10 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     for the shipped photo model), kept only when it saves more bits than it takes; ``"auto"``
     does so for images of more than 4 tiles (:func:`imgtx.codec.adapt.default_adapt`).
     ``orient``: ``True`` turns or mirrors each full tile once more, whichever of the 8
-    orientations the model codes in the fewest bits (:func:`imgtx.codec.transform.
+    orientations the model codes in the fewest bits (:func:`imgtx.codec.orient.
     tile_orientations`: one forward pass per orientation over every tile; 4 bits a tile in the
     header), kept only when it saves more than it takes; ``"auto"`` does so for images of more
-    than 4 tiles (:func:`imgtx.codec.transform.default_orient`). ``progress``: a progress bar
+    than 4 tiles (:func:`imgtx.codec.orient.default_orient`). ``progress``: a progress bar
     on stderr, its label the phase (search, turns, adapter, code), its count coded positions.
 
     ``stats``, if given, receives ``bytes``, ``header_bytes``, ``subpixels`` (coded ones),
@@ -174,10 +173,10 @@ def compress(model, image, *, name: str | None = None, batch: int = DEFAULT_BATC
     searched = None
     if transform == "auto" and search == "auto":
         search = default_search(pixels.shape[0], pixels.shape[1], size)
-    count = -(-pixels.shape[0] // size) * -(-pixels.shape[1] // size)  # tiles, either way up
     orienting = orient is True or (orient == "auto" and default_orient(*pixels.shape[:2], size))
-    bar = tqdm(total=count * model.config.sequence_length, desc="search", unit="pos",
-               disable=not progress, leave=False)  # the total is exact once the layout is
+    # positions of every tile until the layout is known (then those actually coded)
+    bar = tqdm(total=tile_count(*pixels.shape[:2], size) * model.config.sequence_length,
+               desc="search", unit="pos", disable=not progress, leave=False)
     with one_thread(), bar:
         if transform == "auto" and search == "full":
             transform, scales, searched = search_all(model, pixels, grey or equal, scales, batch)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imgtx.codec.coder import tile_count
 from imgtx.codec.transform import (
     FULL_SEARCH_TILES,
     IDENTITY,
@@ -50,7 +51,7 @@ _BOUND = 127 * STEP
 def default_adapt(height: int, width: int, tile: int) -> bool:
     """Whether ``compress(adapt="auto")`` fits an adapter to an image of this size: more than
     :data:`~imgtx.codec.transform.FULL_SEARCH_TILES` tiles."""
-    return -(-height // tile) * -(-width // tile) > FULL_SEARCH_TILES
+    return tile_count(height, width, tile) > FULL_SEARCH_TILES
 
 
 def adapter_values(codes: bytes) -> torch.Tensor:

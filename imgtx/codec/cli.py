@@ -20,6 +20,8 @@ from pathlib import Path
 
 __all__ = ["register"]
 
+_SWITCH = {"auto": "auto", "on": True, "off": False}  # --adapt and --orient -> compress()
+
 
 def register(subparsers) -> None:
     """Add the ``compress`` and ``decompress`` commands (entry point ``imgtx.commands``)."""
@@ -166,8 +168,7 @@ def _compress(args: argparse.Namespace) -> int:
         data = compress(model, image, name=None if args.no_name else args.model,
                         batch=args.batch or DEFAULT_BATCH, stats=stats,
                         transform=transform, scales=scales, search=args.search,
-                        adapt={"auto": "auto", "on": True, "off": False}[args.adapt],
-                        orient={"auto": "auto", "on": True, "off": False}[args.orient],
+                        adapt=_SWITCH[args.adapt], orient=_SWITCH[args.orient],
                         progress=sys.stderr.isatty())
         _write(target, lambda path, data=data: Path(path).write_bytes(data))
         bits = 8 * stats["bytes"] / stats["subpixels"]

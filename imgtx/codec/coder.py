@@ -51,7 +51,7 @@ from imgtx.likelihood import (
 from imgtx.logistic import logistic_bin_probs
 from imgtx.neighbours import decoding_order
 
-__all__ = ["TileLayout", "tile_layout", "split_tiles", "join_tiles", "code_tiles",
+__all__ = ["TileLayout", "tile_layout", "split_tiles", "join_tiles", "tile_count", "code_tiles",
            "RangeSink", "RangeSource"]
 
 
@@ -108,6 +108,12 @@ def tile_layout(config, sizes: list[tuple[int, int]], grey: bool) -> TileLayout:
         source_position.append(position)
     return TileLayout(torch.stack(coded), torch.stack(source_position),
                       torch.stack(source_channel) if dmol else None)
+
+
+def tile_count(height: int, width: int, size: int) -> int:
+    """Tiles of ``size x size`` that :func:`split_tiles` cuts an image of this size into (the
+    same either way up)."""
+    return -(-height // size) * -(-width // size)
 
 
 def split_tiles(pixels: np.ndarray, size: int) -> tuple[np.ndarray, list[tuple[int, int]]]:

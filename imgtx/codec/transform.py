@@ -32,9 +32,7 @@ Two searches:
 
 A large image is scored on ``max_tiles`` evenly spaced tile-sized regions, the same regions for
 every candidate. Its tiles can then each be turned or mirrored once more
-(:func:`tile_orientations`, :func:`orient_tiles`): the image's transform is one compromise over
-its content, and a tile's own edges and gradients have their own best direction. One forward
-pass per orientation over every full tile; 4 bits a tile in the header.
+(:mod:`imgtx.codec.orient`).
 
 For DMOL models the encoder also fits the model's sharpness to the image: one offset per channel
 from ``SCALE_GRID`` added to every log-scale of that channel's logistics
@@ -53,13 +51,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imgtx.codec.coder import split_tiles
+from imgtx.codec.coder import split_tiles, tile_count
 from imgtx.likelihood import dmol_nll_per_channel, dmol_shift_log_scales, nats_to_bits
 
 __all__ = ["ORDERS", "TRANSFORMS", "Transform", "IDENTITY", "SCALE_GRID", "SCALES",
            "FULL_SEARCH_TILES", "default_search", "scales_index", "scale_offsets", "coded_bits",
-           "best_transform", "best_scales", "search_all", "orient_tiles", "tile_orientations",
-           "default_orient"]
+           "best_transform", "best_scales", "search_all"]
 
 #: Channel orders: the coded image's channel c is the image's channel ``ORDERS[order][c]``.
 ORDERS = list(itertools.permutations(range(3)))
@@ -120,8 +117,7 @@ FULL_SEARCH_TILES = 4
 def default_search(height: int, width: int, tile: int) -> str:
     """The search ``compress(search="auto")`` runs on an image of this size: ``"full"`` for at
     most :data:`FULL_SEARCH_TILES` tiles, else ``"greedy"``."""
-    tiles = -(-height // tile) * -(-width // tile)
-    return "full" if tiles <= FULL_SEARCH_TILES else "greedy"
+    return "full" if tile_count(height, width, tile) <= FULL_SEARCH_TILES else "greedy"
 
 
 #: Transforms whose log-scale offsets :func:`search_all` fits (the best-scoring without them).
@@ -357,53 +353,3 @@ def _group_bits(model, samples, one_channel: bool, batch: int, scales: int) -> n
     subpixels = np.array([h * w for h, w in sizes]) * (1 if one_channel else 3)
     return np.bincount(owner, bits, len(samples)) / np.bincount(owner, subpixels, len(samples))
 
-
-def default_orient(height: int, width: int, tile: int) -> bool:
-    """Whether ``compress(orient="auto")`` turns the tiles of an image of this size one by one:
-    more than :data:`FULL_SEARCH_TILES` tiles (smaller ones get the full search instead)."""
-    return -(-height // tile) * -(-width // tile) > FULL_SEARCH_TILES
-
-
-def orient_tiles(pixels: np.ndarray, size: int, orientations, undo: bool = False) -> np.ndarray:
-    """``pixels`` ``(H, W, 3)`` with tile ``i`` of its ``size`` grid (raster order of tiles, as
-    :func:`~imgtx.codec.coder.split_tiles`) turned and mirrored by
-    ``Transform(orientation=orientations[i])``, or that undone. A square tile stays in place
-    whatever its orientation; tiles cut by the image's edge must have orientation 0."""
-    out = np.array(pixels, copy=True)
-    height, width = pixels.shape[:2]
-    cols = -(-width // size)
-    for index, orientation in enumerate(orientations):
-        if not orientation:
-            continue
-        top, left = divmod(index, cols)
-        top, left = top * size, left * size
-        if top + size > height or left + size > width:
-            raise ValueError(f"tile {index} is cut by the image's edge and cannot be turned")
-        turn = Transform(orientation=int(orientation))
-        region = out[top : top + size, left : left + size]
-        out[top : top + size, left : left + size] = turn.undo(region) if undo else \
-            turn.apply(region)
-    return out
-
-
-@torch.no_grad()
-def tile_orientations(model, pixels: np.ndarray, one_channel: bool, batch: int = 64,
-                      scales: int = 0) -> tuple[np.ndarray, float]:
-    """The orientation (0-7) of each tile of ``pixels`` (already transformed) that its coded
-    values cost the model the fewest bits in, with the log-scale offsets ``scales``: all 8 for
-    every full tile (one forward pass each, teacher-forced), 0 for tiles cut by the image's
-    edge and among equals. Returns ``((T,) uint8, bits saved against orientation 0)``."""
-    size = model.config.image_size
-    tiles, sizes = split_tiles(pixels, size)
-    full = np.array([h == size and w == size for h, w in sizes])
-    chosen = np.zeros(len(tiles), dtype=np.uint8)
-    if not full.any():
-        return chosen, 0.0
-    square = tiles[full]
-    bits = np.stack([coded_bits(model, np.stack([Transform(orientation=k).apply(t)
-                                                 for t in square]),
-                                [(size, size)] * len(square), one_channel, batch, scales)
-                     for k in range(8)])  # (8, full tiles)
-    best = bits.argmin(0)  # the first (no turn) among equals
-    chosen[full] = best
-    return chosen, float(bits[0].sum() - bits[best, np.arange(len(square))].sum())

@@ -117,6 +117,12 @@ FEATURES = "imgtx-small"
 # (b6) toolkit5 with the EMA half-life of (b3)/(b4), 10 kimg (StyleGAN2-ADA's ema_kimg at batch
 # 32): toolkit5's G still hopped (FID 10.0 -> 15.6 -> 8.5 -> 16.3 at 75..120 CPU-minutes), and a
 # longer average over G's weights smooths what the 2 kimg EMA followed.
+# (b7) toolkit6 with both learning rates held for the first half of the CPU budget and then
+# falling linearly to 0 at its end ("anneal": the fraction of the budget over which they fall):
+# CycleGAN's schedule (Zhu et al. 2017, arXiv 1703.10593, sec. 4: constant for the first half,
+# linear decay to zero over the second), and TransGAN's ``LinearLrDecay`` to 0 (official
+# utils.py). toolkit6's G hopped between modes at FID 10 to 20 from tick to tick; with a step
+# size that goes to 0, G and D stop where they are instead of hopping on.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -164,6 +170,8 @@ RECIPES["toolkit6"] = {
     "settings": {**RECIPES["toolkit5"]["settings"], "ema_kimg": 10.0},
 }
 
+RECIPES["toolkit7"] = {**RECIPES["toolkit6"], "anneal": 0.5}
+
 
 def floor(count: int, seed: int = 0) -> dict[str, float]:
     """FID/KID of ``count`` train crops against ``count`` val crops: what the training data
@@ -185,8 +193,10 @@ class CPUBudget:
     measures the EMA generator every ``tick_s`` of them (their own CPU time not counted)."""
 
     def __init__(self, step, budget_s: float, tick_s: float, out: Path, fid_samples: int,
-                 seed: int, reference: dict[str, float], spent_s: float = 0.0):
+                 seed: int, reference: dict[str, float], spent_s: float = 0.0,
+                 anneal_s: float = 0.0):
         self.step, self.budget_s, self.tick_s = step, budget_s, tick_s
+        self.anneal_s = anneal_s  # the last CPU-seconds, over which the LRs fall linearly to 0
         self.out, self.fid_samples, self.seed, self.reference = out, fid_samples, seed, reference
         self.start: float | None = None
         self.spent_s = spent_s  # CPU-seconds of training before this process (``--extend``)
@@ -202,6 +212,13 @@ class CPUBudget:
             return self.stopped_at
         return self.spent_s + time.process_time() - self.start - self.not_training
 
+    def lr_factor(self) -> float:
+        """The learning rates' multiplier now: 1 until the last ``anneal_s`` CPU-seconds of the
+        budget, then falling linearly to 0 at its end."""
+        if not self.anneal_s:
+            return 1.0
+        return min(1.0, max(0.0, (self.budget_s - self.used()) / self.anneal_s))
+
     def tick(self, run) -> dict[str, Any]:
         """Measure the EMA G against val; append to race.jsonl and draw a grid."""
         from imgtx.images import save_grid
@@ -212,7 +229,7 @@ class CPUBudget:
         result = evaluate_generator(generator, DATA, "val", self.fid_samples, FEATURES,
                                     seed=self.seed)
         record = {"cpu_minutes": round(used / 60, 3), "step": run.state.step,
-                  "kimg": run.state.images_seen / 1000,
+                  "kimg": run.state.images_seen / 1000, "lr_factor": round(self.lr_factor(), 4),
                   **{k: result[k] for k in ("fid", "kid", "kid_std")}, **self.reference}
         with torch.no_grad():
             grid = generator.generate(64, seed=self.seed)
@@ -234,6 +251,13 @@ class CPUBudget:
         if self.used() >= self.next_tick:
             self.tick(run)
             self.next_tick += self.tick_s
+        if self.anneal_s:
+            # set before the step; the run's own (constant) LambdaLR schedules write the
+            # base rates back after each optimiser step
+            factor = self.lr_factor()
+            for optimizer in run.optimizers.values():
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
         figures = self.step(run, batch)
         if self.used() >= self.budget_s:
             self.stopped_at = self.used()
@@ -269,7 +293,7 @@ def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: fl
         reference = floor(fid_samples, seed)
     entry = RECIPES[recipe]
     budget = CPUBudget(None, cpu_minutes * 60, tick_minutes * 60, out, fid_samples, seed,
-                       reference, spent_s)
+                       reference, spent_s, entry.get("anneal", 0.0) * cpu_minutes * 60)
 
     def wrap(step):
         budget.step = step

@@ -278,6 +278,47 @@ def test_extended_budget_counts_on_from_the_run_it_continues(monkeypatch, tmp_pa
         race.race("toolkit6", 2.0, tmp_path, 1, 1.0, 2)
 
 
+def test_annealed_budget_holds_the_rates_then_takes_them_linearly_to_zero(monkeypatch):
+    """toolkit7's ``anneal``: every optimiser step of the first half of a 2.0 CPU-second budget
+    runs at the base rates, and those of the second half at ``base x (budget - used) / 1.0``
+    (read inside the step, where the optimisers use them), whatever the schedulers wrote."""
+    race = load_script("photo_gan_race")
+    assert race.RECIPES["toolkit7"]["anneal"] == 0.5
+    assert race.RECIPES["toolkit7"]["settings"] == race.RECIPES["toolkit6"]["settings"]
+    clock = [10.0]
+    monkeypatch.setattr(race.time, "process_time", lambda: clock[0])
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizers = {"G": torch.optim.Adam([weight], lr=1e-4),
+                  "D": torch.optim.Adam([weight], lr=4e-4)}
+    for optimizer in optimizers.values():
+        optimizer.param_groups[0]["initial_lr"] = optimizer.param_groups[0]["lr"]
+    seen = []
+
+    def busy(run, batch):
+        seen.append((budget.used(), [o.param_groups[0]["lr"] for o in optimizers.values()]))
+        clock[0] += 0.125  # exact in binary: the step count does not hang on rounding
+        for optimizer in optimizers.values():  # a constant LambdaLR writes the base rate back
+            optimizer.param_groups[0]["lr"] = optimizer.param_groups[0]["initial_lr"]
+        return {}
+
+    budget = race.CPUBudget(busy, budget_s=2.0, tick_s=1e9, out=Path("."), fid_samples=2,
+                            seed=0, reference={}, anneal_s=1.0)
+    budget.tick = lambda run: None
+    run = SimpleNamespace(state=SimpleNamespace(step=0), settings=SimpleNamespace(max_steps=10**9),
+                          optimizers=optimizers)
+    while run.state.step < run.settings.max_steps:
+        budget(run, run.state.step)
+        run.state.step += 1
+    assert len(seen) == 16
+    for used, (lr_g, lr_d) in seen:
+        factor = min(1.0, 2.0 - used)
+        assert lr_g == pytest.approx(1e-4 * factor) and lr_d == pytest.approx(4e-4 * factor)
+    assert [lr for _, (lr, _) in seen[:9]] == [1e-4] * 9  # held through 1.0 CPU-second
+    assert seen[9][1][0] < 1e-4
+    assert seen[-1][1][0] == pytest.approx(1.25e-5)  # the last step, 0.125 s before the end
+    assert budget.lr_factor() == 0.0
+
+
 def test_race_plot_draws_every_run_in_its_own_colour(monkeypatch, tmp_path):
     import imgtx.gan.evaluate
     from imgtx.errors import UserError

@@ -279,7 +279,9 @@ def child_race(args) -> dict:
             "g_steps_per_cpu_minute": round(d_steps / n_critic / hours / 60, 2)}
 
 
-RACE_RECIPES = ("paper", "toolkit", "toolkit2")  # scripts/photo_gan_race.py's recipes
+# scripts/photo_gan_race.py's recipes: the paper recipe, the first STrans-G/D one with noise
+# inputs, the one shipped as strans-corpus32 (toolkit6) and its annealed variant
+RACE_RECIPES = ("paper", "toolkit2", "toolkit6", "toolkit7")
 
 
 def race_rates(args) -> dict:

@@ -123,6 +123,14 @@ FEATURES = "imgtx-small"
 # linear decay to zero over the second), and TransGAN's ``LinearLrDecay`` to 0 (official
 # utils.py). toolkit6's G hopped between modes at FID 10 to 20 from tick to tick; with a step
 # size that goes to 0, G and D stop where they are instead of hopping on.
+# (b8) toolkit7 conditioned on the photo each crop was cut from (8 training photos, one class
+# each; sampling cycles through them, as the crops are balanced across photos). toolkit7's grids
+# cover a few photos and miss others (no grey pier, no leaf blades): the generator drops modes.
+# A label from the data itself fixes that: self-conditioned GANs (Liu et al. 2020, arXiv
+# 2006.10496) cluster unlabelled data and condition on the cluster to stop mode collapse; here the
+# source photo is a free, exact cluster. G: AdaNorm-T on the trunk (Xu et al. 2021, sec. 3.3, their
+# best placement); D: the projection head (Miyato & Koyama 2018), no auxiliary classifier (AC-GAN
+# narrows the variety within a class, Odena et al. 2017 sec. 4; seen on the digits here).
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -171,6 +179,40 @@ RECIPES["toolkit6"] = {
 }
 
 RECIPES["toolkit7"] = {**RECIPES["toolkit6"], "anneal": 0.5}
+
+RECIPES["toolkit8"] = {
+    **RECIPES["toolkit7"],
+    "generator": {**RECIPES["toolkit7"]["generator"], "class_embed_dim": 64, "adanorm": "trunk"},
+    "discriminator": {**RECIPES["toolkit7"]["discriminator"]},
+    "labels": "photo",  # num_classes: the training photos, set from the data
+}
+
+
+def photo_of(name: str) -> str:
+    """The source photo of a crop file (``make_photo_crops.py`` writes ``PHOTO-KIND-NNNN.png``)."""
+    return name.rsplit("-", 2)[0]
+
+
+def by_photo(split: str = "train") -> tuple[str, list[str]]:
+    """``DATA``'s ``split`` with one class subfolder per source photo, as hard links in
+    ``DATA_by_photo/split/PHOTO/`` (labels sorted by photo name, as the folder loader numbers
+    them); returns the view's path and the photo names, label 0 first."""
+    import os
+    import shutil
+
+    files = sorted((Path(DATA) / split).glob("*.png"))
+    if not files:
+        raise UserError(f"{DATA}/{split} holds no crops: run scripts/fetch_photo_corpus.sh")
+    root = Path(DATA + "_by_photo")
+    for file in files:
+        target = root / split / photo_of(file.name) / file.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(file, target)
+            except OSError:  # another file system, or no hard links there
+                shutil.copy(file, target)
+    return str(root), sorted({photo_of(file.name) for file in files})
 
 
 def floor(count: int, seed: int = 0) -> dict[str, float]:
@@ -292,6 +334,12 @@ def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: fl
         out.mkdir(parents=True, exist_ok=True)
         reference = floor(fid_samples, seed)
     entry = RECIPES[recipe]
+    data, generator, discriminator = DATA, entry["generator"], entry["discriminator"]
+    if entry.get("labels") == "photo":
+        data, photos = by_photo("train")
+        generator = {**generator, "num_classes": len(photos)}
+        discriminator = {**discriminator, "num_classes": len(photos)}
+        (out / "classes.json").write_text(json.dumps(photos) + "\n")
     budget = CPUBudget(None, cpu_minutes * 60, tick_minutes * 60, out, fid_samples, seed,
                        reference, spent_s, entry.get("anneal", 0.0) * cpu_minutes * 60)
 
@@ -299,9 +347,9 @@ def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: fl
         budget.step = step
         return budget
 
-    final = train_named(entry["config"], generator=entry["generator"],
-                        discriminator=entry["discriminator"], wrap_step=wrap,
-                        **{**entry["settings"], "data": DATA, "out": str(out), "seed": seed,
+    final = train_named(entry["config"], generator=generator, discriminator=discriminator,
+                        wrap_step=wrap,
+                        **{**entry["settings"], "data": data, "out": str(out), "seed": seed,
                            "threads": 1, "max_steps": 10**9, "fid_every": 0,
                            "eval_every": 50, "checkpoint_every": 0, "num_samples": 64,
                            "cpu": True, "resume": extend})
@@ -352,7 +400,7 @@ def yardstick(count: int) -> dict[str, Any]:
     result["noise"] = {std: distances(noised(val, std)) for std in (4, 8, 16, 32, 64)}
     # Photos apart: the val crops of each training photo in two halves (even/odd files).
     names = sorted(p.name for p in (Path(DATA) / "val").glob("*.png"))
-    photos = sorted({name.rsplit("-", 2)[0] for name in names})
+    photos = sorted({photo_of(name) for name in names})
     halves = {}
     for photo in photos:
         files = [n for n in names if n.startswith(photo + "-")]
@@ -466,6 +514,8 @@ def export(run: Path, target: Path, command: str, best: bool = False, select_on:
         export_run(run / "final", target)
         grid = sorted((run / "race_samples").glob("*.png"))[-1]
     shutil.copy(run / "race.jsonl", target / "race.jsonl")
+    if (run / "classes.json").exists():  # a photo-conditional run: label i is photo i
+        shutil.copy(run / "classes.json", target / "classes.json")
     shutil.copy(grid, target / "samples.png")
     save_grid(real_images(DATA, "val", 32, 64), target / "val_crops.png")
     if best:

@@ -131,6 +131,13 @@ class _Shard:
         return gather_object(items)
 
 
+def _has_labels(data: str, image_size: int) -> bool:
+    """Whether ``data``'s train split carries class labels (class subfolders, a label column)."""
+    from imgtx.data import load_images
+
+    return load_images(data, split="train", image_size=image_size).class_names is not None
+
+
 def _num_classes(generator: Any) -> int:
     """The generator's class count (0: unconditional)."""
     return int(getattr(generator.config, "num_classes", 0) or 0)
@@ -318,9 +325,13 @@ def evaluate_generator(
                 "the classifier was trained on builtin:digits; on other data class_accuracy "
                 "is not meaningful"
             )
-        if variety_per_class:
+        if variety_per_class and _has_labels(data, image_size):
             result.update(class_variety(generator, data, extractor, variety_per_class,
                                         batch_size, seed))
+        elif variety_per_class:  # e.g. a generator conditioned on labels the eval data lacks
+            result["class_variety_skipped"] = (
+                f"{data} has no class labels: variety_ratio and class_fid need a labelled "
+                "train and test split")
     if likelihood_model:
         scored = real_images(data, split, image_size, keep)
         result["likelihood_model"] = likelihood_model

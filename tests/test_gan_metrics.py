@@ -335,3 +335,20 @@ def test_kid_std_is_a_real_spread_below_2000_samples():
     result = _distances(fake, reference, seed=0)
     assert result["kid_std"] > 1e-4
     assert result["kid"] > 0
+
+
+@needs_feature_net
+def test_conditional_generator_on_unlabelled_data_skips_the_per_class_figures():
+    """A generator conditioned on labels the eval data does not carry (strans-corpus32: the
+    source photo; runs/photo_corpus: unlabelled crops) is scored on its samples, with the
+    per-class figures skipped and said so, instead of failing; on labelled data they are made."""
+    generator = FakeGenerator(FakeConfig(num_classes=10))
+    generator.trained.fill_(1)
+    result = evaluate_generator(generator, "builtin:photos32", num_samples=50, batch_size=50,
+                                variety_per_class=20)  # fmt: skip
+    assert "has no class labels" in result["class_variety_skipped"]
+    assert "variety_ratio" not in result and result["fid"] >= 0
+    assert "class_accuracy_caveat" in result
+    labelled = evaluate_generator(generator, "builtin:digits", num_samples=50, batch_size=50,
+                                  variety_per_class=20)  # fmt: skip
+    assert len(labelled["variety_ratio"]) == 10 and "class_variety_skipped" not in labelled

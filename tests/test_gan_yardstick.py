@@ -502,3 +502,34 @@ def test_evaluate_generator_reports_the_grid_view_beside_real_images():
     assert set(result["grid_edge_ratio"]) == {"4", "8", "16"}
     assert result["grid_edge_ratio"]["8"] > 1e6  # no step inside a block at all
     assert result["real_grid_edge_ratio"]["8"] < 2
+
+
+def test_by_photo_view_labels_every_train_crop_with_its_own_photo(corpora, monkeypatch):
+    """toolkit8 trains on the photo each crop was cut from: the class view of ``train`` holds
+    every train crop once, byte-identical, under the label of its photo (the loader's ids,
+    sorted by name), and the recipe is the conditional toolkit7."""
+    from imgtx.data import load_images
+
+    race = load_script("photo_gan_race")
+    data = corpora["root"] / "with_val"
+    monkeypatch.setattr(race, "DATA", str(data))
+    view, photos = race.by_photo("train")
+    assert photos == ["a", "b"]  # c.png is the held-out test photo
+    assert race.by_photo("train") == (view, photos)  # a second call reuses the view
+    source = load_images(view, split="train", image_size=32, seed=0)
+    assert source.class_names == photos
+    files = sorted((data / "train").glob("*.png"))
+    assert len(source) == len(files)
+    by_label = {}
+    for path in sorted(Path(view, "train").rglob("*.png")):
+        by_label.setdefault(photos.index(path.parent.name), []).append(path.name)
+        assert path.read_bytes() == (data / "train" / path.name).read_bytes()
+        assert race.photo_of(path.name) == path.parent.name
+    assert sorted(n for names in by_label.values() for n in names) == [f.name for f in files]
+    assert set(by_label) == {0, 1}
+    labels = {int(source[i]["label"]) for i in range(len(source))}
+    assert labels == {0, 1}
+    recipe = race.RECIPES["toolkit8"]
+    assert recipe["labels"] == "photo"
+    assert recipe["settings"] == race.RECIPES["toolkit7"]["settings"]
+    assert recipe.get("anneal") == 0.5

@@ -245,6 +245,7 @@ def child_race(args) -> dict:
     race = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(race)
     entry = race.RECIPES[args.recipe]
+    data, generator, discriminator, _ = race.recipe_inputs(entry)
     budget = args.race_cpu_minutes * 60
     clock: dict = {}
 
@@ -262,9 +263,9 @@ def child_race(args) -> dict:
         return timed
 
     with tempfile.TemporaryDirectory() as out:
-        train_named(entry["config"], generator=entry["generator"],
-                    discriminator=entry["discriminator"], wrap_step=wrap,
-                    **{**entry["settings"], "data": race.DATA, "out": out, "seed": 0,
+        train_named(entry["config"], generator=generator, discriminator=discriminator,
+                    wrap_step=wrap,
+                    **{**entry["settings"], "data": data, "out": out, "seed": 0,
                        "threads": 1, "max_steps": 10**9, "fid_every": 0, "eval_every": 0,
                        "sample_every": 0, "checkpoint_every": 0, "num_samples": 4,
                        "cpu": True})
@@ -283,7 +284,8 @@ def child_race(args) -> dict:
 # inputs, and the one shipped as strans-corpus32. toolkit3 to toolkit6 train the same networks
 # as toolkit7 at its settings but for the learning rates (toolkit7 only anneals toolkit6's on
 # the race's clock, which this bench does not run), so timing them again measures nothing new.
-RACE_RECIPES = ("paper", "toolkit2", "toolkit7")
+# toolkit8 is toolkit7 conditioned on the source photo (AdaNorm-T and a projection head).
+RACE_RECIPES = ("paper", "toolkit2", "toolkit7", "toolkit8")
 
 
 def race_rates(args) -> dict:

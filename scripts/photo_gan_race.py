@@ -215,6 +215,16 @@ def by_photo(split: str = "train") -> tuple[str, list[str]]:
     return str(root), sorted({photo_of(file.name) for file in files})
 
 
+def recipe_inputs(entry: dict[str, Any]) -> tuple[str, dict, dict, list[str] | None]:
+    """A recipe's training data and its G and D config fields; a photo-conditional recipe
+    trains on :func:`by_photo`'s view, with one class per photo (returned, label 0 first)."""
+    if entry.get("labels") != "photo":
+        return DATA, entry["generator"], entry["discriminator"], None
+    data, photos = by_photo("train")
+    return (data, {**entry["generator"], "num_classes": len(photos)},
+            {**entry["discriminator"], "num_classes": len(photos)}, photos)
+
+
 def floor(count: int, seed: int = 0) -> dict[str, float]:
     """FID/KID of ``count`` train crops against ``count`` val crops: what the training data
     itself scores (:func:`imgtx.gan.evaluate.evaluate_generator`'s ``floor_*``)."""
@@ -334,11 +344,8 @@ def race(recipe: str, cpu_minutes: float, out: Path, seed: int, tick_minutes: fl
         out.mkdir(parents=True, exist_ok=True)
         reference = floor(fid_samples, seed)
     entry = RECIPES[recipe]
-    data, generator, discriminator = DATA, entry["generator"], entry["discriminator"]
-    if entry.get("labels") == "photo":
-        data, photos = by_photo("train")
-        generator = {**generator, "num_classes": len(photos)}
-        discriminator = {**discriminator, "num_classes": len(photos)}
+    data, generator, discriminator, photos = recipe_inputs(entry)
+    if photos:
         (out / "classes.json").write_text(json.dumps(photos) + "\n")
     budget = CPUBudget(None, cpu_minutes * 60, tick_minutes * 60, out, fid_samples, seed,
                        reference, spent_s, entry.get("anneal", 0.0) * cpu_minutes * 60)

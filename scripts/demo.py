@@ -152,7 +152,10 @@ def gan_section(out: Path, seed: int) -> dict:
 
     say(f"\n== Transformer GAN: 64 samples of {GAN_CHECKPOINT}, beside 64 real crops ==")
     generator = load_generator(str(GAN_CHECKPOINT))
-    images = generator.generate(64, seed=seed)  # (64, 3, 32, 32) uint8
+    classes = int(getattr(generator.config, "num_classes", 0) or 0)
+    # a photo-conditional generator: one row per photo, as the val crops' rows (sorted names)
+    labels = torch.arange(64) * classes // 64 if classes else None
+    images = generator.generate(64, labels=labels, seed=seed)  # (64, 3, 32, 32) uint8
     save_grid(images, out / "gan_samples.png", scale=2)
     paths = {"gan_samples": str(out / "gan_samples.png")}
     real_grid = GAN_CHECKPOINT / "val_crops.png"

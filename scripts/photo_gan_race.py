@@ -438,7 +438,8 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 
 
 def plot(runs: list[Path], out: Path) -> dict[str, str]:
-    """FID against CPU-minutes of each run (Pillow, 640x400), the last grids and real crops."""
+    """FID (log scale) against CPU-minutes of each run (Pillow, 760x400), the last grids and real
+    crops."""
     import shutil
 
     from PIL import ImageDraw
@@ -450,7 +451,9 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
     curves = {run.name: [json.loads(line) for line in (run / "race.jsonl").open()]
               for run in runs}
     points = [r for records in curves.values() for r in records]
-    top = max(max(r["fid"] for r in points), 1e-9) * 1.05
+    # log FID: the curves span 0.5 (floor) to 200, and the late ticks differ by a few units
+    top = max(max(r["fid"] for r in points), 1e-9) * 1.2
+    low = max(min(min(r["fid"], r.get("floor_fid", r["fid"])) for r in points), 1e-3) / 1.2
     right = max(max(r["cpu_minutes"] for r in points), 1e-9)
     if len(curves) > len(COLOURS):
         raise UserError(f"plot draws at most {len(COLOURS)} runs, got {len(curves)}")
@@ -459,14 +462,20 @@ def plot(runs: list[Path], out: Path) -> dict[str, str]:
     left, bottom, width, height = 60, 360, 560, 330
 
     def xy(minutes: float, fid: float) -> tuple[float, float]:
-        return left + width * minutes / right, bottom - height * fid / top
+        up = np.log(max(fid, low) / low) / np.log(top / low)
+        return left + width * minutes / right, bottom - height * up
 
     draw.line([(left, bottom - height), (left, bottom), (left + width, bottom)], fill="black")
+    for fid in (1, 2, 5, 10, 20, 50, 100, 200):
+        if low <= fid <= top:
+            y = xy(0, fid)[1]
+            draw.line([(left - 4, y), (left, y)], fill="black")
+            draw.text((left - 30, y - 6), f"{fid}", fill="black")
     for frac in (0, 0.5, 1):
-        draw.text((left - 50, bottom - height * frac - 6), f"{top * frac:.1f}", fill="black")
         draw.text((left + width * frac - 10, bottom + 8), f"{right * frac:.3g}", fill="black")
     draw.text((left + width // 2 - 60, bottom + 24), "CPU-minutes of training", fill="black")
-    draw.text((left + 5, 8), "FID against val (imgtx-small); dashed: floor", fill="black")
+    draw.text((left + 5, 8), "FID against val (imgtx-small), log scale; dashed: floor",
+              fill="black")
     for index, ((name, records), colour) in enumerate(zip(curves.items(), COLOURS)):
         draw.line([xy(r["cpu_minutes"], r["fid"]) for r in records], fill=colour, width=2)
         floor_y = xy(0, records[-1]["floor_fid"])[1]

@@ -127,10 +127,10 @@ FEATURES = "imgtx-small"
 # each; sampling cycles through them, as the crops are balanced across photos). toolkit7's grids
 # cover a few photos and miss others (no grey pier, no leaf blades): the generator drops modes.
 # A label from the data itself fixes that: self-conditioned GANs (Liu et al. 2020, arXiv
-# 2006.10496) cluster unlabelled data and condition on the cluster to stop mode collapse; here the
-# source photo is a free, exact cluster. G: AdaNorm-T on the trunk (Xu et al. 2021, sec. 3.3, their
-# best placement); D: the projection head (Miyato & Koyama 2018), no auxiliary classifier (AC-GAN
-# narrows the variety within a class, Odena et al. 2017 sec. 4; seen on the digits here).
+# 2006.10496) cluster unlabelled data and condition on the cluster against mode collapse; here the
+# source photo is a free, exact cluster. G: AdaNorm-T on the trunk (Xu et al. 2021, the placement
+# their conditional-generator figure favours); D: the projection head (Miyato & Koyama 2018), no
+# auxiliary classifier (its class loss narrowed the variety within a class on the digits here).
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "config": "transgan-cifar10",
@@ -183,7 +183,6 @@ RECIPES["toolkit7"] = {**RECIPES["toolkit6"], "anneal": 0.5}
 RECIPES["toolkit8"] = {
     **RECIPES["toolkit7"],
     "generator": {**RECIPES["toolkit7"]["generator"], "class_embed_dim": 64, "adanorm": "trunk"},
-    "discriminator": {**RECIPES["toolkit7"]["discriminator"]},
     "labels": "photo",  # num_classes: the training photos, set from the data
 }
 

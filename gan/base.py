@@ -32,7 +32,8 @@ from imgtx.hub.config import CLASS_NAME_KEY, IGNORED_FIELDS_ATTRIBUTE
 from imgtx.hub.errors import ConfigMismatchError
 from imgtx.hub.files import CONFIG_FILE
 
-__all__ = ["GANModel", "Generator", "Discriminator", "images_to_uint8", "labels_for"]
+__all__ = ["GANModel", "Generator", "Discriminator", "images_to_uint8", "labels_for",
+           "labels_in_blocks"]
 
 
 def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,13 @@ def labels_for(num: int, labels, num_classes: int) -> torch.Tensor | None:
     if labels is None:
         return None
     return check_labels(torch.as_tensor(labels), num_classes, num, "generator")
+
+
+def labels_in_blocks(num: int, num_classes: int) -> torch.Tensor | None:
+    """``num`` class ids in equal runs, 0 first (``0, 0, ..., 1, 1, ...``): a grid of ``num``
+    samples then shows one class per row when ``num`` is rows × columns and the class count is
+    the row count. None when unconditional (``num_classes`` 0)."""
+    return torch.arange(num) * num_classes // num if num_classes else None
 
 
 class GANModel(HubModel):

@@ -148,13 +148,13 @@ def gan_section(out: Path, seed: int) -> dict:
     if not (GAN_CHECKPOINT / "config.json").is_file():
         say(f"\n{GAN_CHECKPOINT} not found: skipping the GAN samples.")
         return {"gan": "skipped: no checkpoint"}
+    from imgtx.gan.base import labels_in_blocks
     from imgtx.gan.sample import load_generator
 
     say(f"\n== Transformer GAN: 64 samples of {GAN_CHECKPOINT}, beside 64 real crops ==")
     generator = load_generator(str(GAN_CHECKPOINT))
-    classes = int(getattr(generator.config, "num_classes", 0) or 0)
     # a photo-conditional generator: one row per photo, as the val crops' rows (sorted names)
-    labels = torch.arange(64) * classes // 64 if classes else None
+    labels = labels_in_blocks(64, generator.config.num_classes)
     images = generator.generate(64, labels=labels, seed=seed)  # (64, 3, 32, 32) uint8
     save_grid(images, out / "gan_samples.png", scale=2)
     paths = {"gan_samples": str(out / "gan_samples.png")}

@@ -52,6 +52,7 @@ import torch
 
 from imgtx.errors import UserError
 from imgtx.eval.fid import frechet_distance, kernel_inception_distance
+from imgtx.gan.base import labels_in_blocks
 from imgtx.gan.evaluate import KID_SUBSETS, evaluate_generator, reference_statistics
 
 DATA = "runs/photo_corpus"
@@ -214,13 +215,6 @@ def by_photo(split: str = "train") -> tuple[str, list[str]]:
     return str(root), sorted({photo_of(file.name) for file in files})
 
 
-def grid_labels(generator, count: int = 64) -> torch.Tensor | None:
-    """Labels that put a conditional generator's classes (photos) in rows of an 8-wide grid, as
-    the val crops' grid has them (photos in name order); None for an unconditional one."""
-    classes = int(getattr(generator.config, "num_classes", 0) or 0)
-    return torch.arange(count) * classes // count if classes else None
-
-
 def recipe_inputs(entry: dict[str, Any]) -> tuple[str, dict, dict, list[str] | None]:
     """A recipe's training data and its G and D config fields; a photo-conditional recipe
     trains on :func:`by_photo`'s view, with one class per photo (returned, label 0 first)."""
@@ -290,7 +284,9 @@ class CPUBudget:
                   "kimg": run.state.images_seen / 1000, "lr_factor": round(self.lr_factor(), 4),
                   **{k: result[k] for k in ("fid", "kid", "kid_std")}, **self.reference}
         with torch.no_grad():
-            grid = generator.generate(64, labels=grid_labels(generator), seed=self.seed)
+            # a photo-conditional G: one photo per row, as the val crops' grid has them
+            labels = labels_in_blocks(64, generator.config.num_classes)
+            grid = generator.generate(64, labels=labels, seed=self.seed)
         (self.out / "race_samples").mkdir(parents=True, exist_ok=True)
         name = f"cpu_{used / 60:07.2f}min"
         save_grid(grid, self.out / "race_samples" / f"{name}.png", scale=2)
